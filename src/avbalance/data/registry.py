@@ -48,8 +48,8 @@ def _import_builtin_datasets() -> None:
     # Importing the modules runs their @register_dataset decorators.
     from . import synthetic  # noqa: F401
 
-    try:
-        from . import datasets  # noqa: F401  (prepared real datasets, when present)
-    except ImportError as error:  # pragma: no cover - only while a dataset module is missing
-        if "avbalance.data.datasets" not in str(error):
-            raise
+    import importlib
+    import importlib.util
+
+    if importlib.util.find_spec(f"{__package__}.datasets") is not None:
+        importlib.import_module(f"{__package__}.datasets")  # the prepared real datasets

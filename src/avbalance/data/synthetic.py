@@ -87,7 +87,7 @@ def build_synthetic(
     image_size: int = 32,
     frames: int = 2,
     audio_strength: float = 0.6,
-    visual_strength: float = 0.45,
+    visual_strength: float = 0.1,
     audio_dropout: float = 0.35,
     max_shift: int = 4,
     seed: int = 0,

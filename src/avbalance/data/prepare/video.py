@@ -1,0 +1,160 @@
+"""Frame extraction: video files through PyAV, image folders through Pillow.
+
+Frames are taken at ``fps`` per second of the clip (at the centre of each 1/fps interval), always
+in time order, and resized once to ``size`` x ``size`` (the aspect ratio is not kept, as the
+official ``Resize((224, 224))``).
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from pathlib import Path
+
+import av
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+from .plan import ClipError
+
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp"}
+
+
+def sample_times(start: float, end: float, fps: float) -> np.ndarray:
+    """Times (seconds) of the frames kept from [start, end): ``floor(duration * fps)`` evenly spaced
+    interval centres, at least one."""
+    duration = max(end - start, 0.0)
+    count = max(1, int(math.floor(duration * fps + 1e-6)))
+    return start + (np.arange(count) + 0.5) * duration / count
+
+
+def read_video_frames(
+    path: str | Path, fps: float, size: int, start: float | None = None, end: float | None = None
+) -> np.ndarray:
+    """``(n, size, size, 3)`` uint8 RGB frames of ``path`` sampled at ``fps`` within [start, end)."""
+    path = Path(path)
+    if not path.is_file():
+        raise ClipError(f"missing file {path}")
+    try:
+        with av.open(str(path)) as container:
+            if not container.streams.video:
+                raise ClipError(f"no video track in {path}")
+            stream = container.streams.video[0]
+            duration = _duration(container, stream)
+            if duration is None:  # no duration in the headers: find it by decoding once
+                duration = _decoded_duration(path)
+            clip_start = max(start or 0.0, 0.0)
+            clip_end = min(end if end is not None else duration, duration)
+            if clip_end <= clip_start:
+                raise ClipError(f"video too short: segment [{clip_start:.2f}, {end}) s is past its end ({duration:.2f} s) in {path}")
+            frames = _pick_frames(container, stream, sample_times(clip_start, clip_end, fps), size)
+    except av.FFmpegError as error:
+        raise ClipError(f"cannot decode {path}: {' '.join(str(error).split())}") from None
+    if not frames:
+        raise ClipError(f"video too short: no frame decoded from {path}")
+    return np.stack(frames)
+
+
+def _pick_frames(container, stream, times: np.ndarray, size: int) -> list[np.ndarray]:
+    """For each target time the last decoded frame shown at or before it; converting only those."""
+    offset = float(stream.start_time * stream.time_base) if stream.start_time is not None else 0.0
+    picked: list[np.ndarray] = []
+    previous = None
+    for frame in container.decode(stream):
+        time = (frame.time - offset) if frame.time is not None else None
+        while len(picked) < len(times) and previous is not None and time is not None and time > times[len(picked)] + 1e-6:
+            picked.append(_to_rgb(previous, size))
+        if len(picked) == len(times):
+            break
+        previous = frame
+    while previous is not None and len(picked) < len(times):
+        picked.append(_to_rgb(previous, size))
+    return picked
+
+
+def _to_rgb(frame, size: int) -> np.ndarray:
+    return frame.to_ndarray(format="rgb24", width=size, height=size, interpolation="AREA")
+
+
+def _duration(container, stream) -> float | None:
+    if stream.duration is not None and stream.time_base is not None:
+        return float(stream.duration * stream.time_base)
+    if container.duration is not None:
+        return container.duration / av.time_base
+    return None
+
+
+def _decoded_duration(path: Path) -> float:
+    with av.open(str(path)) as container:
+        stream = container.streams.video[0]
+        last = 0.0
+        for frame in container.decode(stream):
+            if frame.time is not None:
+                last = frame.time
+        rate = float(stream.average_rate or 25)
+        return last + 1.0 / rate
+
+
+def natural_key(name: str) -> list:
+    """Sort key that puts frame2 before frame10."""
+    return [int(part) if part.isdigit() else part.lower() for part in re.split(r"(\d+)", name)]
+
+
+def list_images(folder: str | Path) -> list[Path]:
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise ClipError(f"missing frame folder {folder}")
+    images = [p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES]
+    if not images:
+        raise ClipError(f"no images in frame folder {folder}")
+    return sorted(images, key=lambda p: natural_key(p.name))
+
+
+def folder_indices(count: int, folder_fps: float, fps: float, start: float | None, end: float | None) -> np.ndarray:
+    """Indices of the images kept from a folder of ``count`` frames shot at ``folder_fps``."""
+    duration = count / folder_fps
+    clip_start = max(start or 0.0, 0.0)
+    clip_end = min(end if end is not None else duration, duration)
+    if clip_end <= clip_start:
+        raise ClipError(f"video too short: segment starts after the last of {count} frames")
+    times = sample_times(clip_start, clip_end, fps)
+    return np.minimum((times * folder_fps).astype(int), count - 1)
+
+
+def read_folder_frames(
+    folder: str | Path, fps: float, folder_fps: float, size: int, start: float | None = None, end: float | None = None, mode: str = "RGB"
+) -> np.ndarray:
+    """``(n, size, size, C)`` uint8 frames from an image folder (C = 3 for RGB, 1 for L)."""
+    images = list_images(folder)
+    indices = folder_indices(len(images), folder_fps, fps, start, end)
+    return np.stack([read_image(images[i], size, mode) for i in indices])
+
+
+def read_flow_frames(
+    u_folder: str | Path, v_folder: str | Path, fps: float, folder_fps: float, size: int, start=None, end=None
+) -> np.ndarray:
+    """``(n, size, size, 2)`` uint8 optical flow (u, v) from two grey-scale image folders."""
+    u_images, v_images = list_images(u_folder), list_images(v_folder)
+    if len(u_images) != len(v_images):
+        raise ClipError(f"flow folders differ in length: {len(u_images)} images in {u_folder}, {len(v_images)} in {v_folder}")
+    indices = folder_indices(len(u_images), folder_fps, fps, start, end)
+    return np.stack([np.concatenate([read_image(u_images[i], size, "L"), read_image(v_images[i], size, "L")], axis=-1) for i in indices])
+
+
+def read_image(path: Path, size: int, mode: str = "RGB") -> np.ndarray:
+    try:
+        with Image.open(path) as image:
+            image = image.convert(mode).resize((size, size), Image.Resampling.BILINEAR, reducing_gap=None)
+            array = np.asarray(image, dtype=np.uint8)
+    except (OSError, UnidentifiedImageError) as error:
+        raise ClipError(f"cannot read image {path}: {error}") from None
+    return array.reshape(size, size, -1)
+
+
+def array_to_frame(image: np.ndarray, size: int) -> np.ndarray:
+    """``(1, size, size, C)`` uint8 from an in-memory ``(H, W)`` or ``(H, W, C)`` image."""
+    image = np.asarray(image, dtype=np.uint8)
+    if image.shape[:2] != (size, size):
+        mode = "L" if image.ndim == 2 else "RGB"
+        image = np.asarray(Image.fromarray(image, mode).resize((size, size), Image.Resampling.BILINEAR))
+    return image.reshape(1, size, size, -1)

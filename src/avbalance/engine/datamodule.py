@@ -1,0 +1,81 @@
+"""The Lightning data module: dataset splits from the registry, a seeded validation split carved
+from train when the dataset has none (never from test), and the data loaders."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import lightning as L
+import torch
+from torch.utils.data import DataLoader, Dataset, random_split
+
+from ..data import DatasetInfo, build_dataset
+from ..errors import ConfigError, DataError
+from .config import DataConfig
+
+
+class ModalitySubset(Dataset):
+    """Keeps only some modalities of each sample."""
+
+    def __init__(self, dataset: Dataset, modalities: tuple[str, ...]):
+        self.dataset, self.keep = dataset, (*modalities, "label")
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        sample = self.dataset[index]
+        return {key: sample[key] for key in self.keep}
+
+
+class BalancedDataModule(L.LightningDataModule):
+    def __init__(self, config: DataConfig, seed: int = 0):
+        super().__init__()
+        self.config, self.seed = config, seed
+        splits = build_dataset(config.dataset, config.root, **config.options)
+        self.info = self._select_modalities(splits.info)
+        train, val, test = splits.train, splits.val, splits.test
+        if val is None:
+            val_count = max(1, round(len(train) * config.val_fraction))
+            if val_count >= len(train):
+                raise DataError(f"dataset {config.dataset!r}: the train split has {len(train)} samples, "
+                                f"too few to carve a validation split from")
+            generator = torch.Generator().manual_seed(seed)
+            train, val = random_split(train, [len(train) - val_count, val_count], generator=generator)
+        for name, split in {"train": train, "val": val, "test": test}.items():
+            if len(split) == 0:
+                raise DataError(f"dataset {config.dataset!r} at {config.root}: the {name} split is empty")
+        if self.info.modalities != splits.info.modalities:
+            train, val, test = (ModalitySubset(s, self.info.modalities) for s in (train, val, test))
+        self.train_set, self.val_set, self.test_set = train, val, test
+
+    def _select_modalities(self, info: DatasetInfo) -> DatasetInfo:
+        if not self.config.modalities:
+            return info
+        unknown = [m for m in self.config.modalities if m not in info.input_shapes]
+        if unknown:
+            raise ConfigError(f"dataset {info.name!r} has no modality {unknown[0]!r}; "
+                              f"its modalities are: {', '.join(info.modalities)}")
+        shapes = {m: info.input_shapes[m] for m in self.config.modalities}
+        return DatasetInfo(info.name, info.num_classes, shapes, info.class_names, info.recommended_encoder)
+
+    def _loader(self, dataset: Dataset, train: bool) -> DataLoader:
+        batch_size = self.config.batch_size if train else (self.config.eval_batch_size or self.config.batch_size)
+        return DataLoader(
+            dataset,
+            batch_size=batch_size,
+            shuffle=train,
+            drop_last=train and len(dataset) > batch_size,
+            num_workers=self.config.num_workers,
+            persistent_workers=self.config.num_workers > 0,
+            pin_memory=torch.cuda.is_available(),
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader(self.train_set, train=True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader(self.val_set, train=False)
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader(self.test_set, train=False)

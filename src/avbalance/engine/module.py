@@ -1,0 +1,141 @@
+"""The LightningModule: a multimodal model trained with a balancing method through its hooks."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import lightning as L
+import torch
+
+from ..methods import get_method
+from ..metrics import MultimodalMetrics
+from ..models import build_model
+from .config import RunConfig
+
+
+def build_optimizer(config: RunConfig, parameters) -> torch.optim.Optimizer:
+    optim = config.optim
+    if optim.name == "sgd":
+        return torch.optim.SGD(parameters, lr=optim.lr, momentum=optim.momentum, weight_decay=optim.weight_decay)
+    if optim.name == "adam":
+        return torch.optim.Adam(parameters, lr=optim.lr, weight_decay=optim.weight_decay)
+    return torch.optim.AdamW(parameters, lr=optim.lr, weight_decay=optim.weight_decay)
+
+
+def build_scheduler(config: RunConfig, optimizer: torch.optim.Optimizer):
+    optim = config.optim
+    if optim.scheduler == "step":
+        return torch.optim.lr_scheduler.StepLR(optimizer, step_size=optim.step_size, gamma=optim.gamma)
+    if optim.scheduler == "cosine":
+        return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=config.trainer.epochs)
+    return None
+
+
+class BalancedModule(L.LightningModule):
+    """Built from a plain config dict and a model spec (both stored in every checkpoint)."""
+
+    def __init__(self, config: dict[str, Any], model_spec: dict[str, Any]):
+        super().__init__()
+        self.save_hyperparameters()
+        self.config = RunConfig.model_validate(config)
+        self.model_spec = model_spec
+        self.method = get_method(self.config.method.name, **self.config.method.params)
+        self.model = build_model(model_spec)
+        self.method.check_modalities(self.model.modalities)
+        classes, modalities = model_spec["num_classes"], self.model.modalities
+        self.train_metrics = MultimodalMetrics(classes, modalities, full=False)
+        self.val_metrics = MultimodalMetrics(classes, modalities)
+        self.test_metrics = MultimodalMetrics(classes, modalities)
+        self.history: list[dict[str, float]] = []
+        self._step_output = None
+        self._loss_sum, self._loss_count = torch.zeros(()), 0
+
+    # -- training ----------------------------------------------------------------------------------
+    def configure_optimizers(self):
+        optimizer = build_optimizer(self.config, self.model.parameters())
+        scheduler = build_scheduler(self.config, optimizer)
+        if scheduler is None:
+            return optimizer
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "epoch"}}
+
+    def on_fit_start(self) -> None:
+        optimizer = self.trainer.optimizers[0] if self.trainer.optimizers else None
+        if self.trainer.is_global_zero:
+            self.method.setup(self.model, optimizer)
+        else:  # the same checks, without repeating the warning on every rank
+            self.method.check_modalities(self.model.modalities)
+
+    def on_train_epoch_start(self) -> None:
+        self.method.on_epoch_start(self.current_epoch, self.model)
+        self._loss_sum, self._loss_count = torch.zeros((), device=self.device), 0
+
+    def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        output = self.model(batch)
+        loss = self.method.loss(output, batch)
+        self._step_output = (output, batch)
+        self._loss_sum = self._loss_sum + loss.detach()
+        self._loss_count += 1
+        self.train_metrics.update(output.logits.detach(), {m: z.detach() for m, z in output.unimodal_logits.items()},
+                                  batch["label"])
+        self.log("train/loss", loss.detach(), on_step=False, on_epoch=True, prog_bar=True,
+                 batch_size=len(batch["label"]))
+        return loss
+
+    def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
+        # Lightning calls this after backward, DDP's gradient averaging and AMP unscaling, before
+        # gradient clipping and the optimizer step: where gradient modulation belongs.
+        output, batch = self._step_output
+        self.method.after_backward(self.model, output, batch)
+        self._step_output = None
+        logs = self.method.logs()
+        if logs:
+            self.log_dict({f"method/{k}": v for k, v in logs.items()}, on_step=True, on_epoch=True)
+
+    def on_train_epoch_end(self) -> None:
+        self.method.on_epoch_end(self.current_epoch, self.model)
+
+    def _train_record(self) -> dict[str, float]:
+        # Lightning validates before on_train_epoch_end, so the epoch's training figures are read here.
+        record = {f"train/{k}": v for k, v in self.train_metrics.compute().items()}
+        self.train_metrics.reset()
+        record["train/loss"] = float(self._loss_sum) / max(self._loss_count, 1)
+        return record
+
+    # -- evaluation --------------------------------------------------------------------------------
+    def _evaluate(self, metrics: MultimodalMetrics, batch: dict[str, torch.Tensor]) -> None:
+        output = self.model(batch)
+        metrics.update(output.logits, output.unimodal_logits, batch["label"])
+
+    def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
+        self._evaluate(self.val_metrics, batch)
+
+    def test_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
+        self._evaluate(self.test_metrics, batch)
+
+    def on_validation_epoch_end(self) -> None:
+        results = self.val_metrics.compute()
+        self.val_metrics.reset()
+        self.log_dict({f"val/{k}": v for k, v in results.items()}, sync_dist=False)
+        if self.trainer.state.fn == "fit" and not self.trainer.sanity_checking:
+            record = {"epoch": self.current_epoch, **self._train_record()}
+            record.update({f"val/{k}": v for k, v in results.items()})
+            self.history.append(record)
+
+    def on_test_epoch_end(self) -> None:
+        results = self.test_metrics.compute()
+        self.test_metrics.reset()
+        self.log_dict({f"test/{k}": v for k, v in results.items()}, sync_dist=False)
+
+    # -- checkpoints -------------------------------------------------------------------------------
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint["avbalance"] = {
+            "model_spec": self.model_spec,
+            "config": self.config.model_dump(),
+            "method_state": self.method.state_dict(),
+            "history": list(self.history),
+        }
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        state = checkpoint.get("avbalance", {})
+        self.method.load_state_dict(state.get("method_state", {}))
+        self.history = list(state.get("history", []))

@@ -1,0 +1,165 @@
+"""Training and evaluation entry points: build everything from a :class:`RunConfig` and run it."""
+
+from __future__ import annotations
+
+import json
+import logging
+import warnings
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
+from lightning.pytorch.plugins.io import TorchCheckpointIO
+
+from ..errors import ConfigError
+from ..methods import get_method
+from ..models import FUSIONS, model_spec
+from ..models.checkpoint import atomic_torch_save, model_state, read_checkpoint
+from .config import RunConfig, save_config
+from .datamodule import BalancedDataModule
+from .module import BalancedModule
+
+CHECKPOINT_DIR = "checkpoints"
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """Writes each checkpoint to a temporary file and renames it: a killed run never leaves a
+    half-written checkpoint behind."""
+
+    def save_checkpoint(self, checkpoint: dict[str, Any], path, storage_options=None) -> None:
+        atomic_torch_save(checkpoint, path)
+
+    def load_checkpoint(self, path, map_location=None, weights_only=None) -> dict[str, Any]:
+        return read_checkpoint(path)
+
+
+def quiet_lightning() -> None:
+    """Keep the console to what users need: no device banners or data-loader hints."""
+    for name in ("lightning.pytorch", "lightning.fabric", "lightning"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+    for pattern in (".*does not have many workers.*", ".*LeafSpec.*", ".*number of training batches.*",
+                    ".*Checkpoint directory .* exists and is not empty.*",
+                    ".*Experiment logs directory.*"):
+        warnings.filterwarnings("ignore", message=pattern)
+
+
+def check_config(config: RunConfig) -> None:
+    """Validate names that the typed config cannot (method, hyperparameters, fusion) before any work."""
+    get_method(config.method.name, **config.method.params)
+    if config.model.fusion not in FUSIONS:
+        raise ConfigError(f"unknown fusion {config.model.fusion!r}; choose one of: {', '.join(FUSIONS)}")
+
+
+def build_model_spec(config: RunConfig, datamodule: BalancedDataModule) -> dict[str, Any]:
+    info = datamodule.info
+    advice = info.recommended_encoder
+    spec = model_spec(
+        info.input_shapes,
+        info.num_classes,
+        fusion=config.model.fusion,
+        fusion_options=config.model.fusion_options,
+        width=config.model.width or advice.get("width", 64),
+        layers=config.model.layers or advice.get("layers", [2, 2, 2, 2]),
+        encoders=config.model.encoders,
+    )
+    method = get_method(config.method.name, **config.method.params)
+    try:
+        method.check_modalities(info.modalities)
+        spec = method.adapt_model_spec(spec)
+        BalancedModule(config.model_dump(), spec)  # builds the model: fails early on a bad combination
+    except ValueError as error:
+        raise ConfigError(str(error)) from None
+    return spec
+
+
+def build_trainer(config: RunConfig, out: Path, callbacks: list, loggers: list | bool = True) -> L.Trainer:
+    trainer = config.trainer
+    return L.Trainer(
+        max_epochs=trainer.epochs,
+        accelerator=trainer.accelerator,
+        devices=trainer.devices,
+        num_nodes=trainer.num_nodes,
+        strategy=trainer.strategy,
+        precision=trainer.precision,
+        deterministic=trainer.deterministic,
+        accumulate_grad_batches=trainer.accumulate_grad_batches,
+        gradient_clip_val=trainer.gradient_clip_val,
+        log_every_n_steps=trainer.log_every_n_steps,
+        enable_progress_bar=trainer.progress_bar,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+        callbacks=callbacks,
+        logger=loggers,
+        plugins=[AtomicCheckpointIO()],
+        default_root_dir=str(out),
+    )
+
+
+def _strip(results: dict[str, float], prefix: str) -> dict[str, float]:
+    return {k[len(prefix) + 1:]: float(v) for k, v in results.items() if k.startswith(prefix + "/")}
+
+
+def train(config: RunConfig, resume: str | None = None) -> dict[str, Any]:
+    """Train, select the best epoch on validation, evaluate it on test. Returns ``metrics.json``'s
+    content: ``{"val": {...}, "test": {...}, "best_epoch": int, "best_checkpoint": str}``."""
+    quiet_lightning()
+    check_config(config)
+    L.seed_everything(config.trainer.seed, workers=True, verbose=False)
+    out = Path(config.out)
+    datamodule = BalancedDataModule(config.data, seed=config.trainer.seed)
+    spec = build_model_spec(config, datamodule)
+    out.mkdir(parents=True, exist_ok=True)
+    save_config(config, out / "config.yaml")
+
+    module = BalancedModule(config.model_dump(), spec)
+    checkpoint = ModelCheckpoint(dirpath=out / CHECKPOINT_DIR, filename="best", monitor="val/acc", mode="max",
+                                 save_last=True, save_top_k=1, enable_version_counter=False)
+    loggers = [TensorBoardLogger(str(out), name="", version=""), CSVLogger(str(out), name="", version="")]
+    trainer = build_trainer(config, out, [checkpoint], loggers)
+    trainer.fit(module, datamodule=datamodule, ckpt_path=resume)
+
+    best = checkpoint.best_model_path or str(out / CHECKPOINT_DIR / "last.ckpt")
+    history = list(module.history)
+    val = _strip(trainer.validate(module, datamodule=datamodule, ckpt_path=best, verbose=False)[0], "val")
+    test = _strip(trainer.test(module, datamodule=datamodule, ckpt_path=best, verbose=False)[0], "test")
+    best_epoch = max(history, key=lambda r: r.get("val/acc", float("-inf")))["epoch"] if history else None
+    metrics = {"val": val, "test": test, "best_epoch": best_epoch, "best_checkpoint": best}
+    if trainer.is_global_zero:
+        (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
+        (out / "history.json").write_text(json.dumps(history, indent=2))
+    return metrics
+
+
+def evaluate(checkpoint_path: str, split: str = "test", data_root: str | None = None,
+             overrides: dict[str, Any] | None = None, accelerator: str = "auto", devices: int | str = "auto",
+             batch_size: int | None = None) -> dict[str, float]:
+    """Evaluate a checkpoint on a split of the dataset it was trained on (or of ``data_root``)."""
+    quiet_lightning()
+    checkpoint = read_checkpoint(checkpoint_path)
+    state = checkpoint.get("avbalance", {})
+    if "config" not in state:
+        raise ConfigError(f"{checkpoint_path}: no training config inside; 'avbalance test' needs a checkpoint "
+                          f"written by 'avbalance train'")
+    config = RunConfig.model_validate(state["config"])
+    if data_root is not None:
+        config.data.root = data_root
+    if batch_size is not None:
+        config.data.batch_size = batch_size
+    for key, value in (overrides or {}).items():
+        setattr(config.data, key, value)
+    config.trainer.accelerator, config.trainer.devices = accelerator, devices
+    datamodule = BalancedDataModule(config.data, seed=config.trainer.seed)
+    module = BalancedModule(config.model_dump(), state["model_spec"])
+    from ..models.checkpoint import load_state
+
+    load_state(module.model, model_state(checkpoint), checkpoint_path)
+    trainer = build_trainer(config, Path(checkpoint_path).parent, callbacks=[], loggers=False)
+    if split == "val":
+        results = trainer.validate(module, dataloaders=datamodule.val_dataloader(), verbose=False)[0]
+    elif split == "test":
+        results = trainer.test(module, dataloaders=datamodule.test_dataloader(), verbose=False)[0]
+    else:
+        raise ConfigError(f"unknown split {split!r}; choose val or test")
+    return _strip(results, split)

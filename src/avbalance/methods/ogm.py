@@ -1,0 +1,132 @@
+"""``ogm``: On-the-fly Gradient Modulation (Peng et al., CVPR 2022), METHODS.md §7.1.
+
+Per step, each modality's score is ``s_m = sum_i softmax(z_m)_i[y_i]`` (its per-modality logits
+from the same forward pass). With ``rho_m = s_m / mean_{n != m} s_n`` (for two modalities the
+official ``s_a / s_v``), the modality ahead is slowed::
+
+    k_m = 1 - tanh(alpha * rho_m)   if rho_m > 1   else 1
+
+and inside the modulation window ``[modulation_starts, modulation_ends]`` (epochs, inclusive) the
+gradient of every selected tensor of encoder m is multiplied by ``k_m`` after backward.
+
+Everything stays on the device (no ``.item()``, no Python loop over the batch). Under DDP the
+scores are summed over all ranks before the coefficients are derived, so every replica applies
+the same coefficients; with gradient accumulation the scores of all micro-batches of the step
+are used.
+"""
+
+from __future__ import annotations
+
+from typing import Literal, Mapping
+
+import torch
+import torch.nn.functional as F
+import warnings
+
+from ..models.model import ModelOutput, MultimodalModel
+from .base import Method
+from .distributed import all_reduce_sum
+from .registry import register_method
+
+TensorSelection = Literal["conv", "weights", "all"]
+
+
+def modality_scores(unimodal_logits: Mapping[str, torch.Tensor], labels: torch.Tensor) -> torch.Tensor:
+    """``s_m = sum_i softmax(z_m)_i[y_i]`` for every modality, stacked in mapping order: ``(M,)``."""
+    return torch.stack([
+        F.softmax(logits.detach().float(), dim=1).gather(1, labels.view(-1, 1)).sum()
+        for logits in unimodal_logits.values()
+    ])
+
+
+def score_ratios(scores: torch.Tensor) -> torch.Tensor:
+    """``rho_m = s_m / mean_{n != m} s_n``; 0/0 counts as parity (1)."""
+    count = scores.numel()
+    others = (scores.sum() - scores) / (count - 1)
+    return torch.nan_to_num(scores / others, nan=1.0)
+
+
+def coefficients_from_ratios(ratios: torch.Tensor, alpha: float) -> torch.Tensor:
+    return torch.where(ratios > 1, 1 - torch.tanh(alpha * ratios), torch.ones_like(ratios))
+
+
+def ogm_coefficients(unimodal_logits: Mapping[str, torch.Tensor], labels: torch.Tensor,
+                     alpha: float) -> dict[str, torch.Tensor]:
+    """OGM's modulation coefficient of every modality (0-d device tensors), from one batch."""
+    if len(unimodal_logits) < 2:
+        raise ValueError("OGM needs at least two modalities")
+    ratios = score_ratios(modality_scores(unimodal_logits, labels))
+    return dict(zip(unimodal_logits, coefficients_from_ratios(ratios, alpha)))
+
+
+def select_tensors(module: torch.nn.Module, selection: TensorSelection) -> list[torch.nn.Parameter]:
+    """The parameters of ``module`` to modulate: ``conv`` = convolution kernels (>= 3-D, the official
+    choice), ``weights`` = every tensor with >= 2 dimensions, ``all`` = every parameter."""
+    minimum_dims = {"conv": 3, "weights": 2, "all": 0}[selection]
+    return [p for p in module.parameters() if p.requires_grad and p.dim() >= minimum_dims]
+
+
+@register_method
+class OGM(Method):
+    name = "ogm"
+    min_modalities = 2
+    scales_gradients = True
+    add_noise = False
+
+    def __init__(self, alpha: float = 0.1, modulation_starts: int = 0, modulation_ends: int = 50,
+                 modulate: TensorSelection = "conv") -> None:
+        super().__init__()
+        if alpha < 0:
+            raise ValueError(f"alpha must be >= 0, got {alpha}")
+        self.alpha = alpha
+        self.modulation_starts = modulation_starts
+        self.modulation_ends = modulation_ends
+        self.modulate = modulate
+        self._pending_scores: torch.Tensor | None = None
+        self._groups: dict[str, list[torch.nn.Parameter]] | None = None
+
+    def in_window(self) -> bool:
+        return self.modulation_starts <= self.epoch <= self.modulation_ends
+
+    def loss(self, output: ModelOutput, batch: Mapping[str, torch.Tensor]) -> torch.Tensor:
+        scores = modality_scores(output.unimodal_logits, batch["label"])
+        self._pending_scores = scores if self._pending_scores is None else self._pending_scores + scores
+        return super().loss(output, batch)
+
+    def _tensor_groups(self, model: MultimodalModel) -> dict[str, list[torch.nn.Parameter]]:
+        if self._groups is None:
+            self._groups = {m: select_tensors(model.encoders[m], self.modulate) for m in model.modalities}
+            empty = [m for m, params in self._groups.items() if not params]
+            if empty:
+                warnings.warn(f"{self.name}: the {', '.join(empty)} encoder has no tensors selected by "
+                              f"modulate={self.modulate!r}; use modulate='weights' or 'all'", UserWarning)
+        return self._groups
+
+    def after_backward(self, model: MultimodalModel, output: ModelOutput | None = None,
+                       batch: Mapping[str, torch.Tensor] | None = None) -> None:
+        scores = self._pending_scores
+        self._pending_scores = None
+        if scores is None:  # the loss was computed outside this method
+            scores = modality_scores(output.unimodal_logits, batch["label"])
+        ratios = score_ratios(all_reduce_sum(scores))
+        modulating = self.in_window()
+        coefficients = coefficients_from_ratios(ratios, self.alpha) if modulating else torch.ones_like(ratios)
+        for index, modality in enumerate(model.modalities):
+            self._logs[f"ratio/{modality}"] = ratios[index]
+            self._logs[f"coeff/{modality}"] = coefficients[index]
+        if not modulating:
+            return
+        for index, (modality, params) in enumerate(self._tensor_groups(model).items()):
+            grads = [p.grad for p in params if p.grad is not None]
+            if grads:
+                self.modulate_gradients(grads, coefficients[index])
+
+    def modulate_gradients(self, grads: list[torch.Tensor], coefficient: torch.Tensor) -> None:
+        torch._foreach_mul_(grads, coefficient)
+
+    def state_dict(self) -> dict:
+        return {**super().state_dict(), "alpha": self.alpha}
+
+    def __repr__(self) -> str:
+        return (f"{type(self).__name__}(alpha={self.alpha}, window=[{self.modulation_starts}, "
+                f"{self.modulation_ends}], modulate={self.modulate!r})")

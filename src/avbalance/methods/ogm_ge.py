@@ -1,0 +1,59 @@
+"""``ogm_ge``: OGM with Generalization Enhancement (Peng et al., CVPR 2022), METHODS.md §7.2.
+
+Inside the window, every selected gradient tensor becomes ``k_m * g + eps`` with
+``eps ~ N(0, sigma^2)`` i.i.d. per element and ``sigma = std(g) + 1e-8`` -- the unbiased standard
+deviation over the elements of the *unmodulated* gradient, one scalar per tensor, added to every
+modality's tensors including the one with ``k = 1``: exactly as the official code draws it, but
+without its per-tensor ``.item()`` host synchronisation.
+
+The noise comes from the method's own generator seeded with ``seed``: the same on every DDP rank,
+so all replicas add the same noise and stay identical.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from .ogm import OGM, TensorSelection
+from .registry import register_method
+
+
+@register_method
+class OGMGE(OGM):
+    name = "ogm_ge"
+    add_noise = True
+
+    def __init__(self, alpha: float = 0.1, modulation_starts: int = 0, modulation_ends: int = 50,
+                 modulate: TensorSelection = "conv", seed: int = 0) -> None:
+        super().__init__(alpha, modulation_starts, modulation_ends, modulate)
+        self.seed = seed
+        self._generator: torch.Generator | None = None
+        self._generator_state: torch.Tensor | None = None
+
+    def generator(self, device: torch.device) -> torch.Generator:
+        if self._generator is None or self._generator.device != device:
+            self._generator = torch.Generator(device=device)
+            self._generator.manual_seed(self.seed)
+            if self._generator_state is not None:
+                self._generator.set_state(self._generator_state)
+                self._generator_state = None
+        return self._generator
+
+    def modulate_gradients(self, grads: list[torch.Tensor], coefficient: torch.Tensor) -> None:
+        stds = [torch.nan_to_num(g.std(), nan=0.0) + 1e-8 for g in grads]  # before scaling
+        super().modulate_gradients(grads, coefficient)
+        generator = self.generator(grads[0].device)
+        for grad, std in zip(grads, stds):
+            noise = torch.randn(grad.shape, generator=generator, device=grad.device, dtype=grad.dtype)
+            grad.addcmul_(noise, std)
+
+    def state_dict(self) -> dict:
+        state = super().state_dict()
+        if self._generator is not None:
+            state["generator"] = self._generator.get_state()
+        return state
+
+    def load_state_dict(self, state) -> None:
+        super().load_state_dict(state)
+        if "generator" in state:
+            self._generator, self._generator_state = None, state["generator"]

@@ -1,0 +1,58 @@
+"""Fused and per-modality classification metrics (torchmetrics, so they reduce across DDP ranks).
+
+Keys: ``acc``, ``f1_macro``, ``map`` for the fused logits and ``acc_<m>``, ``f1_macro_<m>``,
+``map_<m>`` for each modality's logits.
+
+* ``acc`` -- top-1 accuracy over samples.
+* ``f1_macro`` -- per-class F1 averaged over classes; torchmetrics leaves out classes that neither
+  occur nor are predicted in the evaluated split (BalanceMM counts them as 0).
+* ``map`` -- macro average precision: per-class AP of the softmax scores (one-vs-rest, exact, no
+  thresholds), averaged over classes; a class with no positive sample has no defined AP and is left
+  out of the average.
+"""
+
+from __future__ import annotations
+
+from typing import Mapping, Sequence
+
+import torch
+from torch import nn
+from torchmetrics import MetricCollection
+from torchmetrics.classification import MulticlassAccuracy, MulticlassAveragePrecision, MulticlassF1Score
+
+FUSED = "fused"
+
+
+def _collection(num_classes: int, full: bool) -> MetricCollection:
+    metrics = {"acc": MulticlassAccuracy(num_classes, average="micro")}
+    if full:
+        metrics["f1_macro"] = MulticlassF1Score(num_classes, average="macro")
+        metrics["map"] = MulticlassAveragePrecision(num_classes, average="macro", thresholds=None)
+    return MetricCollection(metrics)
+
+
+class MultimodalMetrics(nn.Module):
+    """Accumulates metrics of the fused output and of every modality's logits over an epoch."""
+
+    def __init__(self, num_classes: int, modalities: Sequence[str], full: bool = True):
+        super().__init__()
+        self.outputs = (FUSED, *modalities)
+        self.collections = nn.ModuleDict({name: _collection(num_classes, full) for name in self.outputs})
+
+    @torch.no_grad()
+    def update(self, logits: torch.Tensor, unimodal_logits: Mapping[str, torch.Tensor], labels: torch.Tensor) -> None:
+        self.collections[FUSED].update(logits.float().softmax(1), labels)
+        for modality, modality_logits in unimodal_logits.items():
+            self.collections[modality].update(modality_logits.float().softmax(1), labels)
+
+    def compute(self) -> dict[str, float]:
+        results = {}
+        for name, collection in self.collections.items():
+            suffix = "" if name == FUSED else f"_{name}"
+            for key, value in collection.compute().items():
+                results[f"{key}{suffix}"] = float(value)
+        return results
+
+    def reset(self) -> None:
+        for collection in self.collections.values():
+            collection.reset()

@@ -1,0 +1,35 @@
+"""Build a model from a plain, serialisable spec (stored in every checkpoint)."""
+
+from __future__ import annotations
+
+from typing import Any, Mapping
+
+from .encoders import build_encoder, encoder_kind
+from .fusion import build_head
+from .model import MultimodalModel
+
+
+def model_spec(input_shapes: Mapping[str, tuple[int, ...]], num_classes: int, fusion: str = "concat",
+               fusion_options: Mapping[str, Any] | None = None, width: int = 64,
+               layers: list[int] | tuple[int, ...] = (2, 2, 2, 2),
+               encoders: Mapping[str, Mapping[str, Any]] | None = None) -> dict[str, Any]:
+    """A spec for :func:`build_model`: one encoder entry per modality (kind, input channels, width,
+    layers), the fusion name and options and the class count. ``encoders[m]`` overrides defaults."""
+    specs = {}
+    for modality, shape in input_shapes.items():
+        spec = {"kind": encoder_kind(shape), "in_channels": int(shape[0]), "width": width, "layers": list(layers)}
+        spec.update((encoders or {}).get(modality, {}))
+        specs[modality] = spec
+    return {
+        "encoders": specs,
+        "fusion": fusion,
+        "fusion_options": dict(fusion_options or {}),
+        "num_classes": int(num_classes),
+    }
+
+
+def build_model(spec: Mapping[str, Any]) -> MultimodalModel:
+    encoders = {m: build_encoder(**encoder_spec) for m, encoder_spec in spec["encoders"].items()}
+    dims = {m: encoder.out_dim for m, encoder in encoders.items()}
+    head = build_head(spec["fusion"], dims, spec["num_classes"], **spec.get("fusion_options", {}))
+    return MultimodalModel(encoders, head)

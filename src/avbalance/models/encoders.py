@@ -1,0 +1,116 @@
+"""Modality encoders: each maps one modality's input to a feature vector ``(B, D)``.
+
+The ResNet encoders follow the official OGM-GE backbone layer for layer (torchvision ResNet-18
+parameter names and shapes: ``conv1, bn1, layer1..layer4``, no ``fc``), so official checkpoints load
+by renaming the ``audio_net.`` / ``visual_net.`` prefixes. ``width`` and ``layers`` give small
+variants for CPU work and tests (``width=64, layers=(2, 2, 2, 2)`` is ResNet-18).
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+from torch import nn
+from torchvision.models.resnet import BasicBlock, conv1x1
+
+
+class ResNetEncoder(nn.Module):
+    """A BasicBlock ResNet trunk for 2-D inputs ``(B, C, H, W)`` -> features ``(B, D)``.
+
+    ``D = width * 2 ** (len(layers) - 1)`` (512 for ResNet-18).
+    """
+
+    def __init__(self, in_channels: int = 1, width: int = 64, layers: Sequence[int] = (2, 2, 2, 2)):
+        super().__init__()
+        if not layers:
+            raise ValueError("a ResNet encoder needs at least one stage (layers=[...])")
+        self.conv1 = nn.Conv2d(in_channels, width, kernel_size=7, stride=2, padding=3, bias=False)
+        self.bn1 = nn.BatchNorm2d(width)
+        self.relu = nn.ReLU(inplace=True)
+        self.maxpool = nn.MaxPool2d(kernel_size=3, stride=2, padding=1)
+        channels = width
+        for stage, blocks in enumerate(layers):
+            planes = width * 2**stage
+            stride = 1 if stage == 0 else 2
+            setattr(self, f"layer{stage + 1}", self._make_stage(channels, planes, blocks, stride))
+            channels = planes
+        self.num_stages = len(layers)
+        self.out_dim = channels
+        self._init_weights()
+
+    @staticmethod
+    def _make_stage(inplanes: int, planes: int, blocks: int, stride: int) -> nn.Sequential:
+        downsample = None
+        if stride != 1 or inplanes != planes:
+            downsample = nn.Sequential(conv1x1(inplanes, planes, stride), nn.BatchNorm2d(planes))
+        stage = [BasicBlock(inplanes, planes, stride, downsample)]
+        stage += [BasicBlock(planes, planes) for _ in range(1, blocks)]
+        return nn.Sequential(*stage)
+
+    def _init_weights(self) -> None:
+        # The official OGM-GE scripts' effective initialisation: Kaiming convs, BN weight 1 / bias 0.
+        for module in self.modules():
+            if isinstance(module, nn.Conv2d):
+                nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
+            elif isinstance(module, nn.BatchNorm2d):
+                nn.init.ones_(module.weight)
+                nn.init.zeros_(module.bias)
+
+    def feature_map(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
+        for stage in range(1, self.num_stages + 1):
+            x = getattr(self, f"layer{stage}")(x)
+        return x
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.feature_map(x).mean(dim=(-2, -1))
+
+
+class ClipEncoder(ResNetEncoder):
+    """Clips ``(B, C, T, H, W)`` -> ``(B, D)``: frames are folded into the batch, encoded by one 2-D
+    ResNet, and average-pooled over time and space (the official OGM-GE visual path)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        batch, channels, frames, height, width = x.shape
+        folded = x.transpose(1, 2).reshape(batch * frames, channels, height, width)
+        maps = self.feature_map(folded)  # (B*T, D, h, w)
+        return maps.view(batch, frames, *maps.shape[1:]).mean(dim=(1, 3, 4))
+
+
+class MLPEncoder(nn.Module):
+    """Feature vectors ``(B, D_in)`` -> ``(B, D)`` through a small MLP."""
+
+    def __init__(self, in_features: int, hidden: int = 256, out_dim: int = 256, depth: int = 2):
+        super().__init__()
+        layers: list[nn.Module] = []
+        features = in_features
+        for _ in range(depth - 1):
+            layers += [nn.Linear(features, hidden), nn.ReLU(inplace=True)]
+            features = hidden
+        layers.append(nn.Linear(features, out_dim))
+        self.net = nn.Sequential(*layers)
+        self.out_dim = out_dim
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x.flatten(1))
+
+
+def encoder_kind(input_shape: Sequence[int]) -> str:
+    """The default encoder for a per-sample input shape."""
+    kinds = {1: "mlp", 3: "resnet", 4: "clip"}
+    if len(input_shape) not in kinds:
+        raise ValueError(f"no default encoder for inputs of per-sample shape {tuple(input_shape)}")
+    return kinds[len(input_shape)]
+
+
+def build_encoder(kind: str, in_channels: int, width: int = 64, layers: Sequence[int] = (2, 2, 2, 2),
+                  hidden: int = 256) -> nn.Module:
+    """Build an encoder by kind: ``resnet`` (2-D input), ``clip`` (frames) or ``mlp`` (vectors)."""
+    if kind == "resnet":
+        return ResNetEncoder(in_channels, width, layers)
+    if kind == "clip":
+        return ClipEncoder(in_channels, width, layers)
+    if kind == "mlp":
+        return MLPEncoder(in_channels, hidden=hidden, out_dim=hidden)
+    raise ValueError(f"unknown encoder kind {kind!r}; choose resnet, clip or mlp")
