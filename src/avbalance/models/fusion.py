@@ -62,11 +62,7 @@ class FusionHead(nn.Module):
 
     def __init__(self, dims: Mapping[str, int], num_classes: int):
         super().__init__()
-        if self.exact_modalities is not None and len(dims) != self.exact_modalities:
-            raise ValueError(
-                f"fusion {self.name!r} supports exactly {self.exact_modalities} modalities, "
-                f"got {len(dims)} ({', '.join(dims)})"
-            )
+        self.check_count(dims)
         if not dims:
             raise ValueError("a fusion head needs at least one modality")
         self.modalities = tuple(dims)
@@ -74,6 +70,14 @@ class FusionHead(nn.Module):
         self.num_classes = num_classes
 
     name: ClassVar[str] = "?"
+
+    @classmethod
+    def check_count(cls, dims: Mapping[str, int]) -> None:
+        if cls.exact_modalities is not None and len(dims) != cls.exact_modalities:
+            raise ValueError(
+                f"fusion {cls.name!r} supports exactly {cls.exact_modalities} modalities, "
+                f"got {len(dims)} ({', '.join(dims)})"
+            )
 
     def forward(self, features: Mapping[str, torch.Tensor]) -> HeadOutput:  # pragma: no cover
         raise NotImplementedError
@@ -232,6 +236,7 @@ class SymmetricFiLMFusion(SplitLinearHead):
     exact_modalities = 2
 
     def __init__(self, dims: Mapping[str, int], num_classes: int, cosine_scale: float | None = None):
+        self.check_count(dims)
         first, second = list(dims)
         super().__init__(dims, num_classes, dims, cosine_scale)
         self.fc_x = _xavier(nn.Linear(dims[first], 2 * dims[second]))
@@ -254,6 +259,7 @@ class SymmetricGatedFusion(SplitLinearHead):
 
     def __init__(self, dims: Mapping[str, int], num_classes: int, hidden: int | None = None,
                  cosine_scale: float | None = None):
+        self.check_count(dims)
         hidden = hidden or max(dims.values())
         first, second = list(dims)
         super().__init__(dims, num_classes, {first: hidden, second: hidden}, cosine_scale)

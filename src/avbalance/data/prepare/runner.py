@@ -130,7 +130,8 @@ def _prepare_all(todo: list[ClipTask], settings: PrepareSettings, out: Path, wor
 
 
 def _run_pool(todo, settings, out, workers, record) -> None:
-    # Fork keeps worker start-up cheap (no re-import); workers only decode and write files.
+    # Fork keeps worker start-up cheap: modules loaded here (see warm_up) are not loaded again.
+    warm_up(settings)
     context = multiprocessing.get_context("fork") if sys.platform.startswith("linux") else None
     pending_clips = iter(todo)
     with ProcessPoolExecutor(max_workers=workers, mp_context=context) as pool:
@@ -156,6 +157,17 @@ def _run_pool(todo, settings, out, workers, record) -> None:
         except KeyboardInterrupt:
             pool.shutdown(wait=False, cancel_futures=True)
             raise
+
+
+def warm_up(settings: PrepareSettings) -> None:
+    """Load the lazily imported decoding and feature code once, before worker processes fork."""
+    if settings.audio is not None:
+        import librosa
+        import numpy as np
+
+        silence = np.zeros(settings.audio.sample_rate // 10, dtype=np.float32)
+        librosa.resample(silence, orig_sr=settings.audio.sample_rate, target_sr=8000, res_type="soxr_hq")
+        settings.audio.features(silence)
 
 
 def _take(iterator, count: int) -> list:

@@ -77,10 +77,14 @@ def _to_rgb(frame, size: int) -> np.ndarray:
 
 
 def _duration(container, stream) -> float | None:
-    if stream.duration is not None and stream.time_base is not None:
-        return float(stream.duration * stream.time_base)
+    # The frame count is exact when the container has it (mp4, avi); MPEG-PS stream durations are
+    # rough estimates, so the container's duration comes next.
+    if stream.frames and stream.average_rate:
+        return stream.frames / float(stream.average_rate)
     if container.duration is not None:
         return container.duration / av.time_base
+    if stream.duration is not None and stream.time_base is not None:
+        return float(stream.duration * stream.time_base)
     return None
 
 

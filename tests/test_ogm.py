@@ -1,0 +1,247 @@
+"""OGM / OGM-GE against independent computations of the official rule."""
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from avbalance.methods import get_method
+from avbalance.methods.ogm import ogm_coefficients
+from conftest import tiny_batch
+
+
+def official_two_modality(out_a, out_v, labels, alpha):
+    """The official OGM-GE rule written as the official training loop does: a Python loop over the
+    batch, then ``1 - tanh(alpha * relu(ratio))`` for the modality ahead (ratio > 1), else 1."""
+    score_a = sum(F.softmax(out_a, dim=1)[i][labels[i]] for i in range(len(labels)))
+    score_v = sum(F.softmax(out_v, dim=1)[i][labels[i]] for i in range(len(labels)))
+    ratio_v = float(score_v / score_a)
+    ratio_a = 1 / ratio_v
+    coeff_a = coeff_v = 1.0
+    if ratio_v > 1:
+        coeff_v = 1 - math.tanh(alpha * max(ratio_v, 0.0))
+    elif ratio_a > 1:
+        coeff_a = 1 - math.tanh(alpha * max(ratio_a, 0.0))
+    return coeff_a, coeff_v
+
+
+def independent_many(logits: dict, labels, alpha):
+    scores = {m: sum(float(F.softmax(z, 1)[i, labels[i]]) for i in range(len(labels))) for m, z in logits.items()}
+    result = {}
+    for m, s in scores.items():
+        others = [scores[n] for n in scores if n != m]
+        ratio = s / (sum(others) / len(others))
+        result[m] = 1 - math.tanh(alpha * ratio) if ratio > 1 else 1.0
+    return result
+
+
+@pytest.mark.parametrize("seed", range(8))
+@pytest.mark.parametrize("batch_size", [1, 7, 64])
+def test_two_modalities_match_official_rule(seed, batch_size):
+    generator = torch.Generator().manual_seed(seed)
+    out_a = torch.randn(batch_size, 6, generator=generator) * 3
+    out_v = torch.randn(batch_size, 6, generator=generator)
+    labels = torch.randint(0, 6, (batch_size,), generator=generator)
+    alpha = 0.1 + seed * 0.2
+    coefficients = ogm_coefficients({"audio": out_a, "visual": out_v}, labels, alpha)
+    expected_a, expected_v = official_two_modality(out_a, out_v, labels, alpha)
+    assert coefficients["audio"].item() == pytest.approx(expected_a, abs=1e-6)
+    assert coefficients["visual"].item() == pytest.approx(expected_v, abs=1e-6)
+    assert min(coefficients["audio"].item(), coefficients["visual"].item()) <= 1.0
+    assert max(coefficients["audio"].item(), coefficients["visual"].item()) == 1.0
+
+
+def test_tie_leaves_both_unmodulated():
+    logits = torch.randn(5, 4)
+    labels = torch.randint(0, 4, (5,))
+    coefficients = ogm_coefficients({"audio": logits, "visual": logits.clone()}, labels, alpha=0.8)
+    assert coefficients["audio"].item() == 1.0 and coefficients["visual"].item() == 1.0
+
+
+def test_ahead_modality_gets_one_minus_tanh():
+    labels = torch.tensor([0, 1])
+    strong = torch.tensor([[10.0, 0.0], [0.0, 10.0]])  # p(y) ~ 1
+    weak = torch.zeros(2, 2)  # p(y) = 0.5
+    coefficients = ogm_coefficients({"audio": strong, "visual": weak}, labels, alpha=0.5)
+    ratio = float(F.softmax(strong, 1)[[0, 1], labels].sum() / 1.0)
+    assert coefficients["audio"].item() == pytest.approx(1 - math.tanh(0.5 * ratio), abs=1e-6)
+    assert coefficients["visual"].item() == 1.0
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_three_modalities_use_mean_of_other_scores(seed):
+    generator = torch.Generator().manual_seed(seed)
+    logits = {m: torch.randn(9, 5, generator=generator) * (1 + i) for i, m in enumerate(["audio", "visual", "flow"])}
+    labels = torch.randint(0, 5, (9,), generator=generator)
+    coefficients = ogm_coefficients(logits, labels, alpha=0.3)
+    expected = independent_many(logits, labels, alpha=0.3)
+    for m in logits:
+        assert coefficients[m].item() == pytest.approx(expected[m], abs=1e-6)
+
+
+def _model_with_gradients(tiny_model, seed=1):
+    generator = torch.Generator().manual_seed(seed)
+    for p in tiny_model.parameters():
+        p.grad = torch.randn(p.shape, generator=generator)
+    return {name: p.grad.clone() for name, p in tiny_model.named_parameters()}
+
+
+def test_ogm_scales_exactly_the_convolution_kernels(tiny_model):
+    batch = tiny_batch()
+    output = tiny_model(batch)
+    method = get_method("ogm", alpha=0.7)
+    method.on_epoch_start(0)
+    before = _model_with_gradients(tiny_model)
+    expected = ogm_coefficients(output.unimodal_logits, batch["label"], 0.7)
+    method.after_backward(tiny_model, output, batch)
+    for name, p in tiny_model.named_parameters():
+        modality = name.split(".")[1] if name.startswith("encoders.") else None
+        if modality is not None and p.dim() == 4:
+            assert torch.equal(p.grad, before[name] * expected[modality]), name
+        else:
+            assert torch.equal(p.grad, before[name]), name  # BN, head: untouched
+    assert any(expected[m].item() < 1 for m in expected)
+
+
+def test_ogm_all_option_scales_every_encoder_tensor(tiny_model):
+    batch = tiny_batch(seed=3)
+    output = tiny_model(batch)
+    method = get_method("ogm", alpha=0.7, modulate="all")
+    before = _model_with_gradients(tiny_model)
+    expected = ogm_coefficients(output.unimodal_logits, batch["label"], 0.7)
+    method.after_backward(tiny_model, output, batch)
+    for name, p in tiny_model.named_parameters():
+        if name.startswith("encoders."):
+            assert torch.equal(p.grad, before[name] * expected[name.split(".")[1]]), name
+        else:
+            assert torch.equal(p.grad, before[name]), name
+
+
+def test_ogm_uses_scores_accumulated_in_loss(tiny_model):
+    """With gradient accumulation, coefficients come from all micro-batches of the step."""
+    first, second = tiny_batch(seed=4), tiny_batch(seed=5)
+    method = get_method("ogm", alpha=0.5)
+    out1, out2 = tiny_model(first), tiny_model(second)
+    method.loss(out1, first)
+    method.loss(out2, second)
+    merged = {m: torch.cat([out1.unimodal_logits[m], out2.unimodal_logits[m]]) for m in out1.unimodal_logits}
+    expected = ogm_coefficients(merged, torch.cat([first["label"], second["label"]]), 0.5)
+    method.after_backward(tiny_model, out2, second)
+    for m in expected:
+        assert method.logs()[f"coeff/{m}"].item() == pytest.approx(expected[m].item(), abs=1e-6)
+
+
+def test_outside_window_nothing_changes(tiny_model):
+    batch = tiny_batch()
+    output = tiny_model(batch)
+    for name in ("ogm", "ogm_ge"):
+        method = get_method(name, alpha=0.9, modulation_starts=2, modulation_ends=4)
+        for epoch in (0, 1, 5):
+            method.on_epoch_start(epoch)
+            before = _model_with_gradients(tiny_model, seed=epoch)
+            method.after_backward(tiny_model, output, batch)
+            for n, p in tiny_model.named_parameters():
+                assert torch.equal(p.grad, before[n]), (name, epoch, n)
+
+
+def test_window_bounds_are_inclusive(tiny_model):
+    batch = tiny_batch(seed=7)
+    output = tiny_model(batch)
+    method = get_method("ogm", alpha=0.9, modulation_starts=2, modulation_ends=4)
+    conv = tiny_model.encoders["audio"].conv1.weight
+    for epoch in (2, 4):
+        method.on_epoch_start(epoch)
+        _model_with_gradients(tiny_model)
+        before = conv.grad.clone()
+        method.after_backward(tiny_model, output, batch)
+        k = method.logs()["coeff/audio"]
+        assert torch.equal(conv.grad, before * k)
+
+
+def test_ogm_ge_noise_is_the_official_draw(tiny_model):
+    """k * g + N(0, (std(g) + 1e-8)^2), drawn from the method's seeded generator in tensor order."""
+    batch = tiny_batch(seed=2)
+    output = tiny_model(batch)
+    method = get_method("ogm_ge", alpha=0.4, seed=123)
+    before = _model_with_gradients(tiny_model)
+    k = ogm_coefficients(output.unimodal_logits, batch["label"], 0.4)
+    method.after_backward(tiny_model, output, batch)
+    generator = torch.Generator().manual_seed(123)
+    for modality in tiny_model.modalities:
+        for name, p in tiny_model.encoders[modality].named_parameters():
+            full = f"encoders.{modality}.{name}"
+            if p.dim() != 4:
+                assert torch.equal(p.grad, before[full])
+                continue
+            g = before[full]
+            noise = torch.randn(g.shape, generator=generator) * (g.std() + 1e-8)
+            torch.testing.assert_close(p.grad, g * k[modality] + noise, rtol=1e-5, atol=1e-6)
+
+
+def test_ogm_ge_noise_standard_deviation_statistically():
+    """Large tensors: the added noise has mean 0 and the unbiased std of the unmodulated gradient."""
+    torch.manual_seed(0)
+    from avbalance.models import build_model
+    from conftest import tiny_spec
+
+    model = build_model(tiny_spec())
+    batch = tiny_batch(seed=11)
+    output = model(batch)
+    method = get_method("ogm_ge", alpha=0.3, seed=5)
+    scale = {}
+    for name, p in model.named_parameters():
+        scale[name] = 0.01 * (1 + len(name) % 5)
+        p.grad = torch.randn(p.shape) * scale[name]
+    before = {n: p.grad.clone() for n, p in model.named_parameters()}
+    k = ogm_coefficients(output.unimodal_logits, batch["label"], 0.3)
+    method.after_backward(model, output, batch)
+    checked = 0
+    for name, p in model.named_parameters():
+        if name.startswith("encoders.") and p.dim() == 4 and p.numel() >= 500:
+            noise = p.grad - before[name] * k[name.split(".")[1]]
+            expected_std = before[name].std().item()
+            tolerance = 4 * expected_std / math.sqrt(2 * p.numel())  # 4 sigma of the std estimate
+            assert abs(noise.std().item() - expected_std) < tolerance, name
+            assert abs(noise.mean().item()) < 4 * expected_std / math.sqrt(p.numel()), name
+            checked += 1
+    assert checked >= 3
+
+
+def test_ogm_warns_under_adam(tiny_model):
+    method = get_method("ogm_ge")
+    with pytest.warns(UserWarning, match="Adam"):
+        method.setup(tiny_model, torch.optim.Adam(tiny_model.parameters()))
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        method.setup(tiny_model, torch.optim.Adam(tiny_model.parameters()))  # only once
+        get_method("ogm").setup(tiny_model, torch.optim.SGD(tiny_model.parameters(), lr=0.1))
+
+
+def test_ogm_refuses_one_modality():
+    from avbalance.models import build_model
+    from conftest import tiny_spec
+
+    model = build_model(tiny_spec(modalities=("audio",)))
+    with pytest.raises(ValueError, match="needs 2\\+ modalities"):
+        get_method("ogm").setup(model)
+
+
+def test_no_host_synchronisation_in_modulation(tiny_model, monkeypatch):
+    """The modulation never converts a tensor to a Python number."""
+    batch = tiny_batch()
+    output = tiny_model(batch)
+    method = get_method("ogm_ge", alpha=0.5)
+    _model_with_gradients(tiny_model)
+    method.loss(output, batch)
+
+    def forbidden(*args, **kwargs):
+        raise AssertionError("host synchronisation (.item / float / bool on a tensor)")
+
+    monkeypatch.setattr(torch.Tensor, "item", forbidden)
+    monkeypatch.setattr(torch.Tensor, "__bool__", forbidden)
+    monkeypatch.setattr(torch.Tensor, "__float__", forbidden)
+    monkeypatch.setattr(torch.Tensor, "tolist", forbidden)
+    method.after_backward(tiny_model, output, batch)
