@@ -1,30 +1,10 @@
-import os
-from pathlib import Path
-
 import pytest
 import torch
 
-from avbalance.models import build_model, model_spec
+from avb_testing import tiny_spec
+from avbalance.models import build_model
 
-REPO = Path(__file__).resolve().parents[1]
-SHARED_DATA = REPO.parent / "shared" / "data"
-
-os.environ.setdefault("PYTHONWARNINGS", "ignore::DeprecationWarning")
 torch.set_num_threads(1)
-
-
-def tiny_spec(fusion: str = "concat", num_classes: int = 5, modalities=("audio", "visual"), **fusion_options):
-    shapes = {"audio": (1, 16, 16), "visual": (3, 2, 16, 16), "flow": (2, 2, 16, 16)}
-    return model_spec({m: shapes[m] for m in modalities}, num_classes, fusion=fusion,
-                      fusion_options=fusion_options, width=4, layers=[1, 1])
-
-
-def tiny_batch(batch_size: int = 6, num_classes: int = 5, modalities=("audio", "visual"), seed: int = 0):
-    generator = torch.Generator().manual_seed(seed)
-    shapes = {"audio": (1, 16, 16), "visual": (3, 2, 16, 16), "flow": (2, 2, 16, 16)}
-    batch = {m: torch.randn(batch_size, *shapes[m], generator=generator) for m in modalities}
-    batch["label"] = torch.randint(0, num_classes, (batch_size,), generator=generator)
-    return batch
 
 
 @pytest.fixture

@@ -4,7 +4,7 @@ import torch
 import torchvision
 
 from avbalance.models import ClipEncoder, ResNetEncoder, build_model
-from conftest import tiny_spec
+from avb_testing import tiny_spec
 
 
 def test_resnet18_layout_matches_torchvision_without_fc():

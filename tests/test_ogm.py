@@ -8,7 +8,7 @@ import torch.nn.functional as F
 
 from avbalance.methods import get_method
 from avbalance.methods.ogm import ogm_coefficients
-from conftest import tiny_batch
+from avb_testing import tiny_batch
 
 
 def official_two_modality(out_a, out_v, labels, alpha):
@@ -183,7 +183,7 @@ def test_ogm_ge_noise_standard_deviation_statistically():
     """Large tensors: the added noise has mean 0 and the unbiased std of the unmodulated gradient."""
     torch.manual_seed(0)
     from avbalance.models import build_model
-    from conftest import tiny_spec
+    from avb_testing import tiny_spec
 
     model = build_model(tiny_spec())
     batch = tiny_batch(seed=11)
@@ -222,7 +222,7 @@ def test_ogm_warns_under_adam(tiny_model):
 
 def test_ogm_refuses_one_modality():
     from avbalance.models import build_model
-    from conftest import tiny_spec
+    from avb_testing import tiny_spec
 
     model = build_model(tiny_spec(modalities=("audio",)))
     with pytest.raises(ValueError, match="needs 2\\+ modalities"):
