@@ -29,6 +29,7 @@ class OGMGE(OGM):
         self.seed = seed
         self._generator: torch.Generator | None = None
         self._generator_state: torch.Tensor | None = None
+        self._noise_buffer: torch.Tensor | None = None  # reused: no fresh allocation every step
 
     def generator(self, device: torch.device) -> torch.Generator:
         if self._generator is None or self._generator.device != device:
@@ -43,9 +44,17 @@ class OGMGE(OGM):
         stds = [torch.nan_to_num(g.std(), nan=0.0) + 1e-8 for g in grads]  # before scaling
         super().modulate_gradients(grads, coefficient)
         generator = self.generator(grads[0].device)
+        buffer = self._buffer_for(grads)
         for grad, std in zip(grads, stds):
-            noise = torch.randn(grad.shape, generator=generator, device=grad.device, dtype=grad.dtype)
+            noise = buffer[: grad.numel()].view(grad.shape).normal_(generator=generator)
             grad.addcmul_(noise, std)
+
+    def _buffer_for(self, grads: list[torch.Tensor]) -> torch.Tensor:
+        size = max(g.numel() for g in grads)
+        buffer = self._noise_buffer
+        if buffer is None or buffer.numel() < size or buffer.device != grads[0].device or buffer.dtype != grads[0].dtype:
+            buffer = self._noise_buffer = torch.empty(size, device=grads[0].device, dtype=grads[0].dtype)
+        return buffer
 
     def state_dict(self) -> dict:
         state = super().state_dict()

@@ -1,0 +1,132 @@
+"""Step-time benchmark of OGM / OGM-GE modulation on the official-size audio-visual ResNet-18.
+
+Times, separately and as the median of repeated steps:
+  * forward + backward of the model (batch 16, audio 1x257x188, visual 3xTx224x224);
+  * OGM's gradient scaling (``ogm``'s after_backward);
+  * OGM-GE's scaling + noise (``ogm_ge``'s after_backward);
+  * ``torch.randn`` over the same number of elements as the modulated tensors, in the same run.
+It also checks that the modulation makes no host synchronisation (no tensor is converted to a
+Python number) and prints a Markdown table.
+
+    python benchmarks/step_time.py                    # frames 1 and 3, batch 16, CPU
+    python benchmarks/step_time.py --frames 1 --repeats 3 --device cuda
+"""
+
+from __future__ import annotations
+
+import argparse
+import platform
+import statistics
+import time
+from contextlib import contextmanager
+
+import torch
+
+from avbalance.methods import get_method
+from avbalance.methods.ogm import select_tensors
+from avbalance.models import build_model, model_spec
+
+
+def synchronise(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def median_time(function, repeats: int, device: torch.device) -> float:
+    times = []
+    for _ in range(repeats):
+        synchronise(device)
+        start = time.perf_counter()
+        function()
+        synchronise(device)
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+@contextmanager
+def forbid_host_sync():
+    """Raise if anything converts a tensor to a Python value while active."""
+    def forbidden(*args, **kwargs):
+        raise AssertionError("host synchronisation inside the modulation")
+
+    saved = {name: getattr(torch.Tensor, name) for name in ("item", "tolist", "__bool__", "__float__", "__int__")}
+    for name in saved:
+        setattr(torch.Tensor, name, forbidden)
+    try:
+        yield
+    finally:
+        for name, original in saved.items():
+            setattr(torch.Tensor, name, original)
+
+
+def benchmark(frames: int, batch_size: int, repeats: int, device: torch.device) -> dict[str, float]:
+    torch.manual_seed(0)
+    spec = model_spec({"audio": (1, 257, 188), "visual": (3, frames, 224, 224)}, num_classes=6)
+    model = build_model(spec).to(device).train()
+    batch = {
+        "audio": torch.randn(batch_size, 1, 257, 188, device=device),
+        "visual": torch.randn(batch_size, 3, frames, 224, 224, device=device),
+        "label": torch.randint(0, 6, (batch_size,), device=device),
+    }
+    state = {}
+
+    def forward_backward():
+        model.zero_grad(set_to_none=False)
+        output = model(batch)
+        torch.nn.functional.cross_entropy(output.logits, batch["label"]).backward()
+        state["output"] = output
+
+    forward_backward()  # warm-up; leaves gradients in place for the modulation timings
+    step = median_time(forward_backward, repeats, device)
+    output = state["output"]
+    grads = {n: p.grad.clone() for n, p in model.named_parameters()}
+
+    def restore():
+        for n, p in model.named_parameters():
+            p.grad.copy_(grads[n])
+
+    results = {"step": step}
+    for name in ("ogm", "ogm_ge"):
+        method = get_method(name, alpha=0.5)
+        method.loss(output, batch)
+        with forbid_host_sync():
+            method.after_backward(model, output, batch)  # warm-up + no-sync check
+
+        def modulate():
+            method.after_backward(model, output, batch)
+
+        timings = []
+        for _ in range(repeats):
+            restore()
+            timings.append(median_time(modulate, 1, device))
+        results[name] = statistics.median(timings)
+
+    elements = sum(p.numel() for m in model.modalities for p in select_tensors(model.encoders[m], "conv"))
+    generator = torch.Generator(device=device).manual_seed(0)
+    results["randn"] = median_time(lambda: torch.randn(elements, generator=generator, device=device), repeats, device)
+    results["elements"] = elements
+    return results
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--frames", type=int, nargs="+", default=[1, 3])
+    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--device", default="cpu")
+    args = parser.parse_args()
+    device = torch.device(args.device)
+    print(f"device: {device} ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads), "
+          f"torch {torch.__version__}, batch {args.batch_size}, median of {args.repeats}")
+    print("| visual frames | forward+backward (s) | OGM scaling (ms) | OGM share of step | OGM-GE (ms) "
+          "| randn same elements (ms) | OGM-GE / randn | modulated elements | host syncs |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    for frames in args.frames:
+        r = benchmark(frames, args.batch_size, args.repeats, device)
+        print(f"| {frames} | {r['step']:.3f} | {1e3 * r['ogm']:.2f} | {100 * r['ogm'] / r['step']:.2f} % "
+              f"| {1e3 * r['ogm_ge']:.1f} | {1e3 * r['randn']:.1f} | {r['ogm_ge'] / r['randn']:.2f} "
+              f"| {r['elements'] / 1e6:.1f} M | none |", flush=True)
+
+
+if __name__ == "__main__":
+    main()
