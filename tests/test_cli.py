@@ -35,6 +35,10 @@ def test_train_writes_the_run_folder(trained_run):
     assert all(0.0 <= v <= 1.0 for v in metrics["test"].values())
     history = json.loads((trained_run / "history.json").read_text())
     assert [r["epoch"] for r in history] == [0, 1]
+    import torch
+
+    last = torch.load(trained_run / "checkpoints" / "last.ckpt", weights_only=True)
+    assert last["epoch"] == 1 and [r["epoch"] for r in last["avbalance"]["history"]] == [0, 1]
     best = max(history, key=lambda r: r["val/acc"])
     assert metrics["best_epoch"] == best["epoch"]
     assert metrics["val"]["acc"] == pytest.approx(best["val/acc"], abs=1e-6)  # best = selected on val

@@ -7,6 +7,7 @@ the traceback instead.
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import sys
 from pathlib import Path
@@ -173,17 +174,18 @@ def build_parser() -> argparse.ArgumentParser:
     convert.add_argument("--condition", help="film: the conditioning modality (default audio)")
     convert.add_argument("--gate", help="gated: the gating modality (default audio)")
 
-    _add_prepare(commands)
+    for module_name in COMMAND_MODULES:
+        module = importlib.import_module(module_name)
+        sub = module.add_parser(commands)
+        if sub is not None and sub.get_default("handler") is None:
+            sub.set_defaults(handler=module.run)
     return parser
 
 
-def _add_prepare(commands) -> None:
-    try:
-        from .data.prepare.cli import add_parser, run
-    except ImportError:  # pragma: no cover - the prepare package is part of every install
-        return
-    sub = add_parser(commands)
-    sub.set_defaults(handler=run)
+# Modules that add their own sub-commands: each has ``add_parser(commands)``, which creates its
+# sub-parser(s) and either sets ``handler`` (a function ``args -> exit status``) on them or returns
+# the one sub-parser it made and provides ``run(args)``.
+COMMAND_MODULES = ("avbalance.data.prepare.cli",)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -28,6 +28,24 @@ class ModalitySubset(Dataset):
         return {key: sample[key] for key in self.keep}
 
 
+class ResampledDataset(Dataset):
+    """A training set rebuilt by a resampling method: ``entries`` are ``(index, modalities to
+    zero)``; a zeroed modality's input is replaced by zeros."""
+
+    def __init__(self, dataset: Dataset, entries):
+        self.dataset, self.entries = dataset, list(entries)
+
+    def __len__(self) -> int:
+        return len(self.entries)
+
+    def __getitem__(self, position: int) -> dict[str, Any]:
+        index, zeroed = self.entries[position]
+        sample = dict(self.dataset[int(index)])
+        for modality in zeroed:
+            sample[modality] = torch.zeros_like(sample[modality])
+        return sample
+
+
 class BalancedDataModule(L.LightningDataModule):
     def __init__(self, config: DataConfig, seed: int = 0):
         super().__init__()
@@ -48,6 +66,7 @@ class BalancedDataModule(L.LightningDataModule):
         if self.info.modalities != splits.info.modalities:
             train, val, test = (ModalitySubset(s, self.info.modalities) for s in (train, val, test))
         self.train_set, self.val_set, self.test_set = train, val, test
+        self.train_entries = None  # set by resampling methods between epochs
 
     def _select_modalities(self, info: DatasetInfo) -> DatasetInfo:
         if not self.config.modalities:
@@ -72,6 +91,8 @@ class BalancedDataModule(L.LightningDataModule):
         )
 
     def train_dataloader(self) -> DataLoader:
+        if self.train_entries is not None:
+            return self._loader(ResampledDataset(self.train_set, self.train_entries), train=True)
         return self._loader(self.train_set, train=True)
 
     def val_dataloader(self) -> DataLoader:

@@ -8,6 +8,7 @@ import lightning as L
 import torch
 
 from ..methods import get_method
+from .epoch_data import LoaderEpochData
 from ..metrics import MultimodalMetrics
 from ..models import build_model
 from .config import RunConfig
@@ -48,6 +49,9 @@ class BalancedModule(L.LightningModule):
         self.test_metrics = MultimodalMetrics(classes, modalities)
         self.history: list[dict[str, float]] = []
         self._step_output = None
+        self._before_step = None
+        # Methods that run the whole step themselves get manual optimisation (see LightningStep).
+        self.automatic_optimization = not self.method.overrides_step
         self._loss_sum, self._loss_count = torch.zeros(()), 0
 
     # -- training ----------------------------------------------------------------------------------
@@ -58,18 +62,33 @@ class BalancedModule(L.LightningModule):
             return optimizer
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "epoch"}}
 
+    def epoch_data(self) -> LoaderEpochData | None:
+        datamodule = getattr(self.trainer, "datamodule", None)
+        if datamodule is None:
+            return None
+        data = self.config.data
+        return LoaderEpochData(datamodule.train_set, datamodule.val_set, data.eval_batch_size or data.batch_size,
+                               self.device, data.num_workers, self.config.trainer.seed)
+
     def on_fit_start(self) -> None:
         optimizer = self.trainer.optimizers[0] if self.trainer.optimizers else None
-        if self.trainer.is_global_zero:
-            self.method.setup(self.model, optimizer)
-        else:  # the same checks, without repeating the warning on every rank
-            self.method.check_modalities(self.model.modalities)
+        if not self.trainer.is_global_zero:  # the same checks, without repeating warnings on every rank
+            optimizer = None
+        self.method.setup(self.model, optimizer, data=self.epoch_data())
 
     def on_train_epoch_start(self) -> None:
-        self.method.on_epoch_start(self.current_epoch, self.model)
+        self.method.on_epoch_start(self.current_epoch, self.model, self.epoch_data())
         self._loss_sum, self._loss_count = torch.zeros((), device=self.device), 0
 
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        if not self.automatic_optimization:
+            loss = self.method.training_step(self.model, batch, LightningStep(self, batch_idx))
+            self._loss_sum = self._loss_sum + loss.detach()
+            self._loss_count += 1
+            self.log("train/loss", loss.detach(), on_step=False, on_epoch=True, prog_bar=True,
+                     batch_size=len(batch["label"]))
+            self._log_method()
+            return loss
         output = self.model(batch)
         loss = self.method.loss(output, batch)
         self._step_output = (output, batch)
@@ -84,15 +103,32 @@ class BalancedModule(L.LightningModule):
     def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
         # Lightning calls this after backward, DDP's gradient averaging and AMP unscaling, before
         # gradient clipping and the optimizer step: where gradient modulation belongs.
-        output, batch = self._step_output
-        self.method.after_backward(self.model, output, batch)
-        self._step_output = None
+        if self.automatic_optimization:
+            output, batch = self._step_output
+            self.method.after_backward(self.model, output, batch)
+            self._step_output = None
+            self._log_method()
+            return
+        if self._before_step is not None:
+            self._before_step()
+            self._before_step = None
+        if self.config.trainer.gradient_clip_val:  # Lightning clips only in automatic optimisation
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.config.trainer.gradient_clip_val)
+
+    def _log_method(self) -> None:
         logs = self.method.logs()
         if logs:
             self.log_dict({f"method/{k}": v for k, v in logs.items()}, on_step=True, on_epoch=True)
 
     def on_train_epoch_end(self) -> None:
-        self.method.on_epoch_end(self.current_epoch, self.model)
+        self.method.on_epoch_end(self.current_epoch, self.model, self.epoch_data())
+        if not self.automatic_optimization:  # Lightning steps schedulers only in automatic mode
+            scheduler = self.lr_schedulers()
+            if scheduler is not None:
+                scheduler.step()
+        datamodule = getattr(self.trainer, "datamodule", None)
+        if self.method.resamples_data and datamodule is not None:
+            datamodule.train_entries = self.method.train_entries()
 
     def _train_record(self) -> dict[str, float]:
         # Lightning validates before on_train_epoch_end, so the epoch's training figures are read here.
@@ -139,3 +175,26 @@ class BalancedModule(L.LightningModule):
         state = checkpoint.get("avbalance", {})
         self.method.load_state_dict(state.get("method_state", {}))
         self.history = list(state.get("history", []))
+
+
+class LightningStep:
+    """:class:`avbalance.methods.base.StepContext` on Lightning's manual optimisation: backward
+    through ``manual_backward`` (AMP scaling, DDP averaging), the step through Lightning's optimizer
+    wrapper (AMP unscaling, then ``before_step`` in ``on_before_optimizer_step``)."""
+
+    def __init__(self, module: BalancedModule, batch_idx: int):
+        self.module = module
+        self.optimizer = module.optimizers()
+        self.epoch = module.current_epoch
+        self.batch_idx = batch_idx
+        self.num_batches = int(module.trainer.num_training_batches)
+
+    def backward(self, loss: torch.Tensor, retain_graph: bool = False) -> None:
+        self.module.manual_backward(loss, retain_graph=retain_graph)
+
+    def step(self, before_step=None) -> None:
+        self.module._before_step = before_step
+        self.optimizer.step()
+
+    def zero_grad(self) -> None:
+        self.optimizer.zero_grad(set_to_none=True)

@@ -76,6 +76,10 @@ def build_model_spec(config: RunConfig, datamodule: BalancedDataModule) -> dict[
 
 def build_trainer(config: RunConfig, out: Path, callbacks: list, loggers: list | bool = True) -> L.Trainer:
     trainer = config.trainer
+    method = get_method(config.method.name, **config.method.params)
+    if method.overrides_step and trainer.accumulate_grad_batches > 1:
+        raise ConfigError(f"method {method.name!r} runs its own training step and does not support "
+                          f"trainer.accumulate_grad_batches > 1")
     return L.Trainer(
         max_epochs=trainer.epochs,
         accelerator=trainer.accelerator,
@@ -85,7 +89,9 @@ def build_trainer(config: RunConfig, out: Path, callbacks: list, loggers: list |
         precision=trainer.precision,
         deterministic=trainer.deterministic,
         accumulate_grad_batches=trainer.accumulate_grad_batches,
-        gradient_clip_val=trainer.gradient_clip_val,
+        # with manual optimisation the module clips (Lightning refuses to)
+        gradient_clip_val=None if method.overrides_step else trainer.gradient_clip_val,
+        reload_dataloaders_every_n_epochs=1 if method.resamples_data else 0,
         log_every_n_steps=trainer.log_every_n_steps,
         enable_progress_bar=trainer.progress_bar,
         enable_model_summary=False,
@@ -115,9 +121,13 @@ def train(config: RunConfig, resume: str | None = None) -> dict[str, Any]:
 
     module = BalancedModule(config.model_dump(), spec)
     checkpoint = ModelCheckpoint(dirpath=out / CHECKPOINT_DIR, filename="best", monitor="val/acc", mode="max",
-                                 save_last=True, save_top_k=1, enable_version_counter=False)
+                                 save_top_k=1, enable_version_counter=False)
+    # A separate callback for last.ckpt: ModelCheckpoint(save_last=True) writes it only on epochs that
+    # improve the monitored metric, and resume needs the newest state.
+    latest = ModelCheckpoint(dirpath=out / CHECKPOINT_DIR, filename="last", monitor=None, save_top_k=1,
+                             enable_version_counter=False)
     loggers = [TensorBoardLogger(str(out), name="", version=""), CSVLogger(str(out), name="", version="")]
-    trainer = build_trainer(config, out, [checkpoint], loggers)
+    trainer = build_trainer(config, out, [checkpoint, latest], loggers)
     trainer.fit(module, datamodule=datamodule, ckpt_path=resume)
 
     best = checkpoint.best_model_path or str(out / CHECKPOINT_DIR / "last.ckpt")

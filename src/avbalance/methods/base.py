@@ -20,18 +20,84 @@ step; methods that use batch statistics accumulate them over the micro-batches i
 
 Methods never know the trainer. The Lightning engine is one user of this protocol; a plain PyTorch
 loop is another.
+
+Three optional extensions serve methods that need more than a loss and a gradient hook:
+
+* **Step override** (``overrides_step = True``): the method runs the whole training step in
+  ``training_step(model, batch, step)`` -- several backward passes, several optimizer steps,
+  alternating updates -- through a :class:`StepContext` (``step.backward``, ``step.step``,
+  ``step.zero_grad``). The engine then uses manual optimisation; in a plain loop use
+  :class:`PlainStep`.
+* **Epoch data** (:class:`EpochData`): ``setup`` and the epoch hooks receive ``data``, which yields
+  training and validation batches on the model's device (this rank's shard under DDP), for
+  prototypes, re-initialisation diagnostics, weight estimation or teacher pre-training.
+* **Resampling** (``resamples_data = True``): ``train_entries()`` returns the training set to use in
+  the next epoch as ``(index, modalities to zero)`` pairs; the engine rebuilds the loader from it.
 """
 
 from __future__ import annotations
 
 import warnings
-from typing import Any, ClassVar, Mapping
+from typing import Any, Callable, ClassVar, Iterator, Mapping, Protocol, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from ..models.model import ModelOutput, MultimodalModel
+
+
+class StepContext(Protocol):
+    """What a method that overrides the training step uses instead of calling the optimizer."""
+
+    optimizer: torch.optim.Optimizer
+    epoch: int
+    batch_idx: int
+    num_batches: int
+
+    def backward(self, loss: torch.Tensor, retain_graph: bool = False) -> None:
+        """Back-propagate ``loss`` (AMP loss scaling and DDP gradient averaging included)."""
+
+    def step(self, before_step: Callable[[], None] | None = None) -> None:
+        """Take an optimizer step; ``before_step`` runs once gradients are final (unscaled),
+        before clipping and the update: the place for gradient surgery."""
+
+    def zero_grad(self) -> None:
+        """Set every gradient to None (parameters without a gradient are then not updated)."""
+
+
+class PlainStep:
+    """:class:`StepContext` for a plain PyTorch loop."""
+
+    def __init__(self, optimizer: torch.optim.Optimizer, epoch: int = 0, batch_idx: int = 0,
+                 num_batches: int = 1):
+        self.optimizer, self.epoch, self.batch_idx, self.num_batches = optimizer, epoch, batch_idx, num_batches
+
+    def backward(self, loss: torch.Tensor, retain_graph: bool = False) -> None:
+        loss.backward(retain_graph=retain_graph)
+
+    def step(self, before_step: Callable[[], None] | None = None) -> None:
+        if before_step is not None:
+            before_step()
+        self.optimizer.step()
+
+    def zero_grad(self) -> None:
+        self.optimizer.zero_grad(set_to_none=True)
+
+
+class EpochData(Protocol):
+    """Access to the data outside the training step (this rank's shard under DDP)."""
+
+    device: torch.device
+
+    def train_batches(self, limit: int | None = None, shuffle: bool = False) -> Iterator[dict[str, torch.Tensor]]:
+        """Training batches (evaluation-time loading, unshuffled unless asked), on ``device``."""
+
+    def val_batches(self, limit: int | None = None) -> Iterator[dict[str, torch.Tensor]]:
+        """Validation batches on ``device`` (never the test split)."""
+
+    def num_train_samples(self) -> int:
+        """Size of the whole training set (all ranks)."""
 
 
 class Method:
@@ -42,6 +108,10 @@ class Method:
     max_modalities: ClassVar[int | None] = None
     #: True for methods that act only by rescaling gradients (cancelled by Adam's normalisation).
     scales_gradients: ClassVar[bool] = False
+    #: True for methods that run the whole training step themselves (see ``training_step``).
+    overrides_step: ClassVar[bool] = False
+    #: True for methods that choose the training samples of each epoch (see ``train_entries``).
+    resamples_data: ClassVar[bool] = False
 
     def __init__(self) -> None:
         self.epoch = 0
@@ -63,8 +133,10 @@ class Method:
                 f"method {self.name!r} needs {allowed} modalities, got {count} ({', '.join(modalities) or 'none'})"
             )
 
-    def setup(self, model: MultimodalModel, optimizer: torch.optim.Optimizer | None = None) -> None:
-        """Check the model fits the method; warn once when an optimizer would cancel the method."""
+    def setup(self, model: MultimodalModel, optimizer: torch.optim.Optimizer | None = None,
+              data: EpochData | None = None) -> None:
+        """Check the model fits the method; warn once when an optimizer would cancel the method.
+        Methods needing data before training (e.g. teacher pre-training) use ``data``."""
         self.check_modalities(tuple(model.modalities))
         if optimizer is not None and self.scales_gradients and not self._warned_optimizer:
             if isinstance(optimizer, (torch.optim.Adam, torch.optim.AdamW)):
@@ -78,11 +150,27 @@ class Method:
                 )
 
     # -- hooks -----------------------------------------------------------------------------------
-    def on_epoch_start(self, epoch: int, model: nn.Module | None = None) -> None:
+    def on_epoch_start(self, epoch: int, model: nn.Module | None = None, data: EpochData | None = None) -> None:
         self.epoch = epoch
 
-    def on_epoch_end(self, epoch: int, model: nn.Module | None = None) -> None:
+    def on_epoch_end(self, epoch: int, model: nn.Module | None = None, data: EpochData | None = None) -> None:
         pass
+
+    def training_step(self, model: MultimodalModel, batch: Mapping[str, torch.Tensor],
+                      step: StepContext) -> torch.Tensor:
+        """The whole step, for methods with ``overrides_step``; returns the (detached) loss to log.
+        This default is the ordinary step, so an override can start from it."""
+        output = model(batch)
+        loss = self.loss(output, batch)
+        step.zero_grad()
+        step.backward(loss)
+        step.step(lambda: self.after_backward(model, output, batch))
+        return loss.detach()
+
+    def train_entries(self) -> Sequence[tuple[int, tuple[str, ...]]] | None:
+        """For ``resamples_data`` methods: the next epoch's training samples as ``(index into the
+        training set, modalities to zero)``; None keeps the plain training set."""
+        return None
 
     def loss(self, output: ModelOutput, batch: Mapping[str, torch.Tensor]) -> torch.Tensor:
         return F.cross_entropy(output.logits, batch["label"])

@@ -1,0 +1,54 @@
+"""Data access for methods outside the training step (:class:`avbalance.methods.base.EpochData`)."""
+
+from __future__ import annotations
+
+from typing import Iterator
+
+import torch
+import torch.distributed as dist
+from torch.utils.data import DataLoader, Dataset, Subset
+
+
+def _rank_and_world() -> tuple[int, int]:
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def to_device(batch: dict, device: torch.device) -> dict:
+    return {k: v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
+
+
+class LoaderEpochData:
+    """Yields this rank's shard of the training / validation sets as batches on ``device``."""
+
+    def __init__(self, train_set: Dataset, val_set: Dataset, batch_size: int, device: torch.device,
+                 num_workers: int = 0, seed: int = 0):
+        self.train_set, self.val_set = train_set, val_set
+        self.batch_size, self.device, self.num_workers, self.seed = batch_size, device, num_workers, seed
+        self._shuffles = 0
+
+    def _shard(self, dataset: Dataset) -> Dataset:
+        rank, world = _rank_and_world()
+        return dataset if world == 1 else Subset(dataset, range(rank, len(dataset), world))
+
+    def _batches(self, dataset: Dataset, limit: int | None, shuffle: bool) -> Iterator[dict]:
+        generator = None
+        if shuffle:  # the same order on every rank, different every call
+            self._shuffles += 1
+            generator = torch.Generator().manual_seed(self.seed * 1_000_003 + self._shuffles)
+        loader = DataLoader(self._shard(dataset), batch_size=self.batch_size, shuffle=shuffle,
+                            generator=generator, num_workers=self.num_workers)
+        for index, batch in enumerate(loader):
+            if limit is not None and index >= limit:
+                return
+            yield to_device(batch, self.device)
+
+    def train_batches(self, limit: int | None = None, shuffle: bool = False) -> Iterator[dict]:
+        return self._batches(self.train_set, limit, shuffle)
+
+    def val_batches(self, limit: int | None = None) -> Iterator[dict]:
+        return self._batches(self.val_set, limit, shuffle=False)
+
+    def num_train_samples(self) -> int:
+        return len(self.train_set)
