@@ -35,3 +35,10 @@ def test_visual_branch_of_the_joint_model_lags_the_visual_only_model(tmp_path):
     saved = json.loads((tmp_path / "results.json").read_text())
     assert saved == results
     assert (tmp_path / "val_accuracy.png").stat().st_size > 10_000
+
+
+def test_optional_third_modality():
+    splits = build_dataset("synthetic", train_size=30, test_size=10, flow_strength=0.3, frames=3)
+    assert splits.info.modalities == ("audio", "visual", "flow")
+    assert splits.train[0]["flow"].shape == (2, 3, 32, 32)
+    assert "flow" not in build_dataset("synthetic", train_size=30, test_size=10).info.input_shapes

@@ -6,7 +6,9 @@ random *visual pattern* (a ``3 x H x W`` image). A sample of class ``c`` is
 * audio  = ``audio_strength``  * pattern_a[c] + N(0, 1) noise, except that for a fraction
   ``audio_dropout`` of the samples the audio carries no class pattern at all (pure noise);
 * visual = ``frames`` frames, each ``visual_strength`` * pattern_v[c] shifted by a random offset of
-  up to ``max_shift`` pixels + N(0, 1) noise drawn independently per frame.
+  up to ``max_shift`` pixels + N(0, 1) noise drawn independently per frame;
+* flow (only with ``flow_strength`` > 0) = a third modality built like visual with 2 channels
+  (``2 x frames x H x W``) and its own class patterns, for methods with more than two modalities.
 
 With the defaults audio is the "easy" modality: a high signal-to-noise pattern at a fixed place,
 learned within a few steps. Visual is weaker and spatially jittered, so it needs more training, but
@@ -60,6 +62,8 @@ def make_split(
     audio_dropout: float,
     max_shift: int,
     generator: torch.Generator,
+    flow_patterns: torch.Tensor | None = None,
+    flow_strength: float = 0.0,
 ) -> TensorDictDataset:
     num_classes = len(audio_patterns)
     labels = torch.randint(0, num_classes, (count,), generator=generator)
@@ -67,12 +71,20 @@ def make_split(
     audio = audio_strength * audio_has_signal * audio_patterns[labels]
     audio = audio + torch.randn(audio.shape, generator=generator)
 
+    tensors = {"audio": audio, "visual": _clips(visual_patterns[labels], visual_strength, frames, max_shift, generator)}
+    if flow_patterns is not None:
+        tensors["flow"] = _clips(flow_patterns[labels], flow_strength, frames, max_shift, generator)
+    return TensorDictDataset(tensors, labels)
+
+
+def _clips(patterns: torch.Tensor, strength: float, frames: int, max_shift: int,
+           generator: torch.Generator) -> torch.Tensor:
+    """``frames`` jittered, noisy copies of each pattern, stacked as ``(N, C, T, H, W)``."""
     clips = []
     for _ in range(frames):
-        frame = visual_strength * _shifted(visual_patterns[labels], max_shift, generator)
+        frame = strength * _shifted(patterns, max_shift, generator)
         clips.append(frame + torch.randn(frame.shape, generator=generator))
-    visual = torch.stack(clips, dim=2)  # (N, 3, T, H, W)
-    return TensorDictDataset({"audio": audio, "visual": visual}, labels)
+    return torch.stack(clips, dim=2)
 
 
 @register_dataset("synthetic")
@@ -90,6 +102,7 @@ def build_synthetic(
     visual_strength: float = 0.1,
     audio_dropout: float = 0.35,
     max_shift: int = 4,
+    flow_strength: float = 0.0,
     seed: int = 0,
 ) -> DatasetSplits:
     """Build the synthetic dataset (``root`` is ignored: nothing is read from disk).
@@ -100,6 +113,7 @@ def build_synthetic(
     generator = torch.Generator().manual_seed(seed)
     audio_patterns = _smooth_patterns(num_classes, 1, freq_bins, time_steps, generator)
     visual_patterns = _smooth_patterns(num_classes, 3, image_size, image_size, generator)
+    flow_patterns = _smooth_patterns(num_classes, 2, image_size, image_size, generator) if flow_strength > 0 else None
     options = dict(
         frames=frames,
         audio_strength=audio_strength,
@@ -107,6 +121,8 @@ def build_synthetic(
         audio_dropout=audio_dropout,
         max_shift=max_shift,
         generator=generator,
+        flow_patterns=flow_patterns,
+        flow_strength=flow_strength,
     )
     train = make_split(train_size, audio_patterns, visual_patterns, **options)
     test = make_split(test_size, audio_patterns, visual_patterns, **options)
@@ -114,7 +130,8 @@ def build_synthetic(
     info = DatasetInfo(
         name="synthetic",
         num_classes=num_classes,
-        input_shapes={"audio": (1, freq_bins, time_steps), "visual": (3, frames, image_size, image_size)},
+        input_shapes={"audio": (1, freq_bins, time_steps), "visual": (3, frames, image_size, image_size),
+                      **({"flow": (2, frames, image_size, image_size)} if flow_strength > 0 else {})},
         class_names=[f"class_{c}" for c in range(num_classes)],
         recommended_encoder={"width": 8, "layers": [1, 1, 1]},
     )
