@@ -6,7 +6,7 @@ from typing import Iterator
 
 import torch
 import torch.distributed as dist
-from torch.utils.data import DataLoader, Dataset, Subset
+from torch.utils.data import DataLoader, Dataset
 
 
 def _rank_and_world() -> tuple[int, int]:
@@ -17,6 +17,20 @@ def _rank_and_world() -> tuple[int, int]:
 
 def to_device(batch: dict, device: torch.device) -> dict:
     return {k: v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
+
+
+class _Indexed(Dataset):
+    """Adds each sample's index in the full dataset as ``"index"``."""
+
+    def __init__(self, dataset: Dataset, indices):
+        self.dataset, self.indices = dataset, list(indices)
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getitem__(self, position: int) -> dict:
+        index = self.indices[position]
+        return {**self.dataset[index], "index": torch.tensor(index)}
 
 
 class LoaderEpochData:
@@ -30,7 +44,7 @@ class LoaderEpochData:
 
     def _shard(self, dataset: Dataset) -> Dataset:
         rank, world = _rank_and_world()
-        return dataset if world == 1 else Subset(dataset, range(rank, len(dataset), world))
+        return _Indexed(dataset, range(rank, len(dataset), world))
 
     def _batches(self, dataset: Dataset, limit: int | None, shuffle: bool) -> Iterator[dict]:
         generator = None

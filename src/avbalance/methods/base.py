@@ -91,7 +91,9 @@ class EpochData(Protocol):
     device: torch.device
 
     def train_batches(self, limit: int | None = None, shuffle: bool = False) -> Iterator[dict[str, torch.Tensor]]:
-        """Training batches (evaluation-time loading, unshuffled unless asked), on ``device``."""
+        """Training batches (unshuffled unless asked; the same order on every rank), on ``device``.
+        Each batch also has ``"index"``: every sample's index in the whole training set (the
+        indices ``train_entries`` refers to). Under DDP rank r gets indices r, r + world, ..."""
 
     def val_batches(self, limit: int | None = None) -> Iterator[dict[str, torch.Tensor]]:
         """Validation batches on ``device`` (never the test split)."""
