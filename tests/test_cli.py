@@ -30,9 +30,10 @@ def test_train_writes_the_run_folder(trained_run):
     assert config["method"] == {"name": "ogm_ge", "params": {"alpha": 0.5}}
     assert config["trainer"]["epochs"] == 2 and config["data"]["options"]["train_size"] == 240
     metrics = json.loads((trained_run / "metrics.json").read_text())
-    expected = {f"{k}{s}" for k in ("acc", "f1_macro", "map") for s in ("", "_audio", "_visual")}
+    expected = {f"{k}{s}" for k in ("acc", "f1_macro", "map") for s in ("", "_audio", "_visual")} | {"samples"}
     assert set(metrics["val"]) == expected and set(metrics["test"]) == expected
-    assert all(0.0 <= v <= 1.0 for v in metrics["test"].values())
+    assert metrics["test"]["samples"] == 80 and metrics["val"]["samples"] == 24  # 10 % of 240
+    assert all(0.0 <= v <= 1.0 for k, v in metrics["test"].items() if k != "samples")
     history = json.loads((trained_run / "history.json").read_text())
     assert [r["epoch"] for r in history] == [0, 1]
     import torch
@@ -72,7 +73,7 @@ def test_unimodal_run(tmp_path):
     out = tmp_path / "visual"
     assert main(["train", "--modalities", "visual", "--epochs", "1", "--out", str(out), *SMALL]) == 0
     metrics = json.loads((out / "metrics.json").read_text())
-    assert set(metrics["test"]) == {"acc", "f1_macro", "map", "acc_visual", "f1_macro_visual", "map_visual"}
+    assert set(metrics["test"]) == {"acc", "f1_macro", "map", "acc_visual", "f1_macro_visual", "map_visual", "samples"}
 
 
 @pytest.mark.parametrize("args, message", [

@@ -6,6 +6,7 @@ Keys: ``acc``, ``f1_macro``, ``map`` for the fused logits and ``acc_<m>``, ``f1_
 * ``acc`` -- top-1 accuracy over samples.
 * ``f1_macro`` -- per-class F1 averaged over classes; torchmetrics leaves out classes that neither
   occur nor are predicted in the evaluated split (BalanceMM counts them as 0).
+* ``samples`` -- how many samples were evaluated (all ranks together; each sample counts once).
 * ``map`` -- macro average precision: per-class AP of the softmax scores (one-vs-rest, exact, no
   thresholds), averaged over classes; a class with no positive sample has no defined AP and is left
   out of the average.
@@ -17,7 +18,7 @@ from typing import Mapping, Sequence
 
 import torch
 from torch import nn
-from torchmetrics import MetricCollection
+from torchmetrics import MetricCollection, SumMetric
 from torchmetrics.classification import MulticlassAccuracy, MulticlassAveragePrecision, MulticlassF1Score
 
 FUSED = "fused"
@@ -38,15 +39,17 @@ class MultimodalMetrics(nn.Module):
         super().__init__()
         self.outputs = (FUSED, *modalities)
         self.collections = nn.ModuleDict({name: _collection(num_classes, full) for name in self.outputs})
+        self.samples = SumMetric()
 
     @torch.no_grad()
     def update(self, logits: torch.Tensor, unimodal_logits: Mapping[str, torch.Tensor], labels: torch.Tensor) -> None:
+        self.samples.update(torch.ones_like(labels, dtype=torch.float32))
         self.collections[FUSED].update(logits.float().softmax(1), labels)
         for modality, modality_logits in unimodal_logits.items():
             self.collections[modality].update(modality_logits.float().softmax(1), labels)
 
     def compute(self) -> dict[str, float]:
-        results = {}
+        results = {"samples": int(self.samples.compute())}
         for name, collection in self.collections.items():
             suffix = "" if name == FUSED else f"_{name}"
             for key, value in collection.compute().items():
@@ -56,3 +59,4 @@ class MultimodalMetrics(nn.Module):
     def reset(self) -> None:
         for collection in self.collections.values():
             collection.reset()
+        self.samples.reset()

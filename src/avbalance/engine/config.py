@@ -64,6 +64,7 @@ class TrainerConfig(Section):
     num_nodes: int = Field(1, ge=1)
     strategy: str = "auto"
     precision: str = "32-true"
+    sync_batchnorm: bool = False  # synchronise BatchNorm statistics across DDP ranks
     deterministic: bool = False
     accumulate_grad_batches: int = Field(1, ge=1)
     gradient_clip_val: float | None = None

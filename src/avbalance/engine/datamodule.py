@@ -7,7 +7,8 @@ from typing import Any
 
 import lightning as L
 import torch
-from torch.utils.data import DataLoader, Dataset, random_split
+from lightning.pytorch.overrides.distributed import UnrepeatedDistributedSampler
+from torch.utils.data import DataLoader, Dataset, DistributedSampler, random_split
 
 from ..data import DatasetInfo, build_dataset
 from ..errors import ConfigError, DataError
@@ -78,13 +79,29 @@ class BalancedDataModule(L.LightningDataModule):
         shapes = {m: info.input_shapes[m] for m in self.config.modalities}
         return DatasetInfo(info.name, info.num_classes, shapes, info.class_names, info.recommended_encoder)
 
+    def _world(self) -> tuple[int, int]:
+        trainer = getattr(self, "trainer", None)
+        return (trainer.global_rank, trainer.world_size) if trainer is not None else (0, 1)
+
+    def _sampler(self, dataset: Dataset, train: bool):
+        """Under DDP: a seeded shuffling sampler for training (Lightning sets its epoch), and for
+        evaluation one that gives every sample to exactly one rank (no padding duplicates)."""
+        rank, world = self._world()
+        if world == 1:
+            return None
+        if train:
+            return DistributedSampler(dataset, num_replicas=world, rank=rank, shuffle=True, seed=self.seed)
+        return UnrepeatedDistributedSampler(dataset, num_replicas=world, rank=rank, shuffle=False)
+
     def _loader(self, dataset: Dataset, train: bool) -> DataLoader:
         batch_size = self.config.batch_size if train else (self.config.eval_batch_size or self.config.batch_size)
+        sampler = self._sampler(dataset, train)
         return DataLoader(
             dataset,
             batch_size=batch_size,
-            shuffle=train,
-            drop_last=train and len(dataset) > batch_size,
+            shuffle=train and sampler is None,
+            sampler=sampler,
+            drop_last=train and len(dataset) > batch_size * self._world()[1],
             num_workers=self.config.num_workers,
             persistent_workers=self.config.num_workers > 0,
             pin_memory=torch.cuda.is_available(),

@@ -8,6 +8,7 @@ import lightning as L
 import torch
 
 from ..methods import get_method
+from ..methods.distributed import average_gradients
 from .epoch_data import LoaderEpochData
 from ..metrics import MultimodalMetrics
 from ..models import build_model
@@ -79,6 +80,13 @@ class BalancedModule(L.LightningModule):
     def on_train_epoch_start(self) -> None:
         self.method.on_epoch_start(self.current_epoch, self.model, self.epoch_data())
         self._loss_sum, self._loss_count = torch.zeros((), device=self.device), 0
+
+    def on_train_batch_start(self, batch, batch_idx: int) -> None:
+        # A method running its own step may back-propagate several times per batch, which DDP's
+        # reducer does not allow: its gradients are averaged in LightningStep.step instead.
+        wrapper = self.trainer.strategy.model
+        if not self.automatic_optimization and hasattr(wrapper, "require_backward_grad_sync"):
+            wrapper.require_backward_grad_sync = False
 
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
         if not self.automatic_optimization:
@@ -193,6 +201,7 @@ class LightningStep:
         self.module.manual_backward(loss, retain_graph=retain_graph)
 
     def step(self, before_step=None) -> None:
+        average_gradients(self.module.model.parameters())  # no-op in one process
         self.module._before_step = before_step
         self.optimizer.step()
 

@@ -16,7 +16,7 @@ from lightning.pytorch.plugins.io import TorchCheckpointIO
 from ..errors import ConfigError
 from ..methods import get_method
 from ..models import FUSIONS, model_spec
-from ..models.checkpoint import atomic_torch_save, model_state, read_checkpoint
+from ..models.checkpoint import atomic_torch_save, load_state, model_state, read_checkpoint
 from .config import RunConfig, save_config
 from .datamodule import BalancedDataModule
 from .module import BalancedModule
@@ -92,6 +92,8 @@ def build_trainer(config: RunConfig, out: Path, callbacks: list, loggers: list |
         # with manual optimisation the module clips (Lightning refuses to)
         gradient_clip_val=None if method.overrides_step else trainer.gradient_clip_val,
         reload_dataloaders_every_n_epochs=1 if method.resamples_data else 0,
+        use_distributed_sampler=False,  # the data module shards: evaluation sees every sample once
+        sync_batchnorm=trainer.sync_batchnorm,
         log_every_n_steps=trainer.log_every_n_steps,
         enable_progress_bar=trainer.progress_bar,
         enable_model_summary=False,
@@ -160,16 +162,12 @@ def evaluate(checkpoint_path: str, split: str = "test", data_root: str | None = 
     for key, value in (overrides or {}).items():
         setattr(config.data, key, value)
     config.trainer.accelerator, config.trainer.devices = accelerator, devices
+    if split not in ("val", "test"):
+        raise ConfigError(f"unknown split {split!r}; choose val or test")
     datamodule = BalancedDataModule(config.data, seed=config.trainer.seed)
     module = BalancedModule(config.model_dump(), state["model_spec"])
-    from ..models.checkpoint import load_state
-
     load_state(module.model, model_state(checkpoint), checkpoint_path)
     trainer = build_trainer(config, Path(checkpoint_path).parent, callbacks=[], loggers=False)
-    if split == "val":
-        results = trainer.validate(module, dataloaders=datamodule.val_dataloader(), verbose=False)[0]
-    elif split == "test":
-        results = trainer.test(module, dataloaders=datamodule.test_dataloader(), verbose=False)[0]
-    else:
-        raise ConfigError(f"unknown split {split!r}; choose val or test")
+    run = trainer.validate if split == "val" else trainer.test
+    results = run(module, datamodule=datamodule, verbose=False)[0]
     return _strip(results, split)

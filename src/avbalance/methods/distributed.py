@@ -17,3 +17,20 @@ def all_reduce_sum(tensor: torch.Tensor) -> torch.Tensor:
     reduced = tensor.clone()
     dist.all_reduce(reduced, op=dist.ReduceOp.SUM)
     return reduced
+
+
+def average_gradients(parameters) -> None:
+    """Average ``.grad`` over all ranks in one flat all-reduce (for steps run without DDP's own
+    gradient synchronisation, e.g. several backward passes per step)."""
+    if not is_distributed():
+        return
+    grads = [p.grad for p in parameters if p.grad is not None]
+    if not grads:
+        return
+    flat = torch.cat([g.reshape(-1) for g in grads])
+    dist.all_reduce(flat, op=dist.ReduceOp.SUM)
+    flat /= dist.get_world_size()
+    offset = 0
+    for grad in grads:
+        grad.copy_(flat[offset:offset + grad.numel()].view_as(grad))
+        offset += grad.numel()

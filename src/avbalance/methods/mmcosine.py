@@ -60,8 +60,8 @@ class MMCosine(Method):
         options["scale" if COSINE_HEADS[fusion] == "cosine" else "cosine_scale"] = self.scaling
         return {**spec, "fusion": COSINE_HEADS[fusion], "fusion_options": options}
 
-    def setup(self, model: MultimodalModel, optimizer=None) -> None:
-        super().setup(model, optimizer)
+    def setup(self, model: MultimodalModel, optimizer=None, data=None) -> None:
+        super().setup(model, optimizer, data)
         if getattr(model.head, "cosine_scale", None) is None:
             raise ValueError("method 'mmcosine' needs a cosine head (CosineFusion, or film_sym/gated_sym "
                              "with cosine_scale); build the model through adapt_model_spec")
