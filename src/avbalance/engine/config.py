@@ -69,6 +69,7 @@ class TrainerConfig(Section):
     accumulate_grad_batches: int = Field(1, ge=1)
     gradient_clip_val: float | None = None
     log_every_n_steps: int = Field(10, ge=1)
+    checkpoint_every_n_steps: int | None = Field(None, ge=1)  # also refresh last.ckpt every N steps
     progress_bar: bool = True
 
 

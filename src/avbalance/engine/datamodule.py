@@ -8,11 +8,12 @@ from typing import Any
 import lightning as L
 import torch
 from lightning.pytorch.overrides.distributed import UnrepeatedDistributedSampler
-from torch.utils.data import DataLoader, Dataset, DistributedSampler, random_split
+from torch.utils.data import DataLoader, Dataset, random_split
 
 from ..data import DatasetInfo, build_dataset
 from ..errors import ConfigError, DataError
 from .config import DataConfig
+from .resume import ResumableSampler
 
 
 class ModalitySubset(Dataset):
@@ -68,6 +69,7 @@ class BalancedDataModule(L.LightningDataModule):
             train, val, test = (ModalitySubset(s, self.info.modalities) for s in (train, val, test))
         self.train_set, self.val_set, self.test_set = train, val, test
         self.train_entries = None  # set by resampling methods between epochs
+        self._resume_at: tuple[int, int] | None = None  # (epoch, batches done) from a checkpoint
 
     def _select_modalities(self, info: DatasetInfo) -> DatasetInfo:
         if not self.config.modalities:
@@ -84,14 +86,33 @@ class BalancedDataModule(L.LightningDataModule):
         return (trainer.global_rank, trainer.world_size) if trainer is not None else (0, 1)
 
     def _sampler(self, dataset: Dataset, train: bool):
-        """Under DDP: a seeded shuffling sampler for training (Lightning sets its epoch), and for
-        evaluation one that gives every sample to exactly one rank (no padding duplicates)."""
+        """Training: a seeded sampler whose order depends only on (seed, epoch) -- Lightning sets
+        its epoch -- and that can resume part-way through an epoch. Evaluation under DDP: every
+        sample goes to exactly one rank (no padding duplicates)."""
         rank, world = self._world()
+        if train:
+            sampler = ResumableSampler(dataset, num_replicas=world, rank=rank, seed=self.seed)
+            if self._resume_at is not None:
+                epoch, batches_done = self._resume_at
+                sampler.resume(epoch, batches_done * self.config.batch_size)
+                self._resume_at = None
+            return sampler
         if world == 1:
             return None
-        if train:
-            return DistributedSampler(dataset, num_replicas=world, rank=rank, shuffle=True, seed=self.seed)
         return UnrepeatedDistributedSampler(dataset, num_replicas=world, rank=rank, shuffle=False)
+
+    # Lightning saves and restores these with every checkpoint.
+    def state_dict(self) -> dict[str, Any]:
+        trainer = getattr(self, "trainer", None)
+        if trainer is None:
+            return {}
+        progress = trainer.fit_loop.epoch_loop.batch_progress.current
+        return {"epoch": trainer.current_epoch, "batches_done": progress.processed,
+                "batches_per_epoch": int(trainer.num_training_batches)}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if state and state["batches_done"] < state["batches_per_epoch"]:  # killed part-way through
+            self._resume_at = (state["epoch"], state["batches_done"])
 
     def _loader(self, dataset: Dataset, train: bool) -> DataLoader:
         batch_size = self.config.batch_size if train else (self.config.eval_batch_size or self.config.batch_size)
@@ -99,7 +120,7 @@ class BalancedDataModule(L.LightningDataModule):
         return DataLoader(
             dataset,
             batch_size=batch_size,
-            shuffle=train and sampler is None,
+            shuffle=False,
             sampler=sampler,
             drop_last=train and len(dataset) > batch_size * self._world()[1],
             num_workers=self.config.num_workers,

@@ -10,6 +10,7 @@ import torch
 from ..methods import get_method
 from ..methods.distributed import average_gradients
 from .epoch_data import LoaderEpochData
+from .resume import capture_rng, restore_rng
 from ..metrics import MultimodalMetrics
 from ..models import build_model
 from .config import RunConfig
@@ -177,12 +178,15 @@ class BalancedModule(L.LightningModule):
             "config": self.config.model_dump(),
             "method_state": self.method.state_dict(),
             "history": list(self.history),
+            "rng": capture_rng(),
         }
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         state = checkpoint.get("avbalance", {})
         self.method.load_state_dict(state.get("method_state", {}))
         self.history = list(state.get("history", []))
+        if "rng" in state and self.trainer.state.fn == "fit":
+            restore_rng(state["rng"])
 
 
 class LightningStep:

@@ -105,15 +105,37 @@ def build_trainer(config: RunConfig, out: Path, callbacks: list, loggers: list |
     )
 
 
+def latest_checkpoint(out: Path, **every) -> ModelCheckpoint:
+    """A callback that keeps ``checkpoints/last.ckpt`` current (``ModelCheckpoint(save_last=True)``
+    refreshes it only when the monitored metric improves; resume needs the newest state)."""
+    return ModelCheckpoint(dirpath=out / CHECKPOINT_DIR, filename="last", monitor=None, save_top_k=1,
+                           enable_version_counter=False, **every)
+
+
 def _strip(results: dict[str, float], prefix: str) -> dict[str, float]:
     return {k[len(prefix) + 1:]: float(v) for k, v in results.items() if k.startswith(prefix + "/")}
 
 
+def resolve_resume(resume: str | None, out: Path) -> str | None:
+    """``auto``: the run's ``checkpoints/last.ckpt`` when it exists (a fresh start otherwise)."""
+    if resume is None:
+        return None
+    if resume == "auto":
+        last = out / CHECKPOINT_DIR / "last.ckpt"
+        return str(last) if last.is_file() else None
+    if not Path(resume).is_file():
+        raise ConfigError(f"{resume}: no such checkpoint to resume from")
+    return resume
+
+
 def train(config: RunConfig, resume: str | None = None) -> dict[str, Any]:
     """Train, select the best epoch on validation, evaluate it on test. Returns ``metrics.json``'s
-    content: ``{"val": {...}, "test": {...}, "best_epoch": int, "best_checkpoint": str}``."""
+    content: ``{"val": {...}, "test": {...}, "best_epoch": int, "best_checkpoint": str}``.
+
+    ``resume``: a checkpoint to continue from, or ``"auto"`` for the run's last checkpoint."""
     quiet_lightning()
     check_config(config)
+    resume = resolve_resume(resume, Path(config.out))
     L.seed_everything(config.trainer.seed, workers=True, verbose=False)
     out = Path(config.out)
     datamodule = BalancedDataModule(config.data, seed=config.trainer.seed)
@@ -124,12 +146,11 @@ def train(config: RunConfig, resume: str | None = None) -> dict[str, Any]:
     module = BalancedModule(config.model_dump(), spec)
     checkpoint = ModelCheckpoint(dirpath=out / CHECKPOINT_DIR, filename="best", monitor="val/acc", mode="max",
                                  save_top_k=1, enable_version_counter=False)
-    # A separate callback for last.ckpt: ModelCheckpoint(save_last=True) writes it only on epochs that
-    # improve the monitored metric, and resume needs the newest state.
-    latest = ModelCheckpoint(dirpath=out / CHECKPOINT_DIR, filename="last", monitor=None, save_top_k=1,
-                             enable_version_counter=False)
+    callbacks = [checkpoint, latest_checkpoint(out, every_n_epochs=1)]
+    if config.trainer.checkpoint_every_n_steps:
+        callbacks.append(latest_checkpoint(out, every_n_train_steps=config.trainer.checkpoint_every_n_steps))
     loggers = [TensorBoardLogger(str(out), name="", version=""), CSVLogger(str(out), name="", version="")]
-    trainer = build_trainer(config, out, [checkpoint, latest], loggers)
+    trainer = build_trainer(config, out, callbacks, loggers)
     trainer.fit(module, datamodule=datamodule, ckpt_path=resume)
 
     best = checkpoint.best_model_path or str(out / CHECKPOINT_DIR / "last.ckpt")
