@@ -70,6 +70,7 @@ class TrainerConfig(Section):
     gradient_clip_val: float | None = None
     log_every_n_steps: int = Field(10, ge=1)
     checkpoint_every_n_steps: int | None = Field(None, ge=1)  # also refresh last.ckpt every N steps
+    nonfinite: Literal["skip", "stop", "off"] = "skip"  # what a NaN/Inf gradient does to the step
     progress_bar: bool = True
 
 

@@ -7,6 +7,7 @@ from typing import Any
 import lightning as L
 import torch
 
+from ..errors import AvbalanceError
 from ..methods import get_method
 from ..methods.distributed import average_gradients
 from .epoch_data import LoaderEpochData
@@ -34,6 +35,10 @@ def build_scheduler(config: RunConfig, optimizer: torch.optim.Optimizer):
     return None
 
 
+class TrainingError(AvbalanceError):
+    """Training cannot go on (e.g. non-finite gradients with ``trainer.nonfinite=stop``)."""
+
+
 class BalancedModule(L.LightningModule):
     """Built from a plain config dict and a model spec (both stored in every checkpoint)."""
 
@@ -52,6 +57,7 @@ class BalancedModule(L.LightningModule):
         self.history: list[dict[str, float]] = []
         self._step_output = None
         self._before_step = None
+        self.skipped_steps = 0  # steps skipped by the non-finite guard
         # Methods that run the whole step themselves get manual optimisation (see LightningStep).
         self.automatic_optimization = not self.method.overrides_step
         self._loss_sum, self._loss_count = torch.zeros(()), 0
@@ -112,6 +118,9 @@ class BalancedModule(L.LightningModule):
     def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
         # Lightning calls this after backward, DDP's gradient averaging and AMP unscaling, before
         # gradient clipping and the optimizer step: where gradient modulation belongs.
+        if not self._gradients_usable():
+            self._step_output, self._before_step = None, None
+            return
         if self.automatic_optimization:
             output, batch = self._step_output
             self.method.after_backward(self.model, output, batch)
@@ -123,6 +132,25 @@ class BalancedModule(L.LightningModule):
             self._before_step = None
         if self.config.trainer.gradient_clip_val:  # Lightning clips only in automatic optimisation
             torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.config.trainer.gradient_clip_val)
+
+    def _gradients_usable(self) -> bool:
+        """The non-finite guard: with NaN/Inf gradients the step is skipped (every gradient set to
+        None, so neither momentum nor weight decay moves a parameter) and counted, or training stops
+        (``trainer.nonfinite``). One host synchronisation per step; ``off`` removes it."""
+        mode = self.config.trainer.nonfinite
+        grads = [p.grad for p in self.model.parameters() if p.grad is not None]
+        if mode == "off" or not grads:
+            return True
+        if bool(torch.isfinite(torch.stack(torch._foreach_norm(grads))).all()):
+            return True
+        if mode == "stop" and "16" not in str(self.config.trainer.precision):  # fp16 overflows are routine
+            raise TrainingError(f"non-finite gradients at epoch {self.current_epoch}, step {self.global_step}; "
+                                f"lower the learning rate, or set trainer.nonfinite=skip to skip such steps")
+        for parameter in self.model.parameters():
+            parameter.grad = None
+        self.method.discard_step()
+        self.skipped_steps += 1
+        return False
 
     def _log_method(self) -> None:
         logs = self.method.logs()
@@ -162,7 +190,7 @@ class BalancedModule(L.LightningModule):
         self.val_metrics.reset()
         self.log_dict({f"val/{k}": v for k, v in results.items()}, sync_dist=False)
         if self.trainer.state.fn == "fit" and not self.trainer.sanity_checking:
-            record = {"epoch": self.current_epoch, **self._train_record()}
+            record = {"epoch": self.current_epoch, **self._train_record(), "train/skipped_steps": self.skipped_steps}
             record.update({f"val/{k}": v for k, v in results.items()})
             self.history.append(record)
 
@@ -179,12 +207,14 @@ class BalancedModule(L.LightningModule):
             "method_state": self.method.state_dict(),
             "history": list(self.history),
             "rng": capture_rng(),
+            "skipped_steps": self.skipped_steps,
         }
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         state = checkpoint.get("avbalance", {})
         self.method.load_state_dict(state.get("method_state", {}))
         self.history = list(state.get("history", []))
+        self.skipped_steps = int(state.get("skipped_steps", 0))
         if "rng" in state and self.trainer.state.fn == "fit":
             restore_rng(state["rng"])
 

@@ -152,13 +152,15 @@ def train(config: RunConfig, resume: str | None = None) -> dict[str, Any]:
     loggers = [TensorBoardLogger(str(out), name="", version=""), CSVLogger(str(out), name="", version="")]
     trainer = build_trainer(config, out, callbacks, loggers)
     trainer.fit(module, datamodule=datamodule, ckpt_path=resume)
+    skipped_steps = module.skipped_steps  # read before evaluation reloads the best checkpoint
 
     best = checkpoint.best_model_path or str(out / CHECKPOINT_DIR / "last.ckpt")
     history = list(module.history)
     val = _strip(trainer.validate(module, datamodule=datamodule, ckpt_path=best, verbose=False)[0], "val")
     test = _strip(trainer.test(module, datamodule=datamodule, ckpt_path=best, verbose=False)[0], "test")
     best_epoch = max(history, key=lambda r: r.get("val/acc", float("-inf")))["epoch"] if history else None
-    metrics = {"val": val, "test": test, "best_epoch": best_epoch, "best_checkpoint": best}
+    metrics = {"val": val, "test": test, "best_epoch": best_epoch, "best_checkpoint": best,
+               "skipped_steps": skipped_steps}
     if trainer.is_global_zero:
         (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
         (out / "history.json").write_text(json.dumps(history, indent=2))

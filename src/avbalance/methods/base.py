@@ -169,6 +169,9 @@ class Method:
         step.step(lambda: self.after_backward(model, output, batch))
         return loss.detach()
 
+    def discard_step(self) -> None:
+        """The step's gradients were thrown away (non-finite): forget what ``loss`` recorded for it."""
+
     def train_entries(self) -> Sequence[tuple[int, tuple[str, ...]]] | None:
         """For ``resamples_data`` methods: the next epoch's training samples as ``(index into the
         training set, modalities to zero)``; None keeps the plain training set."""

@@ -93,6 +93,9 @@ class OGM(Method):
         self._pending_scores = scores if self._pending_scores is None else self._pending_scores + scores
         return super().loss(output, batch)
 
+    def discard_step(self) -> None:
+        self._pending_scores = None
+
     def _tensor_groups(self, model: MultimodalModel) -> dict[str, list[torch.nn.Parameter]]:
         if self._groups is None:
             self._groups = {m: select_tensors(model.encoders[m], self.modulate) for m in model.modalities}
