@@ -77,7 +77,7 @@ def test_unimodal_run(tmp_path):
 
 
 @pytest.mark.parametrize("args, message", [
-    (["--method", "nope"], "unknown method 'nope'; choose one of: baseline,"),
+    (["--method", "nope"], "unknown method 'nope'; choose one of: "),
     (["--fusion", "mlp"], "unknown fusion 'mlp'; choose one of: sum, concat"),
     (["--method", "baseline", "--alpha", "0.3"], "method 'baseline' has no hyperparameter 'alpha'"),
     (["--set", "optim.lr=abc"], "config: optim.lr: Input should be a valid number"),

@@ -93,15 +93,22 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_test(args: argparse.Namespace) -> int:
+    from .analysis import analyse_checkpoint
+    from .analysis.cli import print_analysis
     from .engine import evaluate
 
     metrics = evaluate(args.ckpt, split=args.split, data_root=args.data, accelerator=args.accelerator,
                        devices=args.devices, batch_size=args.batch_size)
     print_metrics(f"{args.split} metrics of {args.ckpt}", metrics)
+    # Shapley values and confusion matrices of the same checkpoint on the same split.
+    analysis = analyse_checkpoint(args.ckpt, split=args.split, removal=args.removal,
+                                  data_root=args.data, batch_size=args.batch_size, accelerator=args.accelerator)
+    print_analysis(analysis)
     if args.out:
         out = Path(args.out)
         out.mkdir(parents=True, exist_ok=True)
-        (out / "metrics.json").write_text(json.dumps({args.split: metrics}, indent=2))
+        written = {args.split: metrics, "shapley": analysis["shapley"], "confusion": analysis["confusion"]}
+        (out / "metrics.json").write_text(json.dumps(written, indent=2))
         print(f"written: {out / 'metrics.json'}")
     return 0
 
@@ -160,6 +167,8 @@ def build_parser() -> argparse.ArgumentParser:
     test.add_argument("--accelerator", default="auto")
     test.add_argument("--devices", default="auto")
     test.add_argument("--out", help="folder to write metrics.json into")
+    test.add_argument("--removal", default="zero", choices=["zero", "mean"],
+                      help="how a removed modality is replaced for Shapley values (default: %(default)s)")
 
     demo = add("demo", cmd_demo, "baseline vs OGM-GE vs MMCosine (+ unimodal references) on synthetic data")
     demo.add_argument("--out", default="runs/demo")
@@ -185,7 +194,7 @@ def build_parser() -> argparse.ArgumentParser:
 # Modules that add their own sub-commands: each has ``add_parser(commands)``, which creates its
 # sub-parser(s) and either sets ``handler`` (a function ``args -> exit status``) on them or returns
 # the one sub-parser it made and provides ``run(args)``.
-COMMAND_MODULES = ("avbalance.data.prepare.cli",)
+COMMAND_MODULES = ("avbalance.data.prepare.cli", "avbalance.analysis.cli")
 
 
 def main(argv: list[str] | None = None) -> int:
