@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from typing import Any
 
 import lightning as L
@@ -80,9 +81,10 @@ class BalancedModule(L.LightningModule):
 
     def on_fit_start(self) -> None:
         optimizer = self.trainer.optimizers[0] if self.trainer.optimizers else None
-        if not self.trainer.is_global_zero:  # the same checks, without repeating warnings on every rank
-            optimizer = None
-        self.method.setup(self.model, optimizer, data=self.epoch_data())
+        with warnings.catch_warnings():
+            if not self.trainer.is_global_zero:  # warn once, not once per rank
+                warnings.simplefilter("ignore")
+            self.method.setup(self.model, optimizer, data=self.epoch_data())
 
     def on_train_epoch_start(self) -> None:
         self.method.on_epoch_start(self.current_epoch, self.model, self.epoch_data())
@@ -169,8 +171,11 @@ class BalancedModule(L.LightningModule):
 
     def _train_record(self) -> dict[str, float]:
         # Lightning validates before on_train_epoch_end, so the epoch's training figures are read here.
-        record = {f"train/{k}": v for k, v in self.train_metrics.compute().items()}
-        self.train_metrics.reset()
+        # Methods running their own step produce no outputs here: only their loss is recorded.
+        record = {}
+        if self.automatic_optimization:
+            record = {f"train/{k}": v for k, v in self.train_metrics.compute().items() if k != "samples"}
+            self.train_metrics.reset()
         record["train/loss"] = float(self._loss_sum) / max(self._loss_count, 1)
         return record
 

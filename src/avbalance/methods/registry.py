@@ -65,7 +65,10 @@ def validate_hparams(name: str, hparams: dict[str, Any]) -> dict[str, Any]:
 def get_method(name: str, **hparams: Any) -> Method:
     """Build the method ``name`` with validated hyperparameters."""
     cls = method_class(name)
-    return cls(**validate_hparams(name, hparams))
+    try:
+        return cls(**validate_hparams(name, hparams))
+    except ValueError as error:  # a value the constructor rejects (e.g. a negative scale)
+        raise ConfigError(f"method {name!r}: {error}") from None
 
 
 def _import_builtin_methods() -> None:
