@@ -141,8 +141,16 @@ def cmd_convert(args: argparse.Namespace) -> int:
     return 0
 
 
+class OneLineParser(argparse.ArgumentParser):
+    """Argument errors in one line (``avbalance: error: ...``) and exit status 2, like every other
+    user mistake."""
+
+    def error(self, message: str):
+        self.exit(2, f"avbalance: error: {self.prog}: {message} (see '{self.prog} --help')\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="avbalance", description="Balanced multimodal learning.")
+    parser = OneLineParser(prog="avbalance", description="Balanced multimodal learning.")
     parser.add_argument("--debug", action="store_true", help="show tracebacks for errors")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
 
@@ -199,7 +207,10 @@ COMMAND_MODULES = ("avbalance.data.prepare.cli", "avbalance.analysis.cli")
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exit_:  # --help (0) or an argument error (2, already printed)
+        return int(exit_.code or 0)
     if not getattr(args, "handler", None):
         parser.print_help()
         return 2

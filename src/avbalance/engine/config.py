@@ -39,6 +39,7 @@ class ModelConfig(Section):
     width: int | None = Field(None, ge=1)  # ResNet base width (64 = ResNet-18); default: dataset's advice
     layers: list[int] | None = None  # blocks per stage ([2, 2, 2, 2] = ResNet-18)
     encoders: dict[str, dict[str, Any]] = Field(default_factory=dict)  # per-modality overrides
+    pretrained: dict[str, str] = Field(default_factory=dict)  # modality -> weights file for its encoder
 
 
 class MethodConfig(Section):

@@ -17,6 +17,8 @@ from ..errors import ConfigError
 from ..methods import get_method
 from ..models import FUSIONS, model_spec
 from ..models.checkpoint import atomic_torch_save, load_state, model_state, read_checkpoint
+from ..models.pretrained import load_pretrained_encoder
+from lightning.fabric.utilities.exceptions import MisconfigurationException
 from .config import RunConfig, save_config
 from .datamodule import BalancedDataModule
 from .module import BalancedModule
@@ -74,12 +76,30 @@ def build_model_spec(config: RunConfig, datamodule: BalancedDataModule) -> dict[
     return spec
 
 
+def load_pretrained(module: BalancedModule, config: RunConfig) -> None:
+    for modality, path in config.model.pretrained.items():
+        if modality not in module.model.encoders:
+            raise ConfigError(f"model.pretrained: no {modality!r} encoder in this model "
+                              f"(modalities: {', '.join(module.model.modalities)})")
+        for note in load_pretrained_encoder(module.model.encoders[modality], path, modality):
+            logging.getLogger("avbalance").warning(note)
+
+
 def build_trainer(config: RunConfig, out: Path, callbacks: list, loggers: list | bool = True) -> L.Trainer:
     trainer = config.trainer
     method = get_method(config.method.name, **config.method.params)
     if method.overrides_step and trainer.accumulate_grad_batches > 1:
         raise ConfigError(f"method {method.name!r} runs its own training step and does not support "
                           f"trainer.accumulate_grad_batches > 1")
+    try:
+        return _lightning_trainer(config, out, callbacks, loggers, method)
+    except (MisconfigurationException, ValueError, TypeError) as error:
+        first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise ConfigError(f"trainer settings: {first_line}") from None
+
+
+def _lightning_trainer(config: RunConfig, out: Path, callbacks: list, loggers, method) -> L.Trainer:
+    trainer = config.trainer
     return L.Trainer(
         max_epochs=trainer.epochs,
         accelerator=trainer.accelerator,
@@ -140,17 +160,19 @@ def train(config: RunConfig, resume: str | None = None) -> dict[str, Any]:
     out = Path(config.out)
     datamodule = BalancedDataModule(config.data, seed=config.trainer.seed)
     spec = build_model_spec(config, datamodule)
-    out.mkdir(parents=True, exist_ok=True)
-    save_config(config, out / "config.yaml")
-
     module = BalancedModule(config.model_dump(), spec)
+    if resume is None:
+        load_pretrained(module, config)
     checkpoint = ModelCheckpoint(dirpath=out / CHECKPOINT_DIR, filename="best", monitor="val/acc", mode="max",
                                  save_top_k=1, enable_version_counter=False)
     callbacks = [checkpoint, latest_checkpoint(out, every_n_epochs=1)]
     if config.trainer.checkpoint_every_n_steps:
         callbacks.append(latest_checkpoint(out, every_n_train_steps=config.trainer.checkpoint_every_n_steps))
     loggers = [TensorBoardLogger(str(out), name="", version=""), CSVLogger(str(out), name="", version="")]
-    trainer = build_trainer(config, out, callbacks, loggers)
+    trainer = build_trainer(config, out, callbacks, loggers)  # bad trainer settings fail here, before any output
+    out.mkdir(parents=True, exist_ok=True)
+    if trainer.is_global_zero:
+        save_config(config, out / "config.yaml")
     trainer.fit(module, datamodule=datamodule, ckpt_path=resume)
     skipped_steps = module.skipped_steps  # read before evaluation reloads the best checkpoint
 

@@ -36,8 +36,9 @@ def read_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
             f"{path}: refused to load: it contains objects that only arbitrary code could rebuild "
             f"({first_line[:160]})"
         ) from None
-    except (RuntimeError, EOFError, ValueError, OSError) as error:
-        raise CheckpointError(f"{path}: not a readable PyTorch checkpoint ({str(error).splitlines()[0][:160]})") from None
+    except Exception as error:  # torch.load fails on foreign files with many exception types
+        detail = (str(error).strip().splitlines() or [type(error).__name__])[0][:160]
+        raise CheckpointError(f"{path}: not a readable PyTorch checkpoint ({detail})") from None
     if not isinstance(checkpoint, dict):
         raise CheckpointError(f"{path}: not a checkpoint dict (found {type(checkpoint).__name__})")
     return checkpoint
