@@ -1,0 +1,282 @@
+"""AGM against independent computations: Shapley responses, coefficients, gradients, clipping."""
+
+import json
+import math
+from itertools import combinations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from avb_testing import tiny_batch, tiny_spec
+from avbalance.methods import get_method
+from avbalance.methods.agm import agm_coefficients, clip_if_head_gradient_large, coalition_logits, shapley_responses
+from avbalance.models import build_model
+
+THREE = ("audio", "visual", "flow")
+
+
+def brute_force_shapley(value, players):
+    """Textbook Shapley value of every player, ``value(frozenset())`` included."""
+    n = len(players)
+    result = {}
+    for p in players:
+        others = [q for q in players if q != p]
+        total = 0
+        for size in range(n):
+            for members in combinations(others, size):
+                s = frozenset(members)
+                total = total + math.factorial(size) * math.factorial(n - size - 1) / math.factorial(n) * (
+                    value(s | {p}) - value(s))
+        result[p] = total
+    return result
+
+
+@pytest.mark.parametrize("modalities", [("audio", "visual"), THREE])
+def test_responses_are_shapley_values_with_empty_coalition_zero(modalities):
+    generator = torch.Generator().manual_seed(len(modalities))
+    table = {frozenset(c): torch.randn(4, 5, generator=generator)
+             for size in range(1, len(modalities) + 1) for c in combinations(modalities, size)}
+    full = table[frozenset(modalities)]
+    partial = {c: v for c, v in table.items() if c != frozenset(modalities)}
+    responses = shapley_responses(full, partial, modalities)
+    expected = brute_force_shapley(lambda s: table[s] if s else torch.zeros(4, 5), list(modalities))
+    for m in modalities:
+        torch.testing.assert_close(responses[m], expected[m])
+    torch.testing.assert_close(sum(responses.values()), full)  # efficiency: the shares add up to f(all)
+    if len(modalities) == 2:  # the official two-modality module: (f(av) - f(v) + f(a)) / 2
+        a, v, av = table[frozenset({"audio"})], table[frozenset({"visual"})], full
+        torch.testing.assert_close(responses["audio"], 0.5 * (av - v + a))
+    else:  # the official three-modality module
+        t = {k: table[frozenset(k)] for k in [("audio",), ("visual",), ("flow",), ("audio", "visual"),
+                                                 ("audio", "flow"), ("visual", "flow")]}
+        expected_a = (full - t[("visual", "flow")]) / 3 + (t[("audio", "visual")] - t[("visual",)]
+                                                             + t[("audio", "flow")] - t[("flow",)]) / 6 + t[("audio",)] / 3
+        torch.testing.assert_close(responses["audio"], expected_a)
+
+
+def official_coefficients(scores, reference, alpha, clip):
+    """The official loop: ratio = exp(M/(M-1) (mean - s)), target from the running scores."""
+    m = len(scores)
+    mean, ref_mean = sum(scores) / m, sum(reference) / m
+    out = []
+    for s, t in zip(scores, reference):
+        ratio = math.exp((mean - s) * m / (m - 1))
+        target = math.exp((ref_mean - t) * m / (m - 1))
+        out.append(math.exp(alpha * min(target - ratio, clip)))
+    return out
+
+
+@pytest.mark.parametrize("seed", range(4))
+@pytest.mark.parametrize("count", [2, 3])
+def test_coefficients_match_the_official_rule(seed, count):
+    generator = torch.Generator().manual_seed(seed)
+    scores = torch.rand(count, generator=generator) * 3
+    reference = torch.rand(count, generator=generator) * 3
+    clip = 0.5 if seed == 3 else 7.0  # seed 3 exercises the clip
+    k, _, _ = agm_coefficients(scores, reference, alpha=0.4, clip=clip)
+    expected = official_coefficients(scores.tolist(), reference.tolist(), 0.4, clip)
+    torch.testing.assert_close(k, torch.tensor(expected), rtol=1e-5, atol=1e-6)
+
+
+def test_lagging_modality_is_sped_up():
+    k, _, _ = agm_coefficients(torch.tensor([0.2, 2.0]), torch.tensor([1.0, 1.0]), alpha=0.5, clip=7.0)
+    assert k[0] < 1 < k[1]  # audio ahead of its history (low loss) is slowed, visual sped up
+
+
+@pytest.mark.parametrize("fusion", ["concat", "gated"])
+def test_coalitions_are_zero_masked_forwards(fusion):
+    torch.manual_seed(0)
+    model = build_model(tiny_spec(fusion)).eval()
+    batch = tiny_batch()
+    with torch.no_grad():
+        values = coalition_logits(model, batch)
+        for coalition, logits in values.items():
+            masked = {**batch, **{m: torch.zeros_like(batch[m]) for m in model.modalities if m not in coalition}}
+            torch.testing.assert_close(logits, model(masked).logits, rtol=1e-5, atol=1e-5)
+    assert set(values) == {frozenset({"audio"}), frozenset({"visual"})}
+
+
+def _step(method, model, batch):
+    model.zero_grad(set_to_none=True)
+    output = model(batch)
+    loss = method.loss(output, batch)
+    loss.backward()
+    method.after_backward(model, output, batch)
+    return output, loss
+
+
+@pytest.mark.parametrize("modalities", [("audio", "visual"), THREE])
+def test_shares_mode_gradient_is_the_coefficient_weighted_share_gradient(modalities):
+    """Official backward hooks: every share z~_m gets k_m times the gradient of CE(sum z~)."""
+    torch.manual_seed(1)
+    model = build_model(tiny_spec(modalities=modalities))
+    batch = tiny_batch(modalities=modalities, seed=1)
+    method = get_method("agm", alpha=0.8, clip_grad=0.0)
+    method.setup(model)
+    _step(method, model, batch)  # first step: T = 0
+    buffers = {n: b.clone() for n, b in model.named_buffers()}
+    output, loss = _step(method, model, batch)
+    got = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+    k = torch.stack([method.logs()[f"coeff/{m}"] for m in modalities])
+
+    for n, b in model.named_buffers():  # BatchNorm statistics as they were before the step
+        b.copy_(buffers[n])
+    model.zero_grad(set_to_none=True)  # independent: separate forwards, surrogate with fixed weights
+    full = model(batch).logits
+    partial = {}
+    model.eval()
+    for size in range(1, len(modalities)):
+        for members in combinations(modalities, size):
+            masked = {**batch, **{m: torch.zeros_like(batch[m]) for m in modalities if m not in members}}
+            partial[frozenset(members)] = model(masked).logits
+    model.train()
+    shares = brute_force_shapley(lambda s: (full if s == frozenset(modalities) else partial[s]) if s else 0.0,
+                                 list(modalities))
+    fused = full.detach().requires_grad_()
+    upstream = torch.autograd.grad(F.cross_entropy(fused, batch["label"]), fused)[0]
+    surrogate = sum(k[i] * (upstream * shares[m]).sum() for i, m in enumerate(modalities))
+    surrogate.backward()
+    torch.testing.assert_close(loss, F.cross_entropy(full, batch["label"]), rtol=1e-5, atol=1e-6)
+    for name, p in model.named_parameters():
+        if p.grad is not None:
+            torch.testing.assert_close(got[name], p.grad, rtol=1e-4, atol=1e-6, msg=name)
+    assert not torch.allclose(k, torch.ones_like(k))
+
+
+def test_encoders_mode_scales_each_encoder_by_its_coefficient(tiny_model):
+    batch = tiny_batch(seed=2)
+    method = get_method("agm", alpha=0.8, apply="encoders", clip_grad=0.0)
+    method.setup(tiny_model)
+    _step(method, tiny_model, batch)
+    tiny_model.zero_grad(set_to_none=True)
+    F.cross_entropy(tiny_model(batch).logits, batch["label"]).backward()
+    plain = {n: p.grad.clone() for n, p in tiny_model.named_parameters()}
+    _step(method, tiny_model, batch)
+    for name, p in tiny_model.named_parameters():
+        parts = name.split(".")
+        factor = method.logs()[f"coeff/{parts[1]}"] if parts[0] == "encoders" else 1.0
+        torch.testing.assert_close(p.grad, plain[name] * factor, rtol=1e-4, atol=1e-7, msg=name)
+
+
+def test_running_reference_is_the_cumulative_mean_of_previous_scores(tiny_model):
+    method = get_method("agm", alpha=0.3, clip_grad=0.0)
+    method.setup(tiny_model)
+    history = []
+    for seed in range(3):
+        batch = tiny_batch(seed=seed)
+        reference = torch.stack(history).mean(0) if history else torch.zeros(2)
+        _step(method, tiny_model, batch)
+        logs = method.logs()
+        scores = torch.stack([logs["score/audio"], logs["score/visual"]])
+        expected, _, _ = agm_coefficients(scores, reference, 0.3, 7.0)
+        torch.testing.assert_close(torch.stack([logs["coeff/audio"], logs["coeff/visual"]]), expected)
+        history.append(scores)
+    torch.testing.assert_close(method.state_dict()["reference"], torch.stack(history).mean(0))
+    restored = get_method("agm")
+    restored.load_state_dict(method.state_dict())
+    assert restored._steps == 3
+
+
+def test_scores_are_cross_entropies_of_the_responses(tiny_model):
+    batch = tiny_batch(seed=4)
+    method = get_method("agm")
+    method.setup(tiny_model)
+    output = tiny_model(batch)
+    method.loss(output, batch)
+    tiny_model.eval()
+    with torch.no_grad():
+        a = tiny_model({**batch, "visual": torch.zeros_like(batch["visual"])}).logits
+        v = tiny_model({**batch, "audio": torch.zeros_like(batch["audio"])}).logits
+    audio_share = 0.5 * (output.logits.detach() - v + a)
+    expected = -torch.log(F.softmax(audio_share, 1).gather(1, batch["label"][:, None]).clamp_min(1e-8)).mean()
+    torch.testing.assert_close(method.logs()["score/audio"], expected, rtol=1e-5, atol=1e-6)
+
+
+def test_head_gradient_clipping_follows_clip_grad_norm(tiny_model):
+    for scale, triggered in ((100.0, True), (1e-4, False)):
+        for p in tiny_model.parameters():
+            p.grad = torch.randn(p.shape) * scale
+        copies = [torch.nn.Parameter(p.detach().clone()) for p in tiny_model.parameters()]
+        for copy, p in zip(copies, tiny_model.parameters()):
+            copy.grad = p.grad.clone()
+        if triggered:  # the head weight has entries beyond 5: torch's own global-norm clipping
+            torch.nn.utils.clip_grad_norm_(copies, 5.0)
+        clip_if_head_gradient_large(tiny_model, 5.0)
+        for p, copy in zip(tiny_model.parameters(), copies):
+            torch.testing.assert_close(p.grad, copy.grad)
+
+
+def test_no_host_synchronisation_in_a_step(tiny_model, monkeypatch):
+    batch = tiny_batch(seed=5)
+    method = get_method("agm")
+    method.setup(tiny_model)
+
+    def forbidden(*args, **kwargs):
+        raise AssertionError("host synchronisation")
+
+    for name in ("item", "__bool__", "__float__", "tolist"):
+        monkeypatch.setattr(torch.Tensor, name, forbidden)
+    _step(method, tiny_model, batch)
+
+
+def _train(tmp_path, name, *extra):
+    from avbalance.cli import main  # imported here: DDP worker processes need not load the engine
+
+    return main(["train", "--method", "agm", "--epochs", "2", "--batch-size", "32", "--out", str(tmp_path / name),
+                 "--set", "data.options.train_size=96", "--set", "data.options.test_size=32",
+                 "--set", "data.options.image_size=16", "--set", "data.options.freq_bins=16",
+                 "--set", "data.options.time_steps=16", "--set", "trainer.progress_bar=false", *extra])
+
+
+def test_cli_two_and_three_modalities(tmp_path):
+    assert _train(tmp_path, "two") == 0
+    assert (tmp_path / "two" / "metrics.json").is_file()
+    assert _train(tmp_path, "three", "--set", "data.options.flow_strength=0.3", "--set", "method.params.apply=encoders") == 0
+    metrics = json.loads((tmp_path / "three" / "metrics.json").read_text())
+    assert "acc_flow" in metrics["test"]
+
+
+def test_cli_refuses_one_modality(tmp_path, capsys):
+    assert _train(tmp_path, "one", "--modalities", "audio") == 2
+    err = capsys.readouterr().err.strip()
+    assert "method 'agm' needs 2+ modalities, got 1 (audio)" in err and "\n" not in err
+
+
+def agm_worker(rank, world, apply="shares", steps=2):
+    """``steps`` AGM steps on this rank's half of each global batch (a model without BatchNorm)."""
+    from torch.nn.parallel import DistributedDataParallel
+
+    from ddp_workers import flat_parameters, no_norm_model
+
+    model = no_norm_model()
+    method = get_method("agm", alpha=0.8, apply=apply)
+    method.setup(model)
+    forward = DistributedDataParallel(model) if world > 1 else model
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    logs = []
+    for step in range(steps):
+        batch = tiny_batch(8, seed=step)
+        local = {k: v[rank * 8 // world:(rank + 1) * 8 // world] for k, v in batch.items()}
+        output = forward(local)
+        optimizer.zero_grad(set_to_none=True)
+        method.loss(output, local).backward()
+        method.after_backward(model, output, local)
+        optimizer.step()
+        logs.append({k: v.detach().clone() for k, v in method.logs().items()})
+    return flat_parameters(model), logs
+
+
+def test_ddp_two_ranks_equal_one_process(tmp_path):
+    """Global scores: two ranks with half batches give the coefficients and parameters of one
+    process with the whole batches, and the replicas stay identical."""
+    from ddp_workers import run_workers
+
+    (params0, logs0), (params1, logs1) = run_workers(agm_worker, 2, tmp_path)
+    single, logs = agm_worker(0, 1)
+    assert torch.equal(params0, params1)
+    torch.testing.assert_close(params0, single, rtol=1e-5, atol=1e-6)
+    for step in range(2):
+        for key in logs[step]:
+            torch.testing.assert_close(logs0[step][key], logs[step][key], rtol=1e-5, atol=1e-6)
+            assert torch.equal(logs0[step][key], logs1[step][key])

@@ -1,0 +1,183 @@
+"""ReLearning against independent computations: purity, diagnosis, soft re-initialisation."""
+
+import numpy as np
+import pytest
+import torch
+
+from avb_testing import tiny_batch, tiny_spec
+from avbalance.methods import get_method
+from avbalance.methods.relearning import cluster_purity, purity
+from avbalance.models import build_model
+
+
+class ListData:
+    device = torch.device("cpu")
+
+    def __init__(self, batches, val):
+        self.batches, self.val = batches, val
+
+    def train_batches(self, limit=None, shuffle=False):
+        return iter(self.batches[:limit])
+
+    def val_batches(self, limit=None):
+        return iter(self.val[:limit])
+
+    def num_train_samples(self):
+        return sum(len(b["label"]) for b in self.batches)
+
+
+def brute_purity(labels, clusters):
+    total = 0
+    for c in set(clusters.tolist()):
+        members = labels[clusters == c]
+        total += max((members == k).sum() for k in set(members.tolist()))
+    return total / len(labels)
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_purity_is_the_majority_count_per_cluster(seed):
+    rng = np.random.default_rng(seed)
+    labels, clusters = rng.integers(0, 4, 50), rng.integers(0, 6, 50)
+    assert purity(labels, clusters) == pytest.approx(brute_purity(labels, clusters))
+
+
+def test_separated_clusters_are_pure():
+    rng = np.random.default_rng(0)
+    labels = np.repeat(np.arange(3), 20)
+    features = np.eye(3)[labels] * 10 + rng.normal(0, 0.1, (60, 3))
+    assert cluster_purity(features, labels, 3) == 1.0
+
+
+def _batches(count, seed, size=8):
+    out = []
+    for i in range(count):
+        batch = tiny_batch(batch_size=size, seed=seed + i)
+        batch["index"] = torch.arange(i * size, (i + 1) * size)
+        out.append(batch)
+    return out
+
+
+def test_diagnosis_and_soft_reinitialisation(tiny_model):
+    train, val = _batches(3, 0), _batches(2, 100)
+    method = get_method("relearning", move_lambda=2.0, reinit_epoch=2, reinit_num=1)
+    method.setup(tiny_model)
+    initial = {n: p.detach().clone() for n, p in tiny_model.named_parameters()}
+    with torch.no_grad():  # "training" moves every parameter
+        for p in tiny_model.parameters():
+            p.add_(torch.randn_like(p))
+    trained = {n: p.detach().clone() for n, p in tiny_model.named_parameters()}
+    buffers = {n: b.clone() for n, b in tiny_model.named_buffers()}
+
+    from sklearn.cluster import KMeans
+    from sklearn.preprocessing import MinMaxScaler
+
+    def independent(batches):  # features of the whole split in eval mode, K-means purity per modality
+        tiny_model.eval()
+        with torch.no_grad():
+            feats = [tiny_model.encode(b) for b in batches]
+        tiny_model.train()
+        labels = torch.cat([b["label"] for b in batches]).numpy()
+        result = {}
+        for m in ("audio", "visual"):
+            x = MinMaxScaler(feature_range=(-1, 1)).fit_transform(torch.cat([f[m] for f in feats]).numpy())
+            result[m] = brute_purity(labels, KMeans(n_clusters=5, random_state=0, n_init="auto").fit_predict(x))
+        return result
+
+    p_train, p_val = independent(train), independent(val)
+    data = ListData(train, val)
+    method.on_epoch_end(1, tiny_model, data)  # not due
+    assert all(torch.equal(p, trained[n]) for n, p in tiny_model.named_parameters())
+    method.on_epoch_end(2, tiny_model, data)
+    for m in ("audio", "visual"):
+        a = np.tanh(2.0 * abs(p_train[m] - p_val[m]))
+        assert method.logs()[f"reinit/{m}"].item() == pytest.approx(a, abs=1e-6)
+        assert method.logs()[f"purity_train/{m}"].item() == pytest.approx(p_train[m])
+    for name, p in tiny_model.named_parameters():
+        if name.startswith("encoders."):
+            a = method.logs()[f"reinit/{name.split('.')[1]}"].item()
+            torch.testing.assert_close(p, a * initial[name] + (1 - a) * trained[name], msg=name)
+        else:
+            assert torch.equal(p, trained[name]), name  # the head is not re-initialised
+    for name, b in tiny_model.named_buffers():
+        assert torch.equal(b, buffers[name]), name  # running statistics are kept
+    assert tiny_model.training
+    before = {n: p.detach().clone() for n, p in tiny_model.named_parameters()}
+    method.on_epoch_end(4, tiny_model, data)  # reinit_num = 1: done
+    assert all(torch.equal(p, before[n]) for n, p in tiny_model.named_parameters())
+
+
+def test_schedule_and_resume(tiny_model):
+    method = get_method("relearning", reinit_epoch=15, reinit_num=2)
+    assert [e for e in range(50) if method.due(e)] == [15, 30, 45]
+    method.reinits = 2
+    assert not method.due(45)
+    method.setup(tiny_model)
+    restored = get_method("relearning")
+    restored.load_state_dict(method.state_dict())
+    assert restored.reinits == 2
+    torch.testing.assert_close(restored.initial["audio"][0], method.initial["audio"][0])
+    with torch.no_grad():
+        tiny_model.encoders["audio"].conv1.weight.add_(1.0)
+    restored.setup(tiny_model)  # a resumed run keeps the initial weights of the checkpoint
+    torch.testing.assert_close(restored.initial["audio"][0], method.initial["audio"][0])
+
+
+def _train(tmp_path, name, *extra):
+    from avbalance.cli import main  # imported here: DDP worker processes need not load the engine
+
+    return main(["train", "--method", "relearning", "--set", "method.params.reinit_epoch=1", "--epochs", "2",
+                 "--batch-size", "32", "--out", str(tmp_path / name),
+                 "--set", "data.options.train_size=96", "--set", "data.options.test_size=32",
+                 "--set", "data.options.image_size=16", "--set", "data.options.freq_bins=16",
+                 "--set", "data.options.time_steps=16", "--set", "trainer.progress_bar=false", *extra])
+
+
+def test_cli_two_and_three_modalities(tmp_path):
+    assert _train(tmp_path, "two", "--fusion", "gated") == 0
+    assert (tmp_path / "two" / "metrics.json").is_file()
+    assert _train(tmp_path, "three", "--set", "data.options.flow_strength=0.3") == 0
+    assert (tmp_path / "three" / "metrics.json").is_file()
+
+
+def test_cli_refuses_bad_settings(tmp_path, capsys):
+    assert _train(tmp_path, "one", "--modalities", "audio") == 2
+    err = capsys.readouterr().err.strip()
+    assert "method 'relearning' needs 2+ modalities, got 1 (audio)" in err and "\n" not in err
+
+
+class ShardData(ListData):
+    """Rank r's samples r, r + world, ... of global train / val sets, in batches of 4, with indices."""
+
+    def __init__(self, train, val, rank, world):
+        def shard(batch):
+            index = torch.arange(rank, len(batch["label"]), world)
+            local = {**{k: v[index] for k, v in batch.items()}, "index": index}
+            return [{k: v[i:i + 4] for k, v in local.items()} for i in range(0, len(index), 4)]
+
+        super().__init__(shard(train), shard(val))
+
+
+def relearning_worker(rank, world):
+    from ddp_workers import flat_parameters
+
+    torch.manual_seed(0)
+    model = build_model(tiny_spec())
+    method = get_method("relearning", reinit_epoch=1, move_lambda=5.0)
+    method.setup(model)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.5 * torch.randn(p.shape, generator=torch.Generator().manual_seed(p.numel())))
+    data = ShardData(tiny_batch(30, seed=1), tiny_batch(22, seed=2), rank, world)
+    method.on_epoch_end(1, model, data)
+    return flat_parameters(model), {k: v.clone() for k, v in method.logs().items()}
+
+
+def test_ddp_diagnosis_uses_every_sample_once_and_is_shared(tmp_path):
+    from ddp_workers import run_workers
+
+    (params0, logs0), (params1, logs1) = run_workers(relearning_worker, 2, tmp_path)
+    params, logs = relearning_worker(0, 1)
+    assert torch.equal(params0, params1)
+    torch.testing.assert_close(params0, params)
+    for key in logs:
+        assert logs0[key].item() == pytest.approx(logs[key].item(), abs=1e-6), key
