@@ -165,7 +165,8 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--set", action="append", metavar="KEY=VALUE", help="override any config key (repeatable)")
     for option, (_, kind, help_text) in TRAIN_OPTIONS.items():
         train.add_argument("--" + option.replace("_", "-"), dest=option, type=kind, help=help_text)
-    train.add_argument("--resume", metavar="CKPT", help="continue from a checkpoint (e.g. RUN/checkpoints/last.ckpt)")
+    train.add_argument("--resume", metavar="CKPT", help="continue from a checkpoint, or 'auto' for the run folder's "
+                       "checkpoints/last.ckpt (a fresh start when there is none)")
 
     test = add("test", cmd_test, "evaluate a trained checkpoint")
     test.add_argument("--ckpt", required=True, help="checkpoint written by 'avbalance train'")
