@@ -59,6 +59,8 @@ def write_video(
         video.width, video.height, video.pix_fmt = width, height, "yuv420p"
         if vcodec == "mpeg1video":
             video.bit_rate = 2_000_000
+        if vcodec == "libx264":
+            video.options = {"preset": "ultrafast"}  # keeps fixture creation fast
         audio_stream = None
         if audio is not None:
             audio_stream = container.add_stream(acodec, rate=audio_rate)
@@ -89,7 +91,9 @@ def write_corrupt(path: Path) -> Path:
     return path
 
 
-def write_frame_folder(folder: Path, count: int, size: int = 32, mode: str = "RGB", name: str = "frame{:06d}.jpg") -> Path:
+def write_frame_folder(
+    folder: Path, count: int, size: int = 32, mode: str = "RGB", name: str = "frame{:06d}.jpg"
+) -> Path:
     """``count`` images whose grey level rises with the index (names sort naturally, not lexically)."""
     folder.mkdir(parents=True, exist_ok=True)
     for i in range(count):

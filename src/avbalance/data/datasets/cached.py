@@ -21,9 +21,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import torch
+from PIL import Image
 from torch.utils.data import Dataset
 from torchvision.transforms import RandomResizedCrop
-from torchvision.transforms import functional as TF
 
 from ...errors import ConfigError, DataError
 from ..base import DatasetInfo, DatasetSplits
@@ -32,6 +32,8 @@ from ..prepare.cache import MANIFEST, META, PreparedCache
 IMAGENET_STATS = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
 GREY_STATS = ((0.1307,), (0.3081,))  # MNIST's statistics; BalanceMM also uses them for flow
 CROP_SCALE = (0.08, 1.0)
+VAL_FRACTION = 0.1  # share of train carved out for validation when a cache has no val split
+VAL_SEED = 0
 CROP_RATIO = (3 / 4, 4 / 3)
 
 
@@ -77,7 +79,13 @@ class CachedClipDataset(Dataset):
     """One split of a prepared cache."""
 
     def __init__(
-        self, cache: PreparedCache, rows: list[dict], labels: list[int], modalities: list[str], options: LoaderOptions, train: bool
+        self,
+        cache: PreparedCache,
+        rows: list[dict],
+        labels: list[int],
+        modalities: list[str],
+        options: LoaderOptions,
+        train: bool,
     ):
         self.cache = cache
         self.modalities = modalities
@@ -129,25 +137,17 @@ class CachedClipDataset(Dataset):
 
     def _frames(self, modality: str, offset: int, count: int, crop) -> torch.Tensor:
         indices = offset + segment_indices(int(count), self.options.frames, self.train)
-        clip = torch.from_numpy(np.array(self.cache.array(modality)[indices]))  # (K, H, W, C) uint8
-        clip = clip.permute(0, 3, 1, 2)
-        size = self.options.image_size or clip.shape[-1]
+        clip = np.array(self.cache.array(modality)[indices])  # (K, H, W, C) uint8
+        size = self.options.image_size or clip.shape[2]
         if crop is not None:
             clip = _apply_crop(clip, crop, size, is_flow=self.kinds[modality] == "flow")
-        elif clip.shape[-1] != size or clip.shape[-2] != size:
-            clip = TF.resize(clip, [size, size], antialias=True)
-        clip = clip.float().div_(255.0)
-        mean, std = self._stats(modality, clip.shape[1])
-        clip = (clip - mean) / std
-        if clip.shape[1] == 1 and self.kinds[modality] == "frames":
-            clip = clip.expand(-1, 3, -1, -1)
-        return clip.permute(1, 0, 2, 3).contiguous()  # (C, K, H, W)
-
-    def _stats(self, modality: str, channels: int) -> tuple[torch.Tensor, torch.Tensor]:
-        default = IMAGENET_STATS if channels == 3 else GREY_STATS
-        mean, std = self.options.stats.get(modality, default)
-        shape = (1, -1, 1, 1)
-        return torch.tensor(mean).view(shape), torch.tensor(std).view(shape)
+        elif clip.shape[1:3] != (size, size):
+            clip = np.stack([_resize(frame, (0, 0, frame.shape[1], frame.shape[0]), size) for frame in clip])
+        mean, std = self.options.stats.get(modality, IMAGENET_STATS if clip.shape[-1] == 3 else GREY_STATS)
+        values = (clip.astype(np.float32) / 255.0 - np.asarray(mean, np.float32)) / np.asarray(std, np.float32)
+        if values.shape[-1] == 1 and self.kinds[modality] == "frames":
+            values = np.repeat(values, 3, axis=-1)  # grey images feed the 3-channel visual encoder
+        return torch.from_numpy(np.ascontiguousarray(values.transpose(3, 0, 1, 2)))  # (C, K, H, W)
 
     def _random(self) -> bool:
         return self.train and self.options.augment
@@ -160,16 +160,51 @@ class CachedClipDataset(Dataset):
         return top / 1000, left / 1000, height / 1000, width / 1000, bool(torch.rand(()) < 0.5)
 
 
-def _apply_crop(clip: torch.Tensor, crop, size: int, is_flow: bool) -> torch.Tensor:
+# Per-sample image work uses NumPy and Pillow, which run on the calling thread: with the default of
+# no loader worker processes, torch's intra-op threads would compete with training for the cores.
+
+
+def _apply_crop(clip: np.ndarray, crop, size: int, is_flow: bool) -> np.ndarray:
+    """Crop the same relative box out of every ``(H, W, C)`` frame, resize it, maybe mirror it."""
     top, left, height, width, flip = crop
-    h, w = clip.shape[-2:]
-    box = (int(top * h), int(left * w), max(1, int(height * h)), max(1, int(width * w)))
-    clip = TF.resized_crop(clip, *box, [size, size], antialias=True)
+    h, w = clip.shape[1:3]
+    box = (left * w, top * h, (left + width) * w, (top + height) * h)
+    clip = np.stack([_resize(frame, box, size) for frame in clip])
     if flip:
-        clip = clip.flip(-1)
+        clip = clip[:, :, ::-1]
         if is_flow:  # mirroring the image reverses horizontal motion (flow stored around 128)
-            clip[:, 0] = 255 - clip[:, 0]
+            clip = np.concatenate([255 - clip[..., :1], clip[..., 1:]], axis=-1)
     return clip
+
+
+def _resize(frame: np.ndarray, box: tuple[float, float, float, float], size: int) -> np.ndarray:
+    """The ``box`` (left, top, right, bottom) of an ``(H, W, C)`` uint8 frame as ``(size, size, C)``
+    (bilinear, antialiased when shrinking)."""
+    if frame.shape[-1] == 3:
+        image = Image.fromarray(frame, "RGB").resize((size, size), Image.Resampling.BILINEAR, box=box)
+        return np.asarray(image)
+    channels = [
+        Image.fromarray(frame[..., c], "L").resize((size, size), Image.Resampling.BILINEAR, box=box)
+        for c in range(frame.shape[-1])
+    ]
+    return np.stack([np.asarray(c) for c in channels], axis=-1)
+
+
+def _check_arrays(cache: PreparedCache, modalities: list[str]) -> None:
+    """Open every array now, so a damaged cache fails with one line before training starts."""
+    rows = cache.ok_rows()
+    for modality in modalities:
+        array = cache.array(modality)
+        needed = max((int(r[f"{modality}_offset"]) + int(r[f"{modality}_count"]) for r in rows), default=0)
+        if len(array) < needed:
+            path = cache.version_dir / f"{modality}.npy"
+            raise DataError(f"{path}: holds {len(array)} rows, the manifest needs {needed}; prepare the cache again")
+
+
+def _carve(rows: list[dict], fraction: float, seed: int) -> tuple[list[dict], list[dict]]:
+    count = max(1, round(len(rows) * fraction))
+    chosen = set(torch.randperm(len(rows), generator=torch.Generator().manual_seed(seed))[:count].tolist())
+    return [r for i, r in enumerate(rows) if i not in chosen], [r for i, r in enumerate(rows) if i in chosen]
 
 
 def build_splits(
@@ -183,7 +218,12 @@ def build_splits(
     modalities: list[str] | None = None,
     recommended_encoder: dict | None = None,
 ) -> DatasetSplits:
-    """Train / val / test datasets of a cache. ``val`` is None when the cache has no val clips."""
+    """Train / val / test datasets of a cache.
+
+    When the cache has no val clips, a seeded 10 % of the train clips becomes the val split, read
+    like the test split (segment centres, no augmentation): model selection never sees test data
+    and never sees augmented samples.
+    """
     options.validate()
     class_names = class_names or cache.class_names
     modalities = modalities or [m for m, spec in cache.modalities.items() if spec["kind"] != "wave"]
@@ -197,6 +237,9 @@ def build_splits(
     for split in ("train", "test"):
         if not by_split[split]:
             raise DataError(f"{manifest}: no prepared clip in the {split} split")
+    _check_arrays(cache, modalities)
+    if not by_split["val"] and len(by_split["train"]) > 1:
+        by_split["train"], by_split["val"] = _carve(by_split["train"], VAL_FRACTION, VAL_SEED)
     index = {label: i for i, label in enumerate(class_names)}
 
     def label_of(row: dict) -> int:

@@ -38,7 +38,9 @@ EMOTIONS = ["NEU", "HAP", "SAD", "FEA", "DIS", "ANG"]
 
 
 def _add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--train-list", type=Path, help="official split: training clips, rows '<clip>,<EMO>' (needs --test-list)")
+    parser.add_argument(
+        "--train-list", type=Path, help="official split: training clips, rows '<clip>,<EMO>' (needs --test-list)"
+    )
     parser.add_argument("--test-list", type=Path, help="official split: test clips, rows '<clip>,<EMO>'")
     add_split_arguments(parser, test=0.2, val=0.1)
 
@@ -52,7 +54,9 @@ def list_clips(root: Path, args: argparse.Namespace) -> Listing:
     for stem in stems:
         parts = stem.split("_")
         if len(parts) != 4:
-            failures.append(Failure(stem, "file name is not <actor>_<sentence>_<emotion>_<level>", str(audio_dir / f"{stem}.wav")))
+            failures.append(
+                Failure(stem, "file name is not <actor>_<sentence>_<emotion>_<level>", str(audio_dir / f"{stem}.wav"))
+            )
             continue
         clips.append(_clip(stem, parts[2], "", video_dir, audio_dir))
 
@@ -71,12 +75,17 @@ def _clip(stem: str, emotion: str, split: str, video_dir: Path, audio_dir: Path)
         id=stem,
         label=emotion,
         split=split,
-        sources={"audio": Source(AUDIO, str(audio_dir / f"{stem}.wav")), "visual": Source(VIDEO, str(video_dir / f"{stem}.flv"))},
+        sources={
+            "audio": Source(AUDIO, str(audio_dir / f"{stem}.wav")),
+            "visual": Source(VIDEO, str(video_dir / f"{stem}.flv")),
+        },
         columns={"actor": stem.split("_")[0]},
     )
 
 
-def _apply_official_lists(listing: Listing, train_list: Path, test_list: Path, video_dir: Path, audio_dir: Path) -> None:
+def _apply_official_lists(
+    listing: Listing, train_list: Path, test_list: Path, video_dir: Path, audio_dir: Path
+) -> None:
     clips = []
     for split, path in (("train", train_list), ("test", test_list)):
         for number, row in read_csv_rows(path):
@@ -114,7 +123,7 @@ def build_cremad(root: str | None = None, frames: int = 1, image_size: int | Non
     Options: ``frames`` per clip (default 1, as OGM-GE; BalanceMM uses 2), ``image_size`` (default:
     the stored size, 224), ``augment`` (random resized crop + flip on the train split).
     Audio: ``(1, 257, 188)`` with the default recipe. Validation: the actor-disjoint split's val
-    part; with the official lists there is none and the engine carves one from train.
+    part; with the official lists (which have none) a seeded 10 % of train.
     """
     cache = open_cache(root, "cremad")
     return build_splits(cache, LoaderOptions(frames=frames, image_size=image_size, augment=augment))

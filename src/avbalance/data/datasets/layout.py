@@ -49,7 +49,9 @@ def read_csv_rows(path: Path, delimiter: str = ",") -> list[tuple[int, list[str]
     try:
         with open(path, newline="", encoding="utf-8-sig") as handle:
             reader = csv.reader(handle, delimiter=delimiter)
-            return [(reader.line_num, [cell.strip() for cell in row]) for row in reader if any(cell.strip() for cell in row)]
+            return [
+                (reader.line_num, [cell.strip() for cell in row]) for row in reader if any(cell.strip() for cell in row)
+            ]
     except OSError as error:
         raise DataError(f"{path}: cannot read ({error.strerror})") from None
     except (UnicodeDecodeError, csv.Error) as error:
@@ -71,3 +73,17 @@ def read_csv_dicts(path: Path, required: list[str]) -> list[tuple[int, dict[str,
 def sorted_labels(labels) -> list[str]:
     """Class names in a stable order: natural order, so '2' comes before '10'."""
     return sorted(set(labels), key=natural_key)
+
+
+class MediaIndex:
+    """Video and audio files under a folder, found by one of several candidate file stems."""
+
+    def __init__(self, folder: Path):
+        self.videos = index_media(folder, VIDEO_SUFFIXES)
+        self.audios = index_media(folder, {".wav", ".flac"})
+
+    def find(self, stems: list[str]) -> tuple[Path | None, Path | None]:
+        """The video and the separate audio file (None when the video's own track is used)."""
+        video = next((self.videos[s] for s in stems if s in self.videos), None)
+        audio = next((self.audios[s] for s in stems if s in self.audios), None)
+        return video, audio

@@ -24,7 +24,7 @@ def read_audio(path: str | Path, sample_rate: int, start: float | None = None, e
     """Mono float32 samples of ``path`` at ``sample_rate``, optionally only [start, end) seconds."""
     path = Path(path)
     if not path.is_file():
-        raise ClipError(f"missing file {path}")
+        raise ClipError(f"missing file {path}", path)
     if path.suffix.lower() in SOUNDFILE_SUFFIXES:
         wave, rate = _read_with_soundfile(path)
     else:
@@ -41,18 +41,18 @@ def read_audio(path: str | Path, sample_rate: int, start: float | None = None, e
 def check_audio(wave: np.ndarray, sample_rate: int, min_seconds: float, path: str | Path) -> None:
     seconds = len(wave) / sample_rate
     if seconds < min_seconds:
-        raise ClipError(f"audio too short: {seconds:.3f} s < {min_seconds} s in {path}")
+        raise ClipError(f"audio too short: {seconds:.3f} s < {min_seconds} s in {path}", path)
     if not np.isfinite(wave).all():
-        raise ClipError(f"audio has NaN or infinite samples in {path}")
+        raise ClipError(f"audio has NaN or infinite samples in {path}", path)
     if np.abs(wave).max() < SILENCE_PEAK:
-        raise ClipError(f"silent audio in {path}")
+        raise ClipError(f"silent audio in {path}", path)
 
 
 def _read_with_soundfile(path: Path) -> tuple[np.ndarray, int]:
     try:
         data, rate = soundfile.read(path, dtype="float32", always_2d=True)
     except (soundfile.LibsndfileError, RuntimeError, ValueError) as error:
-        raise ClipError(f"cannot decode {path}: {_one_line(error)}") from None
+        raise ClipError(f"cannot decode {path}: {_one_line(error)}", path) from None
     return data.mean(axis=1), rate
 
 
@@ -60,7 +60,7 @@ def _read_with_pyav(path: Path) -> tuple[np.ndarray, int]:
     try:
         with av.open(str(path)) as container:
             if not container.streams.audio:
-                raise NoAudioTrack(f"no audio track in {path}")
+                raise NoAudioTrack(f"no audio track in {path}", path)
             stream = container.streams.audio[0]
             resampler = av.AudioResampler(format="flt", layout="mono", rate=None)
             chunks = []
@@ -72,9 +72,9 @@ def _read_with_pyav(path: Path) -> tuple[np.ndarray, int]:
             for out in resampler.resample(None):
                 chunks.append(out.to_ndarray().reshape(-1))
     except av.FFmpegError as error:
-        raise ClipError(f"cannot decode {path}: {_one_line(error)}") from None
+        raise ClipError(f"cannot decode {path}: {_one_line(error)}", path) from None
     if not chunks:
-        raise ClipError(f"audio too short: no audio samples in {path}")
+        raise ClipError(f"audio too short: no audio samples in {path}", path)
     return np.concatenate(chunks), rate
 
 

@@ -112,7 +112,9 @@ def clip_shapes(path: Path) -> tuple[dict[str, tuple[tuple[int, ...], str]], dic
                 continue
             with archive.open(name) as member:
                 version = np.lib.format.read_magic(member)
-                read_header = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+                read_header = (
+                    np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+                )
                 shape, _, dtype = read_header(member)
             shapes[name[len("array/") : -len(".npy")]] = (shape, dtype.str)
         kinds = json.loads(str(np.load(archive.open("kinds.npy"), allow_pickle=False)))
@@ -155,7 +157,9 @@ class PreparedCache:
         self.root = Path(root)
         meta_path = self.root / META
         if not self.root.is_dir():
-            raise DataError(f"{self.root}: no such cache folder; create it with 'avbalance prepare <dataset> --out {self.root}'")
+            raise DataError(
+                f"{self.root}: no such cache folder; create it with 'avbalance prepare <dataset> --out {self.root}'"
+            )
         if not meta_path.is_file():
             raise DataError(
                 f"{meta_path}: missing, so {self.root} is not a finished cache; run (or rerun, to resume) 'avbalance prepare'"
@@ -264,20 +268,10 @@ def consolidate(
     switch ``meta.json`` to it, then remove what it replaced. Appends to ``failures``."""
     files = finished_clip_files(cache_dir)
     old_rows = {row["id"]: row for row in previous.ok_rows()} if previous else {}
-    entries, modality_specs = [], {}
+    modality_specs: dict[str, dict] = {}
+    entries = []
     for clip in _unique(listing.clips):
-        entry = _Entry(clip, file=files.get(clip.id), old_row=old_rows.get(clip.id))
-        if entry.file is not None:
-            try:
-                entry.shapes, entry.kinds, entry.columns = clip_shapes(entry.file)
-            except (OSError, ValueError, KeyError, zipfile.BadZipFile):
-                entry.file.unlink(missing_ok=True)
-                failures.append(Failure(clip.id, "unreadable prepared clip file; rerun to prepare it again", str(entry.file)))
-                entry.file = None
-        if entry.file is None and entry.old_row is not None:
-            entry.shapes = {m: ((int(entry.old_row[f"{m}_count"]), *spec["row_shape"]), spec["dtype"]) for m, spec in previous.modalities.items()}
-            entry.kinds = {m: spec["kind"] for m, spec in previous.modalities.items()}
-            entry.columns = {k: v for k, v in entry.old_row.items() if k not in BASE_COLUMNS and not k.endswith(("_offset", "_count"))}
+        entry = _find_clip(_Entry(clip, file=files.get(clip.id), old_row=old_rows.get(clip.id)), previous, failures)
         if entry.shapes is not None and (problem := _check_shapes(entry, modality_specs)):
             failures.append(Failure(clip.id, problem, clip.main_file()))
             entry.shapes = None
@@ -288,7 +282,11 @@ def consolidate(
     tmp_dir = cache_dir / f"{version}.tmp"
     tmp_dir.mkdir()
     rows = _write_arrays(tmp_dir, entries, modality_specs, previous, listing, failed)
-    extra = sorted({k for row in rows for k in row} - set(BASE_COLUMNS) - {f"{m}_{p}" for m in modality_specs for p in ("offset", "count")})
+    extra = sorted(
+        {k for row in rows for k in row}
+        - set(BASE_COLUMNS)
+        - {f"{m}_{p}" for m in modality_specs for p in ("offset", "count")}
+    )
     header = BASE_COLUMNS + extra + [f"{m}_{part}" for m in modality_specs for part in ("offset", "count")]
     write_csv_atomic(tmp_dir / MANIFEST, header, rows)
     os.replace(tmp_dir, cache_dir / version)
@@ -316,6 +314,29 @@ def consolidate(
     return CacheCounts(ok=ok, failed=len(rows) - ok)
 
 
+def _find_clip(entry: _Entry, previous: PreparedCache | None, failures: list[Failure]) -> _Entry:
+    """Where a clip's data is: a new clip file (read its shapes) or the previous version."""
+    if entry.file is not None:
+        try:
+            entry.shapes, entry.kinds, entry.columns = clip_shapes(entry.file)
+            return entry
+        except (OSError, ValueError, KeyError, zipfile.BadZipFile):
+            entry.file.unlink(missing_ok=True)
+            reason = "unreadable prepared clip file; rerun to prepare it again"
+            failures.append(Failure(entry.clip.id, reason, str(entry.file)))
+            entry.file = None
+    if entry.old_row is not None:
+        row = entry.old_row
+        entry.shapes = {
+            m: ((int(row[f"{m}_count"]), *s["row_shape"]), s["dtype"]) for m, s in previous.modalities.items()
+        }
+        entry.kinds = {m: spec["kind"] for m, spec in previous.modalities.items()}
+        entry.columns = {
+            k: v for k, v in row.items() if k not in BASE_COLUMNS and not k.endswith(("_offset", "_count"))
+        }
+    return entry
+
+
 def _unique(clips: list[ClipTask]) -> list[ClipTask]:
     seen: set[str] = set()
     return [c for c in clips if not (c.id in seen or seen.add(c.id))]
@@ -323,14 +344,16 @@ def _unique(clips: list[ClipTask]) -> list[ClipTask]:
 
 def _check_shapes(entry: _Entry, specs: dict) -> str | None:
     """Register each modality's row shape from the first clip; report clips that differ."""
-    for name, (shape, dtype) in entry.shapes.items():
+    for name, (shape, _) in entry.shapes.items():
         spec = specs.get(name)
         if spec is None:
             continue
         if list(shape[1:]) != spec["row_shape"]:
             return f"{name} has rows of shape {tuple(shape[1:])}, other clips {tuple(spec['row_shape'])}"
     for name, (shape, dtype) in entry.shapes.items():
-        specs.setdefault(name, {"kind": entry.kinds.get(name, "array"), "dtype": np.dtype(dtype).str, "row_shape": list(shape[1:])})
+        specs.setdefault(
+            name, {"kind": entry.kinds.get(name, "array"), "dtype": np.dtype(dtype).str, "row_shape": list(shape[1:])}
+        )
     return None
 
 
@@ -339,7 +362,9 @@ def _next_version(previous: PreparedCache | None) -> str:
     return f"v{number:04d}"
 
 
-def _write_arrays(tmp_dir: Path, entries: list[_Entry], specs: dict, previous, listing: Listing, failed: dict) -> list[dict]:
+def _write_arrays(
+    tmp_dir: Path, entries: list[_Entry], specs: dict, previous, listing: Listing, failed: dict
+) -> list[dict]:
     totals = {name: sum(e.shapes[name][0][0] for e in entries if e.shapes and name in e.shapes) for name in specs}
     outputs = {name: _open_output(tmp_dir / f"{name}.npy", spec, totals[name]) for name, spec in specs.items()}
     cursor = dict.fromkeys(specs, 0)
@@ -349,7 +374,9 @@ def _write_arrays(tmp_dir: Path, entries: list[_Entry], specs: dict, previous, l
         clip = entry.clip
         row = {"id": clip.id, "label": clip.label, "split": clip.split, **clip.columns}
         if entry.shapes is None or set(entry.shapes) != set(specs):
-            reason = failed.get(clip.id) or ("missing " + ", ".join(sorted(set(specs) - set(entry.shapes))) if entry.shapes else "not prepared")
+            reason = failed.get(clip.id) or (
+                "missing " + ", ".join(sorted(set(specs) - set(entry.shapes))) if entry.shapes else "not prepared"
+            )
             rows.append({**row, "status": "failed", "reason": reason, "label_index": ""})
             continue
         arrays = _load_arrays(entry, previous)

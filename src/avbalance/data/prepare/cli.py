@@ -55,10 +55,16 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         )
         sub.add_argument("--root", required=True, type=Path, help="the raw dataset folder (layout: docs/datasets.md)")
         sub.add_argument("--out", required=True, type=Path, help="the cache folder to create, or to resume")
-        sub.add_argument("--workers", type=int, default=default_workers(), help="parallel worker processes (default: %(default)s)")
+        sub.add_argument(
+            "--workers", type=int, default=default_workers(), help="parallel worker processes (default: %(default)s)"
+        )
         sub.add_argument("--strict", action="store_true", help="exit with status 1 if any clip fails")
-        sub.add_argument("--limit", type=int, default=None, metavar="N", help="prepare a seeded random subset of N clips")
-        sub.add_argument("--seed", type=int, default=0, help="seed of generated splits, --limit and pairings (default: %(default)s)")
+        sub.add_argument(
+            "--limit", type=int, default=None, metavar="N", help="prepare a seeded random subset of N clips"
+        )
+        sub.add_argument(
+            "--seed", type=int, default=0, help="seed of generated splits, --limit and pairings (default: %(default)s)"
+        )
         preparer.add_arguments(sub)
         add_common_arguments(sub, preparer)
     return parser
@@ -70,7 +76,7 @@ def run(args: argparse.Namespace, console: Console | None = None) -> int:
     Raises :class:`avbalance.errors.AvbalanceError` (one line) for a missing folder, an unreadable
     list file or a cache prepared with other settings.
     """
-    console = console or Console(stderr=True, highlight=False)
+    console = console or Console(stderr=True, highlight=False, soft_wrap=True)
     preparer = preparers()[args.prepare_dataset]
     root = Path(args.root).expanduser()
     if not root.is_dir():
@@ -81,7 +87,7 @@ def run(args: argparse.Namespace, console: Console | None = None) -> int:
     if not listing.clips and not listing.failures:
         raise DataError(f"{root}: no clips found for {preparer.name}; see docs/datasets.md for the expected layout")
     for note in listing.notes:
-        console.print(note)
+        console.print(note, markup=False)
     out = Path(args.out).expanduser()
     summary = run_prepare(preparer.name, listing, settings, out, workers=args.workers, console=console)
     return _report(summary, out, args.strict, console)

@@ -69,7 +69,9 @@ class AudioRecipe:
         return asdict(self)
 
 
-def make_recipe(name: str, sample_rate: int | None = None, seconds: float | None = None, mel_bins: int | None = None) -> AudioRecipe:
+def make_recipe(
+    name: str, sample_rate: int | None = None, seconds: float | None = None, mel_bins: int | None = None
+) -> AudioRecipe:
     values = {"name": name, **RECIPE_DEFAULTS[name]}
     if sample_rate:
         values["sample_rate"] = sample_rate

@@ -13,9 +13,9 @@ from __future__ import annotations
 import argparse
 import math
 import random
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 
@@ -35,6 +35,10 @@ SPLITS = ("train", "val", "test")
 
 class ClipError(Exception):
     """A problem with one clip's input files. The clip is skipped and the reason reported."""
+
+    def __init__(self, message: str, file: str | Path | None = None):
+        super().__init__(message)
+        self.file = str(file) if file else None
 
 
 @dataclass(frozen=True)
@@ -132,7 +136,7 @@ class Preparer:
     audio: str | None = "ogm"  # default audio recipe; None when the dataset has no audio
     defaults: dict = field(default_factory=dict)  # per-dataset defaults of the common options
     # Settings from the parsed arguments; by default settings_from_args (GRID adapts them to --task).
-    make_settings: Callable[[argparse.Namespace, "Preparer"], PrepareSettings] | None = None
+    make_settings: Callable[[argparse.Namespace, Preparer], PrepareSettings] | None = None
 
     def settings(self, args: argparse.Namespace) -> PrepareSettings:
         return (self.make_settings or settings_from_args)(args, self)
@@ -154,13 +158,33 @@ def preparers() -> dict[str, Preparer]:
 
 def add_common_arguments(parser: argparse.ArgumentParser, preparer: Preparer) -> None:
     """Options every dataset shares; their defaults come from the dataset."""
-    d = {"fps": 1.0, "size": 224, "seconds": None, "min_seconds": 0.1, **preparer.defaults}
+    d = {
+        "fps": 1.0,
+        "size": 224,
+        "folder_fps": 25.0,
+        "seconds": None,
+        "sample_rate": None,
+        "mel_bins": None,
+        "min_seconds": 0.1,
+    }
+    d.update(preparer.defaults)
+
+    def default(key: str, unset: str = "set by the dataset") -> str:
+        return f"(default: {d[key] if d[key] is not None else unset})"
+
     group = parser.add_argument_group("frames and audio")
     if preparer.video:
-        group.add_argument("--fps", type=float, default=d["fps"], help="frames kept per second of video (default: %(default)s)")
-        group.add_argument("--size", type=int, default=d["size"], help="stored frames are SIZE x SIZE pixels (default: %(default)s)")
         group.add_argument(
-            "--folder-fps", type=float, default=d.get("folder_fps", 25.0), help="frame rate of image folders (default: %(default)s)"
+            "--fps", type=float, default=d["fps"], help=f"frames kept per second of video {default('fps')}"
+        )
+        group.add_argument(
+            "--size", type=int, default=d["size"], help=f"stored frames are SIZE x SIZE pixels {default('size')}"
+        )
+        group.add_argument(
+            "--folder-fps",
+            type=float,
+            default=d["folder_fps"],
+            help=f"frame rate of image folders {default('folder_fps')}",
         )
     if preparer.audio:
         group.add_argument(
@@ -170,12 +194,32 @@ def add_common_arguments(parser: argparse.ArgumentParser, preparer: Preparer) ->
             help="audio features: ogm = log-STFT n_fft 512 hop 353 at 22.05 kHz; vggsound = log-STFT n_fft 256 hop 128 "
             "at 16 kHz; fbank = Kaldi-style log-mel filterbank, 25 ms window, 10 ms shift (default: %(default)s)",
         )
-        group.add_argument("--seconds", type=float, default=d["seconds"], help="audio is tiled or cut to this length (default: the recipe's)")
-        group.add_argument("--sample-rate", type=int, default=d.get("sample_rate"), help="resample audio to this rate (default: the recipe's)")
-        group.add_argument("--mel-bins", type=int, default=d.get("mel_bins"), help="filterbank bins for --audio fbank (default: 128)")
-        group.add_argument("--waveform", action="store_true", help="also store the resampled waveform so features can be recomputed")
         group.add_argument(
-            "--min-seconds", type=float, default=d["min_seconds"], help="audio shorter than this is a failure (default: %(default)s)"
+            "--seconds",
+            type=float,
+            default=d["seconds"],
+            help=f"audio is tiled or cut to this length {default('seconds', 'the recipe')}",
+        )
+        group.add_argument(
+            "--sample-rate",
+            type=int,
+            default=d["sample_rate"],
+            help=f"resample audio to this rate {default('sample_rate', 'the recipe')}",
+        )
+        group.add_argument(
+            "--mel-bins",
+            type=int,
+            default=d["mel_bins"],
+            help=f"filterbank bins for --audio fbank {default('mel_bins', '128')}",
+        )
+        group.add_argument(
+            "--waveform", action="store_true", help="also store the resampled waveform so features can be recomputed"
+        )
+        group.add_argument(
+            "--min-seconds",
+            type=float,
+            default=d["min_seconds"],
+            help=f"audio shorter than this is a failure {default('min_seconds')}",
         )
 
 
@@ -234,8 +278,12 @@ def _split_sizes(count: int, test_fraction: float, val_fraction: float) -> tuple
 
 def add_split_arguments(parser: argparse.ArgumentParser, test: float = 0.2, val: float = 0.1) -> None:
     group = parser.add_argument_group("generated split")
-    group.add_argument("--test-fraction", type=float, default=test, help="share of groups in the test split (default: %(default)s)")
-    group.add_argument("--val-fraction", type=float, default=val, help="share of groups in the validation split (default: %(default)s)")
+    group.add_argument(
+        "--test-fraction", type=float, default=test, help="share of groups in the test split (default: %(default)s)"
+    )
+    group.add_argument(
+        "--val-fraction", type=float, default=val, help="share of groups in the validation split (default: %(default)s)"
+    )
 
 
 def split_rule_from_args(args: argparse.Namespace, **kwargs) -> SplitRule:
@@ -248,7 +296,7 @@ def mark_duplicates(clips: list[ClipTask], failures: list[Failure], where: str =
     unique = []
     for clip in clips:
         if clip.id in seen:
-            failures.append(Failure(clip.id, "listed twice; the first entry is kept", where))
+            failures.append(Failure(clip.id, "listed twice; the first entry is kept", where or clip.main_file()))
             continue
         seen.add(clip.id)
         unique.append(clip)

@@ -16,8 +16,24 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from .audio import NoAudioTrack, check_audio, read_audio
-from .plan import ARRAY, AUDIO, FLOW, FOLDER, IMAGE, VIDEO, ClipError, ClipTask, PrepareSettings, Source
-from .video import array_to_frame, read_flow_frames, read_folder_frames, read_video_frames
+from .plan import (
+    ARRAY,
+    AUDIO,
+    FLOW,
+    FOLDER,
+    IMAGE,
+    VIDEO,
+    ClipError,
+    ClipTask,
+    PrepareSettings,
+    Source,
+)
+from .video import (
+    array_to_frame,
+    read_flow_frames,
+    read_folder_frames,
+    read_video_frames,
+)
 
 # Which kind of stored array each source kind produces (saved in the cache metadata).
 STORED_KIND = {AUDIO: "feature", VIDEO: "frames", FOLDER: "frames", IMAGE: "frames", FLOW: "flow", ARRAY: "array"}
@@ -34,11 +50,14 @@ class ClipResult:
 def prepare_clip(task: ClipTask, settings: PrepareSettings) -> ClipResult:
     """Decode and transform every modality of ``task``. Raises :class:`ClipError` on bad input."""
     result = ClipResult(arrays={}, kinds={})
-    for name, source in task.sources.items():
+    video_times = None  # flow is read at the times of the clip's video frames
+    for name, source in sorted(task.sources.items(), key=lambda item: item[1].kind != VIDEO):
         if source.kind == AUDIO:
             _add_audio(result, name, source, task, settings)
         elif source.kind == VIDEO:
-            result.arrays[name] = read_video_frames(source.path, settings.fps, settings.size, task.start, task.end)
+            result.arrays[name], video_times = read_video_frames(
+                source.path, settings.fps, settings.size, task.start, task.end
+            )
         elif source.kind == FOLDER:
             result.arrays[name] = read_folder_frames(
                 source.path, settings.fps, settings.folder_fps, settings.size, task.start, task.end
@@ -46,7 +65,7 @@ def prepare_clip(task: ClipTask, settings: PrepareSettings) -> ClipResult:
         elif source.kind == FLOW:
             u_folder, v_folder = source.path
             result.arrays[name] = read_flow_frames(
-                u_folder, v_folder, settings.fps, settings.folder_fps, settings.size, task.start, task.end
+                u_folder, v_folder, settings.fps, settings.folder_fps, settings.size, task.start, task.end, video_times
             )
         elif source.kind == IMAGE:
             result.arrays[name] = array_to_frame(source.data, settings.size)
@@ -88,9 +107,9 @@ def _read_npy(source: Source) -> np.ndarray:
     try:
         array = np.load(source.path, allow_pickle=False)
     except FileNotFoundError:
-        raise ClipError(f"missing file {source.path}") from None
+        raise ClipError(f"missing file {source.path}", source.path) from None
     except (ValueError, OSError) as error:
-        raise ClipError(f"cannot read array {source.path}: {error}") from None
+        raise ClipError(f"cannot read array {source.path}: {error}", source.path) from None
     if array.dtype.kind not in "biuf":
-        raise ClipError(f"array {source.path} is not numeric (dtype {array.dtype})")
+        raise ClipError(f"array {source.path} is not numeric (dtype {array.dtype})", source.path)
     return array.astype(np.float32)[None]

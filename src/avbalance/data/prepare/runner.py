@@ -19,7 +19,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
 
 from ...errors import ConfigError, DataError
 from .cache import (
@@ -71,24 +78,17 @@ def run_prepare(
         previous = try_open(out)
         done = set(finished_clip_files(out)) | ({row["id"] for row in previous.ok_rows()} if previous else set())
         todo = [clip for clip in _unique(listing.clips) if clip.id not in done]
-        summary = Summary(skipped=len({c.id for c in listing.clips} & done))
+        skipped = len({c.id for c in listing.clips} & done)
 
-        clip_failures, summary.interrupted = _prepare_all(todo, settings, out, workers, console)
+        clip_failures, interrupted = _prepare_all(todo, settings, out, workers, console)
         failures += clip_failures
-        summary.prepared = len(todo) - len(clip_failures)
-        if summary.interrupted:
-            summary.prepared = len(set(finished_clip_files(out)) - done)
-            summary.failures = failures
-            summary.failed = len(failures)
-            return summary
+        if interrupted:
+            prepared = len(set(finished_clip_files(out)) - done)
+            return Summary(prepared, skipped, len(failures), failures=failures, interrupted=True)
 
         counts = consolidate(out, dataset, listing, settings, failures, previous)
         write_csv_atomic(out / FAILURES, FAILURE_COLUMNS, [vars(f) for f in failures])
-        summary.failures = failures
-        summary.failed = len(failures)
-        summary.total_ok = counts.ok
-        summary.prepared = counts.ok - summary.skipped
-        return summary
+        return Summary(counts.ok - skipped, skipped, len(failures), total_ok=counts.ok, failures=failures)
 
 
 def _prepare_all(todo: list[ClipTask], settings: PrepareSettings, out: Path, workers: int, console: Console):
@@ -147,7 +147,13 @@ def _run_pool(todo, settings, out, workers, record) -> None:
                     try:
                         record(future.result())
                     except BrokenProcessPool:
-                        record(Failure(clip.id, "the worker process died (out of memory?) while preparing this clip", clip.main_file()))
+                        record(
+                            Failure(
+                                clip.id,
+                                "the worker process died (out of memory?) while preparing this clip",
+                                clip.main_file(),
+                            )
+                        )
                         raise
                     for next_clip in _take(pending_clips, 1):
                         in_flight[pool.submit(prepare_and_store, next_clip, settings, out)] = next_clip
@@ -185,7 +191,7 @@ def prepare_and_store(clip: ClipTask, settings: PrepareSettings, out: Path) -> F
         result = prepare_clip(clip, settings)
         write_clip(clip_path(out, clip.id), result)
     except ClipError as error:
-        return Failure(clip.id, str(error), clip.main_file())
+        return Failure(clip.id, str(error), error.file or clip.main_file())
     except KeyboardInterrupt:
         raise
     except MemoryError:
@@ -221,21 +227,35 @@ def _check_same_settings(out: Path, dataset: str, settings: PrepareSettings) -> 
         except (OSError, ValueError) as error:
             raise DataError(f"{path}: unreadable ({error}); delete the cache folder to start again") from None
         if existing != wanted:
-            raise ConfigError(f"{out} was prepared with other settings: {_difference(existing, wanted)}; use the same options or a new --out folder")
+            raise ConfigError(
+                f"{out} was prepared with other settings: {_difference(existing, wanted)}; use the same options or a new --out folder"
+            )
         return
     if any(p.name != ".lock" for p in out.iterdir()):
-        raise ConfigError(f"{out} is not empty and is not a cache made by 'avbalance prepare'; choose an empty or new --out folder")
+        raise ConfigError(
+            f"{out} is not empty and is not a cache made by 'avbalance prepare'; choose an empty or new --out folder"
+        )
     write_json_atomic(path, wanted)
 
 
 def _difference(existing: dict, wanted: dict) -> str:
     if existing.get("dataset") != wanted["dataset"]:
         return f"dataset {existing.get('dataset')!r}, not {wanted['dataset']!r}"
-    old, new = existing.get("settings", {}), wanted["settings"]
+    old, new = _flatten(existing.get("settings") or {}), _flatten(wanted["settings"])
     for key in new:
         if old.get(key) != new[key]:
             return f"{key}={old.get(key)!r} (now {new[key]!r})"
     return "different settings"
+
+
+def _flatten(settings: dict, prefix: str = "") -> dict:
+    flat = {}
+    for key, value in settings.items():
+        if isinstance(value, dict):
+            flat.update(_flatten(value, f"{prefix}{key}."))
+        else:
+            flat[prefix + key] = value
+    return flat
 
 
 class _exclusive_lock:

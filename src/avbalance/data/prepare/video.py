@@ -13,6 +13,7 @@ from pathlib import Path
 
 import av
 import numpy as np
+from av.video.reformatter import VideoReformatter
 from PIL import Image, UnidentifiedImageError
 
 from .plan import ClipError
@@ -30,73 +31,76 @@ def sample_times(start: float, end: float, fps: float) -> np.ndarray:
 
 def read_video_frames(
     path: str | Path, fps: float, size: int, start: float | None = None, end: float | None = None
-) -> np.ndarray:
-    """``(n, size, size, 3)`` uint8 RGB frames of ``path`` sampled at ``fps`` within [start, end)."""
+) -> tuple[np.ndarray, np.ndarray]:
+    """``(n, size, size, 3)`` uint8 RGB frames of ``path`` sampled at ``fps`` within [start, end),
+    and the n times (seconds from the start of the file) they were taken at."""
     path = Path(path)
     if not path.is_file():
-        raise ClipError(f"missing file {path}")
+        raise ClipError(f"missing file {path}", path)
     try:
         with av.open(str(path)) as container:
             if not container.streams.video:
-                raise ClipError(f"no video track in {path}")
+                raise ClipError(f"no video track in {path}", path)
             stream = container.streams.video[0]
-            duration = _duration(container, stream)
-            if duration is None:  # no duration in the headers: find it by decoding once
-                duration = _decoded_duration(path)
+            duration = _duration(path, container, stream)
             clip_start = max(start or 0.0, 0.0)
             clip_end = min(end if end is not None else duration, duration)
             if clip_end <= clip_start:
-                raise ClipError(f"video too short: segment [{clip_start:.2f}, {end}) s is past its end ({duration:.2f} s) in {path}")
-            frames = _pick_frames(container, stream, sample_times(clip_start, clip_end, fps), size)
+                raise ClipError(
+                    f"video too short: segment [{clip_start:.2f}, {end}) s is past its end ({duration:.2f} s) in {path}",
+                    path,
+                )
+            times = sample_times(clip_start, clip_end, fps)
+            frames = _pick_frames(container, stream, times, size)
     except av.FFmpegError as error:
-        raise ClipError(f"cannot decode {path}: {' '.join(str(error).split())}") from None
+        raise ClipError(f"cannot decode {path}: {' '.join(str(error).split())}", path) from None
     if not frames:
-        raise ClipError(f"video too short: no frame decoded from {path}")
-    return np.stack(frames)
+        raise ClipError(f"video too short: no frame decoded from {path}", path)
+    return np.stack(frames), times[: len(frames)]
 
 
 def _pick_frames(container, stream, times: np.ndarray, size: int) -> list[np.ndarray]:
-    """For each target time the last decoded frame shown at or before it; converting only those."""
+    """For each target time the last decoded frame shown at or before it; converting only those.
+
+    Targets after the end of the last frame are dropped: a header duration can include a longer
+    audio track (flv, mkv), which would otherwise repeat the last frame.
+    """
     offset = float(stream.start_time * stream.time_base) if stream.start_time is not None else 0.0
+    reformatter = VideoReformatter()  # one scaler for the whole clip: building one per frame is slow
+    frame_seconds = 1.0 / float(stream.average_rate or 25)
     picked: list[np.ndarray] = []
-    previous = None
+    previous, previous_time = None, 0.0
     for frame in container.decode(stream):
-        time = (frame.time - offset) if frame.time is not None else None
-        while len(picked) < len(times) and previous is not None and time is not None and time > times[len(picked)] + 1e-6:
-            picked.append(_to_rgb(previous, size))
+        time = (frame.time - offset) if frame.time is not None else previous_time
+        while len(picked) < len(times) and previous is not None and time > times[len(picked)] + 1e-6:
+            picked.append(_to_rgb(reformatter, previous, size))
         if len(picked) == len(times):
             break
-        previous = frame
-    while previous is not None and len(picked) < len(times):
-        picked.append(_to_rgb(previous, size))
+        previous, previous_time = frame, time
+    while previous is not None and len(picked) < len(times) and times[len(picked)] < previous_time + frame_seconds:
+        picked.append(_to_rgb(reformatter, previous, size))
     return picked
 
 
-def _to_rgb(frame, size: int) -> np.ndarray:
-    return frame.to_ndarray(format="rgb24", width=size, height=size, interpolation="AREA")
+def _to_rgb(reformatter: VideoReformatter, frame, size: int) -> np.ndarray:
+    return reformatter.reformat(frame, width=size, height=size, format="rgb24", interpolation="AREA").to_ndarray()
 
 
-def _duration(container, stream) -> float | None:
-    # The frame count is exact when the container has it (mp4, avi); MPEG-PS stream durations are
-    # rough estimates, so the container's duration comes next.
+def _duration(path: Path, container, stream) -> float:
+    """Seconds of video. Exact from the frame count when the container has it (mp4, avi); otherwise
+    from the packet timestamps (flv, mkv, MPEG-PS headers only estimate it, or count the audio)."""
     if stream.frames and stream.average_rate:
         return stream.frames / float(stream.average_rate)
-    if container.duration is not None:
-        return container.duration / av.time_base
-    if stream.duration is not None and stream.time_base is not None:
-        return float(stream.duration * stream.time_base)
-    return None
-
-
-def _decoded_duration(path: Path) -> float:
-    with av.open(str(path)) as container:
-        stream = container.streams.video[0]
-        last = 0.0
-        for frame in container.decode(stream):
-            if frame.time is not None:
-                last = frame.time
-        rate = float(stream.average_rate or 25)
-        return last + 1.0 / rate
+    with av.open(str(path)) as probe:
+        video = probe.streams.video[0]
+        start = video.start_time or 0
+        end = None
+        for packet in probe.demux(video):
+            if packet.pts is not None:
+                end = max(end or 0, packet.pts + (packet.duration or 0))
+        if end is None or video.time_base is None:
+            raise ClipError(f"video too short: no timed video packet in {path}", path)
+        return float((end - start) * video.time_base)
 
 
 def natural_key(name: str) -> list:
@@ -107,10 +111,10 @@ def natural_key(name: str) -> list:
 def list_images(folder: str | Path) -> list[Path]:
     folder = Path(folder)
     if not folder.is_dir():
-        raise ClipError(f"missing frame folder {folder}")
+        raise ClipError(f"missing frame folder {folder}", folder)
     images = [p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES]
     if not images:
-        raise ClipError(f"no images in frame folder {folder}")
+        raise ClipError(f"no images in frame folder {folder}", folder)
     return sorted(images, key=lambda p: natural_key(p.name))
 
 
@@ -126,7 +130,13 @@ def folder_indices(count: int, folder_fps: float, fps: float, start: float | Non
 
 
 def read_folder_frames(
-    folder: str | Path, fps: float, folder_fps: float, size: int, start: float | None = None, end: float | None = None, mode: str = "RGB"
+    folder: str | Path,
+    fps: float,
+    folder_fps: float,
+    size: int,
+    start: float | None = None,
+    end: float | None = None,
+    mode: str = "RGB",
 ) -> np.ndarray:
     """``(n, size, size, C)`` uint8 frames from an image folder (C = 3 for RGB, 1 for L)."""
     images = list_images(folder)
@@ -135,14 +145,33 @@ def read_folder_frames(
 
 
 def read_flow_frames(
-    u_folder: str | Path, v_folder: str | Path, fps: float, folder_fps: float, size: int, start=None, end=None
+    u_folder: str | Path,
+    v_folder: str | Path,
+    fps: float,
+    folder_fps: float,
+    size: int,
+    start=None,
+    end=None,
+    times=None,
 ) -> np.ndarray:
-    """``(n, size, size, 2)`` uint8 optical flow (u, v) from two grey-scale image folders."""
+    """``(n, size, size, 2)`` uint8 optical flow (u, v) from two grey-scale image folders; at
+    ``times`` (seconds) when given, so that flow and RGB frames of a clip line up."""
     u_images, v_images = list_images(u_folder), list_images(v_folder)
     if len(u_images) != len(v_images):
-        raise ClipError(f"flow folders differ in length: {len(u_images)} images in {u_folder}, {len(v_images)} in {v_folder}")
-    indices = folder_indices(len(u_images), folder_fps, fps, start, end)
-    return np.stack([np.concatenate([read_image(u_images[i], size, "L"), read_image(v_images[i], size, "L")], axis=-1) for i in indices])
+        raise ClipError(
+            f"flow folders differ in length: {len(u_images)} images in {u_folder}, {len(v_images)} in {v_folder}",
+            u_folder,
+        )
+    if times is not None:
+        indices = np.minimum((np.asarray(times) * folder_fps).astype(int), len(u_images) - 1)
+    else:
+        indices = folder_indices(len(u_images), folder_fps, fps, start, end)
+    return np.stack(
+        [
+            np.concatenate([read_image(u_images[i], size, "L"), read_image(v_images[i], size, "L")], axis=-1)
+            for i in indices
+        ]
+    )
 
 
 def read_image(path: Path, size: int, mode: str = "RGB") -> np.ndarray:
@@ -151,7 +180,7 @@ def read_image(path: Path, size: int, mode: str = "RGB") -> np.ndarray:
             image = image.convert(mode).resize((size, size), Image.Resampling.BILINEAR, reducing_gap=None)
             array = np.asarray(image, dtype=np.uint8)
     except (OSError, UnidentifiedImageError) as error:
-        raise ClipError(f"cannot read image {path}: {error}") from None
+        raise ClipError(f"cannot read image {path}: {error}", path) from None
     return array.reshape(size, size, -1)
 
 

@@ -1,0 +1,162 @@
+"""AV-MNIST: MNIST digit images paired by class with spoken digits of the Free Spoken Digit
+Dataset (FSDD), the classic audio-visual digit task.
+
+Raw layout (``--root``; ``--mnist`` / ``--fsdd`` point elsewhere)::
+
+    mnist/train-images-idx3-ubyte.gz   the four MNIST IDX files (gzip-compressed or not)
+    mnist/train-labels-idx1-ubyte.gz
+    mnist/t10k-images-idx3-ubyte.gz
+    mnist/t10k-labels-idx1-ubyte.gz
+    fsdd/recordings/<digit>_<speaker>_<index>.wav
+
+FSDD's split: recordings with index 0-4 are test, 5-49 train. Each recording is paired with
+``--images-per-recording`` MNIST images of the same digit (train images for train recordings,
+test images for test recordings), drawn without replacement with ``--seed``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gzip
+import random
+import re
+from pathlib import Path
+
+import numpy as np
+
+from ...errors import DataError
+from ..prepare.plan import (
+    AUDIO,
+    IMAGE,
+    ClipTask,
+    Failure,
+    Listing,
+    Preparer,
+    Source,
+    register_preparer,
+)
+from ..registry import register_dataset
+from .cached import GREY_STATS, LoaderOptions, build_splits, open_cache
+from .layout import require_dir
+
+DIGITS = [str(d) for d in range(10)]
+FSDD_NAME = re.compile(r"(\d)_([A-Za-z]+)_(\d+)")
+FSDD_TEST_INDICES = range(0, 5)
+MNIST_FILES = {
+    "train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
+    "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"),
+}
+SMALL_ENCODER = {"width": 16, "layers": [1, 1, 1]}
+
+
+def _add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--mnist", type=Path, help="folder of the MNIST IDX files (default: ROOT/mnist)")
+    parser.add_argument("--fsdd", type=Path, help="FSDD folder holding recordings/ (default: ROOT/fsdd)")
+    parser.add_argument(
+        "--images-per-recording",
+        type=int,
+        default=1,
+        help="MNIST images paired with each recording (default: %(default)s)",
+    )
+
+
+def read_idx(path: Path) -> np.ndarray:
+    """An IDX array (the MNIST file format), gzip-compressed or not."""
+    try:
+        data = path.read_bytes()
+        if data[:2] == b"\x1f\x8b":
+            data = gzip.decompress(data)
+    except (OSError, EOFError, gzip.BadGzipFile) as error:
+        raise DataError(f"{path}: cannot read ({error})") from None
+    if len(data) < 4 or data[:2] != b"\x00\x00" or data[2] != 0x08:
+        raise DataError(f"{path}: not an unsigned-byte IDX file")
+    ndim = data[3]
+    shape = tuple(int.from_bytes(data[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim))
+    body = np.frombuffer(data, dtype=np.uint8, offset=4 + 4 * ndim)
+    if body.size != int(np.prod(shape)):
+        raise DataError(f"{path}: holds {body.size} bytes of data, its header says {shape}")
+    return body.reshape(shape)
+
+
+def _find_idx(folder: Path, name: str) -> Path:
+    for candidate in (folder / f"{name}.gz", folder / name):
+        if candidate.is_file():
+            return candidate
+    raise DataError(f"{folder / (name + '.gz')}: missing file (MNIST)")
+
+
+def _load_mnist(folder: Path, split: str) -> tuple[np.ndarray, np.ndarray]:
+    images_name, labels_name = MNIST_FILES[split]
+    images, labels = read_idx(_find_idx(folder, images_name)), read_idx(_find_idx(folder, labels_name))
+    if images.ndim != 3 or labels.ndim != 1 or len(images) != len(labels):
+        raise DataError(f"{folder}: MNIST {split} images {images.shape} and labels {labels.shape} do not match")
+    return images, labels
+
+
+def list_clips(root: Path, args: argparse.Namespace) -> Listing:
+    mnist_dir = require_dir(args.mnist or root / "mnist", "MNIST IDX files")
+    recordings = require_dir(
+        (args.fsdd or root / "fsdd") / "recordings", "FSDD recordings <digit>_<speaker>_<index>.wav"
+    )
+    failures: list[Failure] = []
+    by_split: dict[str, list[tuple[str, Path]]] = {"train": [], "test": []}
+    for path in sorted(recordings.glob("*.wav")):
+        match = FSDD_NAME.fullmatch(path.stem)
+        if match is None:
+            failures.append(Failure(path.stem, "file name is not <digit>_<speaker>_<index>.wav", str(path)))
+            continue
+        split = "test" if int(match.group(3)) in FSDD_TEST_INDICES else "train"
+        by_split[split].append((match.group(1), path))
+
+    rng = random.Random(args.seed)
+    clips = []
+    for split, items in by_split.items():
+        images, labels = _load_mnist(mnist_dir, split)
+        pools = {
+            digit: rng.sample(list(np.flatnonzero(labels == int(digit))), k=int((labels == int(digit)).sum()))
+            for digit in DIGITS
+        }
+        for digit, path in items:
+            for _ in range(args.images_per_recording):
+                if not pools[digit]:
+                    failures.append(
+                        Failure(path.stem, f"no MNIST {split} image of digit {digit} left to pair", str(path))
+                    )
+                    break
+                image_index = int(pools[digit].pop())
+                clips.append(
+                    ClipTask(
+                        id=f"{path.stem}/{image_index}",
+                        label=digit,
+                        split=split,
+                        sources={"audio": Source(AUDIO, str(path)), "visual": Source(IMAGE, data=images[image_index])},
+                        columns={"recording": path.stem, "mnist_index": str(image_index)},
+                    )
+                )
+    return Listing(clips=clips, class_names=list(DIGITS), failures=failures)
+
+
+register_preparer(
+    Preparer(
+        name="avmnist",
+        summary="AV-MNIST: MNIST images paired by class with FSDD spoken digits (10 classes)",
+        add_arguments=_add_arguments,
+        list_clips=list_clips,
+        audio="fbank",
+        defaults={"size": 28, "seconds": 1.0, "sample_rate": 8000, "mel_bins": 40},
+        examples="  avbalance prepare avmnist --root ~/data --out ~/cache/avmnist   (reads ~/data/mnist and ~/data/fsdd)\n",
+    )
+)
+
+
+@register_dataset("avmnist")
+def build_avmnist(root: str | None = None, image_size: int | None = None, augment: bool = False):
+    """AV-MNIST from a cache made by ``avbalance prepare avmnist``.
+
+    A sample: ``audio`` ``(1, 40, 98)`` log-mel filterbank of 1 s at 8 kHz, ``visual``
+    ``(3, 1, 28, 28)`` (the grey digit repeated to 3 channels, MNIST normalisation).
+    Options: ``image_size`` (default 28), ``augment`` (default false: flips change digits).
+    """
+    cache = open_cache(root, "avmnist")
+    options = LoaderOptions(frames=1, image_size=image_size, augment=augment, stats={"visual": GREY_STATS})
+    return build_splits(cache, options, recommended_encoder=SMALL_ENCODER)

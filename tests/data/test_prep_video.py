@@ -1,0 +1,118 @@
+"""Frame extraction (time order, rate, segments, image folders) and the loader's frame sampling."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from fixture_media import (
+    frame_level,
+    tone,
+    write_corrupt,
+    write_frame_folder,
+    write_video,
+)
+
+from avbalance.data.datasets.cached import segment_indices
+from avbalance.data.prepare.plan import ClipError
+from avbalance.data.prepare.video import (
+    read_flow_frames,
+    read_folder_frames,
+    read_video_frames,
+    sample_times,
+)
+
+
+def levels(frames: np.ndarray) -> np.ndarray:
+    return frames.reshape(len(frames), -1).mean(axis=1)
+
+
+def test_sample_times_are_interval_centres():
+    assert sample_times(0.0, 3.0, 1.0).tolist() == [0.5, 1.5, 2.5]
+    assert np.allclose(sample_times(0.0, 2.5, 1.0), [0.625, 1.875])
+    assert np.allclose(sample_times(1.0, 1.4, 1.0), [1.2])  # shorter than 1/fps: one frame
+    assert len(sample_times(0.0, 3.0, 25.0)) == 75
+
+
+@pytest.mark.parametrize("suffix", [".mp4", ".flv", ".mpg", ".avi", ".mkv"])
+def test_every_frame_in_time_order(tmp_path, suffix):
+    path = write_video(tmp_path / f"v{suffix}", seconds=2.0, fps=25, audio=tone(2.0, 22050), audio_rate=22050)
+    frames, times = read_video_frames(path, fps=25, size=16)
+    assert np.allclose(times, (np.arange(50) + 0.5) / 25)
+    assert frames.shape == (50, 16, 16, 3) and frames.dtype == np.uint8
+    expected = [frame_level(i, 50) for i in range(50)]
+    assert np.abs(levels(frames) - expected).max() < 6
+
+
+def test_frames_at_one_per_second(tmp_path):
+    path = write_video(tmp_path / "v.mp4", seconds=3.0, fps=25)
+    frames, _ = read_video_frames(path, fps=1, size=8)
+    # frames shown at 0.5 s, 1.5 s, 2.5 s: frame indices 12, 37, 62 of 75
+    assert np.abs(levels(frames) - [frame_level(i, 75) for i in (12, 37, 62)]).max() < 6
+
+
+def test_segment_cut(tmp_path):
+    path = write_video(tmp_path / "v.mpg", seconds=2.0, fps=25)
+    frames, _ = read_video_frames(path, fps=25, size=8, start=0.4, end=0.8)
+    assert len(frames) == 10
+    assert np.abs(levels(frames) - [frame_level(i, 50) for i in range(10, 20)]).max() < 6
+
+
+def test_segment_past_the_end_is_too_short(tmp_path):
+    path = write_video(tmp_path / "v.mp4", seconds=1.0, fps=25)
+    with pytest.raises(ClipError, match="too short"):
+        read_video_frames(path, fps=25, size=8, start=2.0, end=2.5)
+
+
+def test_bad_video_files(tmp_path):
+    with pytest.raises(ClipError, match="missing file"):
+        read_video_frames(tmp_path / "none.mp4", 1, 8)
+    with pytest.raises(ClipError, match="cannot decode"):
+        read_video_frames(write_corrupt(tmp_path / "bad.mp4"), 1, 8)
+
+
+def test_image_folder_in_natural_order(tmp_path):
+    # frame1.png ... frame12.png: lexical order would put frame10 before frame2
+    folder = write_frame_folder(tmp_path / "f", count=12, size=10, name="frame{}.png")
+    frames = read_folder_frames(folder, fps=25, folder_fps=25, size=10)
+    assert frames.shape == (12, 10, 10, 3)
+    assert np.all(np.diff(levels(frames)) > 0)
+    grey = read_folder_frames(folder, fps=5, folder_fps=25, size=10, mode="L")
+    assert grey.shape == (2, 10, 10, 1)
+
+
+def test_flow_frames_pair_u_and_v(tmp_path):
+    u = write_frame_folder(tmp_path / "u", count=20, size=12, mode="L")
+    v = write_frame_folder(tmp_path / "v", count=20, size=12, mode="L")
+    flow = read_flow_frames(u, v, fps=5, folder_fps=25, size=12)
+    assert flow.shape == (4, 12, 12, 2)
+    assert np.all(np.diff(levels(flow)) > 0)
+    at_times = read_flow_frames(u, v, fps=5, folder_fps=25, size=12, times=np.array([0.1, 0.5, 0.9]))
+    assert np.allclose(levels(at_times), [frame_level(i, 20) for i in (2, 12, 19)], atol=3)
+    with pytest.raises(ClipError, match="differ in length"):
+        read_flow_frames(u, write_frame_folder(tmp_path / "v2", count=5, size=12, mode="L"), 5, 25, 12)
+
+
+def test_segment_indices_train_and_eval():
+    torch.manual_seed(0)
+    assert segment_indices(30, 3, train=False).tolist() == [5, 15, 25]  # segment centres
+    for _ in range(50):
+        picked = segment_indices(30, 3, train=True)
+        assert 0 <= picked[0] < 10 <= picked[1] < 20 <= picked[2] < 30
+    assert segment_indices(2, 4, train=False).tolist() == [0, 0, 1, 1]  # fewer frames than K: repeats, in order
+    assert segment_indices(1, 3, train=True).tolist() == [0, 0, 0]
+
+
+def test_flip_mirrors_frames_and_reverses_horizontal_flow():
+    from avbalance.data.datasets.cached import _apply_crop
+
+    ramp = np.broadcast_to(np.arange(0, 80, 10, dtype=np.uint8)[None, :, None], (8, 8, 3))  # grows left to right
+    frames = np.stack([ramp, ramp])  # (K, H, W, C)
+    whole_image_flipped = (0.0, 0.0, 1.0, 1.0, True)
+    assert np.array_equal(_apply_crop(frames, whole_image_flipped, 8, is_flow=False), frames[:, :, ::-1])
+    flow = frames[..., :2]
+    mirrored_flow = _apply_crop(flow, whole_image_flipped, 8, is_flow=True)
+    assert np.array_equal(mirrored_flow[..., 0], 255 - flow[:, :, ::-1, 0])  # u changes sign around 128
+    assert np.array_equal(mirrored_flow[..., 1], flow[:, :, ::-1, 1])
+    left_half = _apply_crop(frames, (0.0, 0.0, 1.0, 0.5, False), 4, is_flow=False)
+    assert left_half.shape == (2, 4, 4, 3) and left_half.mean() < frames.mean()
