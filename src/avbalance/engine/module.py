@@ -10,7 +10,7 @@ import torch
 
 from ..errors import AvbalanceError
 from ..methods import get_method
-from ..methods.distributed import average_gradients
+from ..methods.distributed import average_gradients, broadcast_buffers
 from .epoch_data import LoaderEpochData
 from .resume import capture_rng, restore_rng
 from ..metrics import MultimodalMetrics
@@ -96,6 +96,10 @@ class BalancedModule(L.LightningModule):
         wrapper = self.trainer.strategy.model
         if not self.automatic_optimization and hasattr(wrapper, "require_backward_grad_sync"):
             wrapper.require_backward_grad_sync = False
+
+    def on_train_batch_end(self, outputs, batch, batch_idx: int) -> None:
+        if not self.automatic_optimization:  # DDP did not broadcast buffers for these steps
+            broadcast_buffers(self.model)
 
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
         if not self.automatic_optimization:
@@ -220,6 +224,9 @@ class BalancedModule(L.LightningModule):
         self.method.load_state_dict(state.get("method_state", {}))
         self.history = list(state.get("history", []))
         self.skipped_steps = int(state.get("skipped_steps", 0))
+        datamodule = getattr(self.trainer, "datamodule", None)
+        if self.method.resamples_data and datamodule is not None:  # the resumed epoch's training set
+            datamodule.train_entries = self.method.train_entries()
         if "rng" in state and self.trainer.state.fn == "fit":
             restore_rng(state["rng"])
 

@@ -34,3 +34,12 @@ def average_gradients(parameters) -> None:
     for grad in grads:
         grad.copy_(flat[offset:offset + grad.numel()].view_as(grad))
         offset += grad.numel()
+
+
+def broadcast_buffers(module: torch.nn.Module, source: int = 0) -> None:
+    """Give every rank ``source``'s buffers (BatchNorm running statistics), as DDP does before each
+    forward, for steps run without DDP's own synchronisation."""
+    if not is_distributed():
+        return
+    for buffer in module.buffers():
+        dist.broadcast(buffer, src=source)

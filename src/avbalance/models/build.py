@@ -6,7 +6,12 @@ from typing import Any, Mapping
 
 from .encoders import build_encoder, encoder_kind
 from .fusion import build_head
+from .mmtm import MMTMModel
 from .model import MultimodalModel
+
+#: Model variants a spec can ask for with ``"variant": name`` (options in ``"variant_options"``):
+#: a :class:`MultimodalModel` subclass built from the same encoders and head.
+MODEL_VARIANTS: dict[str, type[MultimodalModel]] = {"mmtm": MMTMModel}
 
 
 def model_spec(input_shapes: Mapping[str, tuple[int, ...]], num_classes: int, fusion: str = "concat",
@@ -32,4 +37,9 @@ def build_model(spec: Mapping[str, Any]) -> MultimodalModel:
     encoders = {m: build_encoder(**encoder_spec) for m, encoder_spec in spec["encoders"].items()}
     dims = {m: encoder.out_dim for m, encoder in encoders.items()}
     head = build_head(spec["fusion"], dims, spec["num_classes"], **spec.get("fusion_options", {}))
-    return MultimodalModel(encoders, head)
+    variant = spec.get("variant")
+    if variant is None:
+        return MultimodalModel(encoders, head)
+    if variant not in MODEL_VARIANTS:
+        raise ValueError(f"unknown model variant {variant!r}; choose one of: {', '.join(MODEL_VARIANTS)}")
+    return MODEL_VARIANTS[variant](encoders, head, **spec.get("variant_options", {}))

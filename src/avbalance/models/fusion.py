@@ -287,3 +287,10 @@ def build_head(name: str, dims: Mapping[str, int], num_classes: int, **options) 
         return FUSIONS[name](dims, num_classes, **options)
     except TypeError as error:
         raise ValueError(f"fusion {name!r}: {error}") from None
+
+
+# Heads defined in their own modules (imported last: they build on the classes above).
+from .amco_head import AMCoHead  # noqa: E402
+from .shared_head import SharedHead  # noqa: E402
+
+FUSIONS.update({head.name: head for head in (SharedHead, AMCoHead)})
