@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import ConfigError
-from .distributed import all_reduce_sum, is_distributed
+from .distributed import average_gradients, all_reduce_sum, is_distributed
 
 #: Heads whose per-modality logits ``z_m`` are computed from modality m's features alone
 #: (``W_m h_m + b_m``, ``W_m h_m + b / M`` or MMCosine's cosines), so that ``CE(z_m, y)`` is a
@@ -82,15 +82,6 @@ def average_across_ranks(tensors: Sequence[torch.Tensor]) -> list[torch.Tensor]:
     flat = torch.cat([t.reshape(-1) for t in tensors])
     flat = all_reduce_sum(flat) / world_size()
     return [chunk.view_as(t) for chunk, t in zip(flat.split([t.numel() for t in tensors]), tensors)]
-
-
-def average_gradients(params: Iterable[nn.Parameter]) -> None:
-    """Average ``.grad`` over ranks in place, for backward passes DDP does not reduce."""
-    params = [p for p in params if p.grad is not None]
-    if not is_distributed() or not params:
-        return
-    for param, grad in zip(params, average_across_ranks([p.grad for p in params])):
-        param.grad.copy_(grad)
 
 
 def in_lockstep(batches: Iterable[dict], device: torch.device) -> Iterator[dict]:

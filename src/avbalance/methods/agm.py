@@ -29,7 +29,8 @@ import torch.nn.functional as F
 
 from ..errors import ConfigError
 from ..models.model import ModelOutput, MultimodalModel
-from ._passes import modules_mode, proper_coalitions, stacked_coalition_batch
+from ._passes import proper_coalitions, stacked_coalition_batch
+from ._training import model_mode
 from .base import Method
 from .distributed import all_reduce_sum
 from .ogm import TensorSelection, select_tensors
@@ -149,7 +150,7 @@ class AGM(Method):
         labels = batch["label"]
         modulating = self.in_window()
         carry_gradients = modulating and self.apply == "shares"
-        with modules_mode(model, False), torch.set_grad_enabled(carry_gradients and torch.is_grad_enabled()):
+        with model_mode(model, False), torch.set_grad_enabled(carry_gradients and torch.is_grad_enabled()):
             partial = coalition_logits(model, batch)
         full = output.logits if carry_gradients else output.logits.detach()
         responses = shapley_responses(full, partial, modalities)

@@ -31,7 +31,8 @@ import torch.nn.functional as F
 
 from ..errors import ConfigError
 from ..models.model import ModelOutput, MultimodalModel
-from ._passes import modules_mode, rank_and_world
+from ._passes import rank_and_world
+from ._training import model_mode
 from .base import EpochData, Method
 from .distributed import all_reduce_sum
 from .registry import register_method
@@ -125,7 +126,7 @@ class PMR(Method):
         sums = {m: torch.zeros(num_classes, model.head.dims[m], device=data.device) for m in modalities}
         counts = torch.zeros(num_classes, device=data.device)
         seen = 0
-        with modules_mode(model, False), torch.no_grad():
+        with model_mode(model, False), torch.no_grad():
             for batch in data.train_batches(shuffle=True):
                 features = model.encode(batch)
                 labels = batch["label"]

@@ -27,7 +27,8 @@ from torch import nn
 
 from ..errors import ConfigError
 from ..models.model import ModelOutput, MultimodalModel
-from ._passes import average_buffers, synchronized, training_optimizer_recipe
+from ._passes import average_buffers
+from ._training import in_lockstep, optimizer_recipe
 from .base import EpochData, Method
 from .distributed import average_gradients
 from .registry import register_method
@@ -138,12 +139,12 @@ class UMT(Method):
         params = [p for m in modalities for p in (*encoders[m].parameters(), *classifiers[m].parameters())]
         for p in params:
             p.requires_grad_(True)
-        cls, settings = training_optimizer_recipe(optimizer)
+        cls, settings = optimizer_recipe(optimizer)
         teacher_optimizer = cls(params, **settings)
         for module in (*encoders.values(), *classifiers.values()):
             module.train()
         for _ in range(self.pretrain_epochs):
-            for batch in synchronized(data.train_batches(shuffle=True), data.device):
+            for batch in in_lockstep(data.train_batches(shuffle=True), data.device):
                 teacher_optimizer.zero_grad(set_to_none=True)
                 loss = sum(F.cross_entropy(classifiers[m](encoders[m](batch[m])), batch["label"]) for m in modalities)
                 loss.backward()
