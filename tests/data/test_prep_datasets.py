@@ -353,6 +353,26 @@ def test_manifest_with_video_audio_frames_and_arrays(tmp_path):
     assert torch.equal(sample["emb"], torch.full((4,), 3.0))
 
 
+def test_nan_in_a_prepared_feature_is_reported(tmp_path):
+    raw = tmp_path / "raw"
+    raw.mkdir()
+    rows = ["id,label,split,emb"]
+    for i in range(4):
+        values = np.full(3, float(i))
+        if i == 2:
+            values[1] = np.nan
+        if i == 3:
+            values[0] = np.inf
+        np.save(raw / f"e{i}.npy", values)
+        rows.append(f"c{i},{'ab'[i % 2]},train,e{i}.npy")
+    (raw / "manifest.csv").write_text("\n".join(rows) + "\n")
+    out = tmp_path / "cache"
+    assert prepare("manifest", raw, out) == 0
+    reasons = failures(out)
+    assert set(reasons) == {"c2", "c3"}
+    assert all("emb has NaN or infinite values after preparation" in reasons[c] for c in reasons)
+
+
 def test_missing_layout_is_one_line_data_error(tmp_path):
     (tmp_path / "empty").mkdir()
     for dataset, needle in [

@@ -74,7 +74,14 @@ def prepare_clip(task: ClipTask, settings: PrepareSettings) -> ClipResult:
         else:
             raise ValueError(f"unknown source kind {source.kind!r}")
         result.kinds.setdefault(name, STORED_KIND[source.kind])
+        _check_finite(name, result.arrays[name], source)
     return result
+
+
+def _check_finite(name: str, array: np.ndarray, source: Source) -> None:
+    """A NaN or infinite value in a prepared feature would poison training: report the clip."""
+    if array.dtype.kind == "f" and not np.isfinite(array).all():
+        raise ClipError(f"{name} has NaN or infinite values after preparation ({source.path})", source.path)
 
 
 def _add_audio(result: ClipResult, name: str, source: Source, task: ClipTask, settings: PrepareSettings) -> None:
