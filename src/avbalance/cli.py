@@ -36,7 +36,7 @@ TRAIN_OPTIONS: dict[str, tuple[str, type, str]] = {
     "data": ("data.root", str, "prepared data folder (from 'avbalance prepare')"),
     "modalities": ("data.modalities", str, "comma-separated subset of modalities to train on, e.g. visual"),
     "method": ("method.name", str, "balancing method, e.g. baseline, ogm, ogm_ge, mmcosine"),
-    "fusion": ("model.fusion", str, "fusion head: sum, concat, cosine, film, gated, film_sym, gated_sym"),
+    "fusion": ("model.fusion", str, "fusion head: sum, concat, cosine, film, gated, film_sym, gated_sym (shared, amco: for their methods)"),
     "epochs": ("trainer.epochs", int, "number of epochs"),
     "batch_size": ("data.batch_size", int, "training batch size"),
     "lr": ("optim.lr", float, "learning rate"),
@@ -203,7 +203,7 @@ def build_parser() -> argparse.ArgumentParser:
 # Modules that add their own sub-commands: each has ``add_parser(commands)``, which creates its
 # sub-parser(s) and either sets ``handler`` (a function ``args -> exit status``) on them or returns
 # the one sub-parser it made and provides ``run(args)``.
-COMMAND_MODULES = ("avbalance.data.prepare.cli", "avbalance.analysis.cli")
+COMMAND_MODULES = ("avbalance.data.prepare.cli", "avbalance.analysis.cli", "avbalance.benchmark.cli")
 
 
 def main(argv: list[str] | None = None) -> int:

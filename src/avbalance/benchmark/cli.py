@@ -1,0 +1,74 @@
+"""``avbalance benchmark SUITE``: the multi-seed benchmark of the balancing methods."""
+
+from __future__ import annotations
+
+import argparse
+import shlex
+from pathlib import Path
+
+from .suites import SUITES
+
+
+def _report(message: str) -> None:
+    print(message, flush=True)
+
+EXAMPLES = """examples:
+  avbalance benchmark synthetic --quick --out runs/bench-quick
+  avbalance benchmark grid-digit --raw ../shared/data --out benchmarks/results/grid-digit
+  avbalance benchmark avmnist --raw ../shared/data --methods baseline ogm_ge mmcosine --seeds 5"""
+
+
+def add_parser(commands) -> argparse.ArgumentParser:
+    lines = "\n".join(f"  {name:13s} {suite.description}" for name, suite in SUITES.items())
+    sub = commands.add_parser(
+        "benchmark", help="train every method for N seeds on a suite; Markdown table + plots",
+        description="Train every requested balancing method, plus audio-only and visual-only references, for N "
+                    "seeds with one shared recipe; write a Markdown table (mean ± std and 95 %% CI of fused, "
+                    "audio and visual test accuracy and macro-F1, and the imbalance gap) and PNG plots. "
+                    "Finished runs are reused when the command is rerun.\n\nsuites:\n" + lines.replace("%", "%%"),
+        epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub.add_argument("suite", metavar="SUITE", help=f"one of: {', '.join(SUITES)}")
+    sub.add_argument("--seeds", type=int, help="number of seeds 0..N-1 (default: 5; 1 with --quick)")
+    sub.add_argument("--methods", nargs="+", metavar="METHOD",
+                     help="methods to run (default: every registered method); references are always added")
+    sub.add_argument("--no-references", action="store_true", help="skip the audio-only and visual-only models")
+    sub.add_argument("--quick", action="store_true", help="1 seed, few epochs, small data: exercises the whole path")
+    sub.add_argument("--out", help="results folder (default: benchmarks/results/SUITE, or runs/benchmark/SUITE-quick)")
+    sub.add_argument("--raw", default="../shared/data", help="raw data folder holding grid/, mnist/, fsdd/ "
+                     "(default: %(default)s)")
+    sub.add_argument("--cache", help="prepared-data folder (default: ~/.cache/avbalance/benchmark/SUITE)")
+    sub.add_argument("--sweep", action="store_true",
+                     help="instead: the suite's validation sweep (e.g. OGM-GE alpha x window), 2 seeds by "
+                          "default; writes sweep.md ranked by validation accuracy")
+    sub.set_defaults(handler=run)
+    return sub
+
+
+def run(args: argparse.Namespace) -> int:
+    from .runner import run_suite
+    from .suites import get_suite
+
+    suite = get_suite(args.suite)
+    out = Path(args.out) if args.out else (Path("runs/benchmark") / f"{suite.name}-quick" if args.quick
+                                           else Path("benchmarks/results") / suite.name)
+    parts = ["avbalance", "benchmark", suite.name]
+    if args.seeds:
+        parts += ["--seeds", str(args.seeds)]
+    if args.methods:
+        parts += ["--methods", *args.methods]
+    if args.no_references:
+        parts.append("--no-references")
+    if args.quick:
+        parts.append("--quick")
+    parts += ["--out", str(out)]
+    if suite.prepare is not None:
+        parts += ["--raw", args.raw]
+    if args.sweep:
+        from .runner import run_sweep
+
+        run_sweep(suite, out, seeds=args.seeds or 2, quick=args.quick, raw=args.raw, cache=args.cache,
+                  report=_report)
+        return 0
+    run_suite(suite, out, seeds=args.seeds, methods=args.methods, quick=args.quick, raw=args.raw,
+              cache=args.cache, references=not args.no_references, command=shlex.join(parts), report=_report)
+    return 0

@@ -1,0 +1,137 @@
+"""The suite's Markdown table (``README.md``), ``summary.json`` and PNG plots."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+from .aggregate import REFERENCES
+
+COLUMNS = [("acc", "fused acc"), ("f1_macro", "fused F1"), ("acc_audio", "audio acc"),
+           ("f1_macro_audio", "audio F1"), ("acc_visual", "visual acc"), ("f1_macro_visual", "visual F1"),
+           ("gap_audio", "audio gap"), ("gap_visual", "visual gap")]
+
+
+def cell(stats: dict[str, Any] | None) -> str:
+    """``mean ± std [± ci95]`` in percent; ``-`` when there is no value."""
+    if not stats or stats["n"] == 0:
+        return "-"
+    text = f"{100 * stats['mean']:.1f}"
+    if stats["n"] > 1:
+        text += f" ± {100 * stats['std']:.1f} [±{100 * stats['ci95']:.1f}]"
+    return text
+
+
+def order(summary: dict[str, Any]) -> list[str]:
+    joint = [m for m in summary if m not in REFERENCES]
+    return (["baseline"] if "baseline" in joint else []) + sorted(m for m in joint if m != "baseline") + \
+        [r for r in REFERENCES if r in summary]
+
+
+def markdown_table(summary: dict[str, Any], runs: dict[str, dict[int, dict[str, Any]]]) -> str:
+    header = ["method", "seeds", "val acc"] + [title for _, title in COLUMNS] + ["s/run"]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for method in order(summary):
+        entry = summary[method]
+        seconds = [r.get("train_seconds", math.nan) for r in runs[method].values()]
+        mean_seconds = sum(seconds) / len(seconds) if seconds else math.nan
+        row = [method, str(len(entry["seeds"])), cell(entry["val_acc"])]
+        row += [cell(entry.get(key)) for key, _ in COLUMNS] + [f"{mean_seconds:.0f}"]
+        lines.append("| " + " | ".join(row) + " |")
+    return "\n".join(lines)
+
+
+def write_report(out: Path, summary: dict[str, Any], runs: dict[str, dict[int, dict[str, Any]]],
+                 info: dict[str, Any]) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "summary.json").write_text(json.dumps(_json_safe({"info": info, "summary": summary}), indent=2))
+    if info.get("command"):
+        (out / "command.txt").write_text(info["command"] + "\n")
+    plot_accuracy(summary, out / "accuracy.png", info)
+    plot_gaps(summary, out / "imbalance.png", info)
+    text = [f"# Benchmark: {info['suite']}{' (quick mode)' if info['quick'] else ''}", "",
+            info["description"] + ".", ""]
+    if info.get("command"):
+        text += ["Reproduce (from the repository root):", "", "```bash", info["command"], "```", ""]
+    text += [f"{info['seeds']} seed(s), {info['epochs']} epochs per run; the best epoch is chosen on the "
+             "validation split, the numbers are on the test split.", "",
+             "Cells: mean ± sample standard deviation over seeds [± half-width of the 95 % Student-t "
+             "confidence interval of the mean], in percent. *audio/visual acc* of a joint model: its "
+             "audio-only / visual-only output (the branch's logits); of `audio_only` / `visual_only`: the "
+             "unimodal reference model. *gap*: per seed, the branch accuracy of the joint model minus the "
+             "accuracy of the unimodal reference of the same seed (negative: the branch learned less "
+             "than it can on its own — the imbalance). *s/run*: training seconds per run.", "",
+             markdown_table(summary, runs), "",
+             "![test accuracy](accuracy.png)", "", "![imbalance](imbalance.png)", "",
+             "## Recipe", "", "Shared overrides (`avbalance train --set ...`):", "", "```",
+             *info["recipe"], "```", "", "Per method:", ""]
+    for name, overrides in info["method_overrides"].items():
+        text.append(f"- `{name}`: {' '.join(f'`{o}`' for o in overrides) or 'defaults'}")
+    text += ["", f"Per-run files: `runs/<method>/seed<k>/` (`metrics.json`, `history.json`, `config.yaml`, "
+             f"`run.json`); aggregated numbers: `summary.json`. Total training time "
+             f"{info['train_seconds']:.0f} s.", ""]
+    (out / "README.md").write_text("\n".join(text))
+
+
+def _bars(ax, summary, methods, keys, labels):
+    import numpy as np
+
+    width = 0.8 / len(keys)
+    x = np.arange(len(methods))
+    for i, (key, label) in enumerate(zip(keys, labels)):
+        means = [100 * summary[m].get(key, {}).get("mean", math.nan) if summary[m].get(key) else math.nan
+                 for m in methods]
+        errors = [100 * summary[m][key]["ci95"] if summary[m].get(key) and summary[m][key]["n"] > 1 else 0.0
+                  for m in methods]
+        errors = [0.0 if math.isnan(e) else e for e in errors]
+        ax.bar(x + (i - (len(keys) - 1) / 2) * width, means, width, yerr=errors, capsize=2, label=label)
+    ax.set_xticks(x)
+    ax.set_xticklabels(methods, rotation=45, ha="right")
+    ax.legend(fontsize=8)
+    ax.grid(axis="y", alpha=0.3)
+
+
+def plot_accuracy(summary: dict[str, Any], path: Path, info: dict[str, Any]) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    methods = order(summary)
+    fig, ax = plt.subplots(figsize=(max(6, 0.55 * len(methods) + 2), 4))
+    _bars(ax, summary, methods, ["acc", "acc_audio", "acc_visual"], ["fused", "audio branch", "visual branch"])
+    ax.set_ylabel("test accuracy (%)")
+    ax.set_title(f"{info['suite']}: mean test accuracy over {info['seeds']} seed(s), 95 % CI")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def plot_gaps(summary: dict[str, Any], path: Path, info: dict[str, Any]) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    methods = [m for m in order(summary) if m not in REFERENCES]
+    fig, ax = plt.subplots(figsize=(max(6, 0.55 * len(methods) + 2), 4))
+    _bars(ax, summary, methods, ["gap_audio", "gap_visual"], ["audio branch − audio-only", "visual branch − visual-only"])
+    ax.axhline(0, color="black", linewidth=0.8)
+    ax.set_ylabel("accuracy gap (points)")
+    ax.set_title(f"{info['suite']}: imbalance (branch vs unimodal model), 95 % CI")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def _json_safe(value):
+    """Undefined figures (a std over one seed) as null: strict JSON has no NaN."""
+    if isinstance(value, float) and math.isnan(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_json_safe(v) for v in value]
+    return value

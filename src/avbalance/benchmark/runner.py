@@ -1,0 +1,195 @@
+"""Run a suite: prepare the data once, train every (method, seed), reuse finished runs, report."""
+
+from __future__ import annotations
+
+import json
+import shlex
+import shutil
+import time
+import warnings
+from pathlib import Path
+from typing import Any, Callable
+
+from ..errors import DataError
+from .aggregate import REFERENCES, aggregate
+from .report import write_report
+from .suites import Suite
+
+KEPT_FILES = ("metrics.json", "history.json", "config.yaml")
+RUN_FILE = "run.json"
+THREADS = 1  # torch intra-op threads per run
+QUICK_CLIPS = 200  # clips prepared for the quick mode
+
+
+def default_cache(suite: Suite) -> Path:
+    return Path.home() / ".cache" / "avbalance" / "benchmark" / suite.name
+
+
+def all_methods() -> list[str]:
+    from ..methods import method_names
+
+    return list(method_names())
+
+
+def prepare_data(suite: Suite, raw: str | Path | None, cache: str | Path | None, quick: bool,
+                 report: Callable[[str], None] = print) -> Path | None:
+    """The prepared cache of the suite, created with ``avbalance prepare`` unless already complete."""
+    if suite.prepare is None:
+        return None
+    cache = Path(cache) if cache else default_cache(suite)
+    if quick:  # a small seeded subset in its own folder: the quick mode prepares in seconds
+        cache = cache.with_name(cache.name + "-quick")
+    marker = cache / "benchmark_prepared.json"
+    command = [a.format(raw=str(raw) if raw else "", cache=str(cache)) for a in suite.prepare]
+    if quick:
+        command += ["--limit", str(QUICK_CLIPS)]
+    if marker.is_file() and json.loads(marker.read_text()).get("command") == command:
+        return cache
+    if raw is None or not (Path(raw) / (suite.raw_required or "")).exists():
+        raise DataError(f"suite {suite.name!r} needs the raw data ({Path(raw or '?') / (suite.raw_required or '')} "
+                        f"not found); pass --raw DIR (the folder holding grid/, mnist/, fsdd/)")
+    from ..cli import main as cli_main
+
+    report(f"preparing {suite.name} data: avbalance prepare {shlex.join(command)}")
+    status = cli_main(["prepare", *command])
+    if status != 0:
+        raise DataError(f"preparing {suite.name} failed (exit status {status}); see the messages above")
+    marker.write_text(json.dumps({"command": command}, indent=2))
+    return cache
+
+
+def _finished(folder: Path, overrides: list[str]) -> dict[str, Any] | None:
+    run_file, metrics_file = folder / RUN_FILE, folder / "metrics.json"
+    if not (run_file.is_file() and metrics_file.is_file()):
+        return None
+    if json.loads(run_file.read_text()).get("overrides") != overrides:
+        return None  # a different recipe: train again
+    return json.loads(metrics_file.read_text())
+
+
+def train_one(overrides: list[str], folder: Path) -> dict[str, Any]:
+    """Train in a scratch folder, then keep only the small files (no checkpoints, no logs)."""
+    from ..engine import load_config, train
+
+    import torch
+
+    # One intra-op thread per run: the small models gain nothing from more, and on a busy machine
+    # extra threads oversubscribe the cores (measured 4x slower with 2 threads under load).
+    torch.set_num_threads(THREADS)
+    scratch = folder.parent / (folder.name + ".running")
+    shutil.rmtree(scratch, ignore_errors=True)
+    started = time.perf_counter()
+    metrics = train(load_config(overrides=overrides + [f"out={scratch}"]))
+    seconds = time.perf_counter() - started
+    shutil.rmtree(folder, ignore_errors=True)
+    folder.mkdir(parents=True)
+    for name in KEPT_FILES:
+        if (scratch / name).is_file():
+            shutil.copy2(scratch / name, folder / name)
+    stored = json.loads((folder / "metrics.json").read_text())
+    stored.pop("best_checkpoint", None)
+    stored["train_seconds"] = round(seconds, 2)
+    (folder / "metrics.json").write_text(json.dumps(stored, indent=2))
+    # written last: its presence marks the run as finished
+    (folder / RUN_FILE).write_text(json.dumps({"overrides": overrides, "seconds": round(seconds, 2)}, indent=2))
+    shutil.rmtree(scratch, ignore_errors=True)
+    return stored
+
+
+def run_suite(suite: Suite, out: str | Path, seeds: int | None = None, methods: list[str] | None = None,
+              quick: bool = False, raw: str | Path | None = None, cache: str | Path | None = None,
+              references: bool = True, command: str | None = None,
+              report: Callable[[str], None] = print) -> dict[str, Any]:
+    """Train ``methods`` (default: every registered method) and the unimodal references for
+    ``seeds`` seeds (0..N-1), then write ``README.md`` (table), ``summary.json`` and PNG plots
+    into ``out``. Runs live in ``out/runs/<method>/seed<k>/``; a run whose ``run.json`` matches the
+    current overrides is reused. Returns the aggregated summary."""
+    warnings.filterwarnings("ignore", message=".*Average precision score.*")
+    out = Path(out)
+    seeds = seeds or (1 if quick else suite.seeds)
+    methods = list(methods) if methods else all_methods()
+    unknown = sorted(set(methods) - set(all_methods()) - set(REFERENCES))
+    if unknown:
+        from ..errors import ConfigError
+
+        raise ConfigError(f"unknown method(s): {', '.join(unknown)}; choose from: {', '.join(all_methods())}")
+    names = methods + ([r for r in REFERENCES if r not in methods] if references else [])
+    root = prepare_data(suite, raw, cache, quick, report)
+    data = [f"data.root={root}"] if root is not None else []
+
+    jobs = [(name, seed) for name in names for seed in range(seeds)]  # method by method: a stopped suite leaves whole methods
+    runs: dict[str, dict[int, dict[str, Any]]] = {name: {} for name in names}
+    started = time.perf_counter()
+    trained = reused = 0
+    for index, (name, seed) in enumerate(jobs, 1):
+        overrides = suite.overrides(name, quick) + data + [f"trainer.seed={seed}"]
+        folder = out / "runs" / name / f"seed{seed}"
+        metrics = _finished(folder, overrides)
+        if metrics is not None:
+            reused += 1
+            status = "reused"
+        else:
+            metrics = train_one(overrides, folder)
+            trained += 1
+            status = f"trained in {metrics['train_seconds']:.1f}s"
+        runs[name][seed] = metrics
+        elapsed = time.perf_counter() - started
+        eta = elapsed / trained * sum(1 for n, s in jobs[index:]) if trained else 0.0
+        report(f"[{index}/{len(jobs)}] {name} seed {seed}: test acc {metrics['test']['acc']:.3f} "
+               f"({status}; elapsed {elapsed:.0f}s, ETA {eta:.0f}s)")
+
+    summary = aggregate(runs)
+    info = {"suite": suite.name, "description": suite.description, "quick": quick, "seeds": seeds,
+            "epochs": suite.quick_epochs if quick else suite.epochs, "command": command,
+            "recipe": suite.overrides("baseline", quick)[:-1] if "baseline" in methods else suite.recipe,
+            "method_overrides": {n: [o for o in suite.overrides(n, quick) if o.startswith(("method.", "data.modalities"))]
+                                 for n in names},
+            "trained": trained, "reused": reused,
+            "train_seconds": round(sum(r.get("train_seconds", 0.0) for by in runs.values() for r in by.values()), 1)}
+    write_report(out, summary, runs, info)
+    report(f"table: {out / 'README.md'}   plots: {out / 'accuracy.png'}, {out / 'imbalance.png'}")
+    return summary
+
+
+def run_sweep(suite: Suite, out: str | Path, seeds: int = 2, quick: bool = False, raw: str | Path | None = None,
+              cache: str | Path | None = None, report: Callable[[str], None] = print) -> list[dict[str, Any]]:
+    """Train every setting of ``suite.sweep`` for ``seeds`` seeds and rank the settings by mean
+    *validation* accuracy (the test split is not read). Writes ``sweep.md`` and ``sweep.json``."""
+    from .aggregate import summary_stats
+
+    warnings.filterwarnings("ignore", message=".*Average precision score.*")
+    out = Path(out)
+    root = prepare_data(suite, raw, cache, quick, report)
+    data = [f"data.root={root}"] if root is not None else []
+    rows = []
+    for method, settings in suite.sweep.items():
+        for number, setting in enumerate(settings):
+            values = []
+            for seed in range(seeds):
+                overrides = suite.sweep_overrides(method, setting, quick) + data + [f"trainer.seed={seed}"]
+                folder = out / "sweep" / method / f"setting{number}" / f"seed{seed}"
+                metrics = _finished(folder, overrides) or train_one(overrides, folder)
+                values.append(metrics["val"]["acc"])
+            stats = summary_stats(values)
+            epochs = suite.quick_epochs if quick else suite.epochs
+            setting = [s.format(epochs=epochs, third=max(1, epochs // 3)) for s in setting]
+            rows.append({"method": method, "setting": setting, "val_acc": stats, "values": values})
+            report(f"sweep {method} {' '.join(setting)}: val acc {stats['mean']:.3f} over {seeds} seed(s)")
+    lines = ["| method | setting | val acc (mean ± std, %) | per seed |", "|---|---|---|---|"]
+    best: dict[str, dict[str, Any]] = {}
+    for row in rows:
+        if row["method"] not in best or row["val_acc"]["mean"] > best[row["method"]]["val_acc"]["mean"]:
+            best[row["method"]] = row
+    for row in rows:
+        mark = " **(chosen)**" if best[row["method"]] is row else ""
+        stats = row["val_acc"]
+        spread = f" ± {100 * stats['std']:.1f}" if stats["n"] > 1 else ""
+        lines.append(f"| {row['method']} | `{' '.join(row['setting'])}`{mark} | {100 * stats['mean']:.1f}{spread} | "
+                     f"{', '.join(f'{100 * v:.1f}' for v in row['values'])} |")
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "sweep.md").write_text(
+        f"# Validation sweep: {suite.name}\n\nSelected on the validation split only ({seeds} seed(s), "
+        f"{suite.quick_epochs if quick else suite.epochs} epochs); the test split is not read.\n\n"
+        + "\n".join(lines) + "\n")
+    (out / "sweep.json").write_text(json.dumps(rows, indent=2))
+    return rows

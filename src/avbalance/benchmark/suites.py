@@ -1,0 +1,145 @@
+"""The benchmark suites: dataset, preparation, shared recipe and per-method settings.
+
+Overrides may use ``{epochs}`` (the suite's epochs, or the quick mode's) and ``{third}``
+(``max(1, epochs // 3)``): methods with a warm-up or a schedule in epochs get it scaled to the run
+length, so the same definitions serve the full suite and the quick mode.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from ..errors import ConfigError
+
+# Settings that every suite applies to a method unless the suite overrides that method.
+# OGM / OGM-GE: alpha chosen on validation (see docs/results.md), modulation over the whole run.
+# Methods with a warm-up measured in epochs get a third of the run.
+COMMON_METHOD_PARAMS: dict[str, list[str]] = {
+    "ogm": ["method.params.alpha=0.5", "method.params.modulation_starts=0", "method.params.modulation_ends={epochs}"],
+    "ogm_ge": ["method.params.alpha=0.5", "method.params.modulation_starts=0",
+               "method.params.modulation_ends={epochs}"],
+    "mmcosine": ["method.params.scaling=10"],
+    "umt": ["method.params.pretrain_epochs={third}"],
+    "gblending": ["method.params.super_epoch={third}"],
+    "relearning": ["method.params.reinit_epoch={third}"],
+    "opm": ["method.params.modulation_starts={third}"],
+    "valuation": ["method.params.warmup={third}"],
+    "reconboost": ["method.params.stage_epochs={third}", "method.params.correct_epochs={third}"],
+    "pmr": ["method.params.entropy_epochs={third}", "method.params.modulation_ends={epochs}"],
+    "cml": ["method.params.modulation_ends={epochs}"],
+    "mbsd": ["method.params.modulation_ends={epochs}"],
+}
+
+DETERMINISTIC = ["trainer.deterministic=true", "trainer.progress_bar=false", "trainer.accelerator=cpu",
+                 "trainer.devices=1", "data.num_workers=0"]
+
+
+@dataclass
+class Suite:
+    name: str
+    description: str
+    dataset: str
+    recipe: list[str]
+    epochs: int
+    quick_epochs: int = 1
+    seeds: int = 5
+    quick_recipe: list[str] = field(default_factory=list)  # extra overrides in quick mode
+    # `avbalance prepare` arguments; {raw} and {cache} are replaced. None: nothing to prepare.
+    prepare: list[str] | None = None
+    raw_required: str | None = None  # path under --raw that must exist
+    method_params: dict[str, list[str]] = field(default_factory=dict)
+    notes: str = ""
+    # validation sweep (`--sweep`): method -> list of override sets tried (chosen on validation only)
+    sweep: dict[str, list[list[str]]] = field(default_factory=dict)
+
+    def sweep_overrides(self, method: str, setting: list[str], quick: bool) -> list[str]:
+        """The run's overrides with ``setting`` replacing the method's own values of the same keys."""
+        epochs = self.quick_epochs if quick else self.epochs
+        values = {"epochs": epochs, "third": max(1, epochs // 3)}
+        setting = [s.format(**values) for s in setting]
+        keys = {s.split("=", 1)[0] for s in setting}
+        return [o for o in self.overrides(method, quick) if o.split("=", 1)[0] not in keys] + setting
+
+    def overrides(self, method: str, quick: bool) -> list[str]:
+        """The run's overrides, without seed, output folder and data root."""
+        epochs = self.quick_epochs if quick else self.epochs
+        values = {"epochs": epochs, "third": max(1, epochs // 3)}
+        extra = [f"trainer.epochs={epochs}"] + (self.quick_recipe if quick else [])
+        if method == "audio_only":
+            run = ["data.modalities=[audio]"]
+        elif method == "visual_only":
+            run = ["data.modalities=[visual]"]
+        else:
+            params = self.method_params.get(method, COMMON_METHOD_PARAMS.get(method, []))
+            run = [f"method.name={method}"] + [p.format(**values) for p in params]
+        return DETERMINISTIC + [o.format(**values) for o in self.recipe] + extra + run
+
+
+SMALL_GRID = ["model.width=8", "model.layers=[1,1,1]", "data.batch_size=64", "optim.name=sgd", "optim.lr=0.02",
+              "optim.momentum=0.9", "optim.weight_decay=0.0001", "optim.scheduler=cosine"]
+
+# alpha x modulation window (last modulated epoch), for OGM-GE; OGM shares the chosen values.
+ALPHA_WINDOW_SWEEP = {"ogm_ge": [[f"method.params.alpha={a}", f"method.params.modulation_ends={e}"]
+                                 for a, e in ((0.1, "{epochs}"), (0.5, "{epochs}"), (1.0, "{epochs}"),
+                                              (0.5, "{third}"))]}
+
+SUITES: dict[str, Suite] = {
+    "synthetic": Suite(
+        name="synthetic",
+        description="the built-in synthetic audio-visual data (audio easy, visual weak); no preparation",
+        dataset="synthetic",
+        recipe=["data.dataset=synthetic", "data.options.train_size=1200", "data.options.test_size=400",
+                "model.width=8", "model.layers=[1,1,1]", "data.batch_size=64", "optim.name=sgd",
+                "optim.lr=0.01", "optim.scheduler=cosine"],
+        epochs=10,
+        quick_epochs=1,
+        quick_recipe=["data.options.train_size=192", "data.options.test_size=64"],
+        sweep={"ogm_ge": [["method.params.alpha=0.1"], ["method.params.alpha=0.5"]]},
+    ),
+    "grid-digit": Suite(
+        name="grid-digit",
+        description="GRID speaker s1, word-level spoken digit (10 classes): the digit word cut out of "
+                    "each clip with the alignment, 3 mouth/face frames at 32x32 + 1 s 40-bin log-mel fbank",
+        dataset="grid",
+        prepare=["grid", "--root", "{raw}/grid", "--out", "{cache}", "--task", "digit", "--size", "32",
+                 "--mel-bins", "40", "--workers", "2"],
+        raw_required="grid/s1",
+        recipe=["data.dataset=grid", "data.options.frames=3", *SMALL_GRID],
+        epochs=8,
+        quick_epochs=1,
+        sweep=ALPHA_WINDOW_SWEEP,
+        # chosen by `--sweep` on validation (benchmarks/results/grid-digit/sweep.md)
+        method_params={m: ["method.params.alpha=0.1", "method.params.modulation_starts=0",
+                           "method.params.modulation_ends={epochs}"] for m in ("ogm", "ogm_ge")},
+    ),
+    "grid-command": Suite(
+        name="grid-command",
+        description="GRID speaker s1, whole-sentence clips labelled by the command word (4 classes): "
+                    "3 frames at 32x32 + 3 s 40-bin log-mel fbank",
+        dataset="grid",
+        prepare=["grid", "--root", "{raw}/grid", "--out", "{cache}", "--task", "sentence", "--size", "32",
+                 "--mel-bins", "40", "--workers", "2"],
+        raw_required="grid/s1",
+        recipe=["data.dataset=grid", "data.options.task=command", "data.options.frames=3", *SMALL_GRID],
+        epochs=15,
+        quick_epochs=1,
+    ),
+    "avmnist": Suite(
+        name="avmnist",
+        description="AV-MNIST: FSDD spoken digits paired by class with MNIST images (10 classes), "
+                    "28x28 image + 1 s 40-bin log-mel fbank",
+        dataset="avmnist",
+        prepare=["avmnist", "--root", "{raw}", "--out", "{cache}", "--workers", "2"],
+        raw_required="fsdd/recordings",
+        recipe=["data.dataset=avmnist", "model.width=8", "model.layers=[1,1,1]", "data.batch_size=64",
+                "optim.name=sgd", "optim.lr=0.01", "optim.scheduler=cosine"],
+        epochs=10,
+        quick_epochs=1,
+    ),
+}
+
+
+def get_suite(name: str) -> Suite:
+    if name not in SUITES:
+        raise ConfigError(f"unknown benchmark suite {name!r}; choose one of: {', '.join(SUITES)}")
+    return SUITES[name]

@@ -1,0 +1,111 @@
+"""The suite runner on synthetic data in quick mode: outputs, consistency, reuse, determinism."""
+
+import json
+import math
+import statistics
+
+import pytest
+
+from avbalance.benchmark import get_suite, run_suite, summary_stats
+from avbalance.benchmark.report import cell
+from avbalance.cli import main
+
+METHODS = ["baseline", "ogm_ge"]
+
+
+@pytest.fixture(scope="module")
+def quick_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("bench") / "synthetic"
+    messages = []
+    summary = run_suite(get_suite("synthetic"), out, methods=METHODS, quick=True, report=messages.append)
+    return out, summary, messages
+
+
+def test_outputs_written(quick_run):
+    out, summary, messages = quick_run
+    for name in ("README.md", "summary.json", "accuracy.png", "imbalance.png"):
+        assert (out / name).is_file() and (out / name).stat().st_size > 0
+    assert (out / "accuracy.png").read_bytes()[:4] == b"\x89PNG"
+    assert set(summary) == {"baseline", "ogm_ge", "audio_only", "visual_only"}
+    for method in summary:
+        folder = out / "runs" / method / "seed0"
+        assert (folder / "metrics.json").is_file() and (folder / "run.json").is_file()
+        assert not (folder / "checkpoints").exists()
+    assert any("[4/4]" in m for m in messages)  # progress
+
+
+def test_table_matches_per_run_metrics(quick_run):
+    out, summary, _ = quick_run
+    table = (out / "README.md").read_text()
+    stored = json.loads((out / "summary.json").read_text())["summary"]
+    for method in ("baseline", "ogm_ge"):
+        metrics = json.loads((out / "runs" / method / "seed0" / "metrics.json").read_text())["test"]
+        reference = json.loads((out / "runs" / "audio_only" / "seed0" / "metrics.json").read_text())["test"]
+        assert stored[method]["acc"]["mean"] == pytest.approx(metrics["acc"])
+        assert stored[method]["f1_macro_visual"]["mean"] == pytest.approx(metrics["f1_macro_visual"])
+        assert stored[method]["gap_audio"]["mean"] == pytest.approx(metrics["acc_audio"] - reference["acc"])
+        row = next(line for line in table.splitlines() if line.startswith(f"| {method} |"))
+        assert f"| {100 * metrics['acc']:.1f} |" in row
+        assert f"| {100 * metrics['acc_audio']:.1f} |" in row
+
+
+def test_rerun_reuses_finished_runs(quick_run):
+    out, summary, _ = quick_run
+    before = (out / "runs" / "baseline" / "seed0" / "metrics.json").stat().st_mtime_ns
+    messages = []
+    again = run_suite(get_suite("synthetic"), out, methods=METHODS, quick=True, report=messages.append)
+    assert sum("reused" in m for m in messages) == 4
+    assert (out / "runs" / "baseline" / "seed0" / "metrics.json").stat().st_mtime_ns == before
+    assert again["baseline"]["acc"] == summary["baseline"]["acc"]
+
+
+def test_same_seed_same_metrics(quick_run, tmp_path):
+    out, _, _ = quick_run
+    run_suite(get_suite("synthetic"), tmp_path, methods=["ogm_ge"], quick=True, references=False, report=lambda m: None)
+    first = json.loads((out / "runs" / "ogm_ge" / "seed0" / "metrics.json").read_text())
+    second = json.loads((tmp_path / "runs" / "ogm_ge" / "seed0" / "metrics.json").read_text())
+    assert first["test"] == second["test"] and first["val"] == second["val"]
+
+
+def test_changed_recipe_retrains(quick_run, tmp_path):
+    suite = get_suite("synthetic")
+    run_suite(suite, tmp_path, methods=["mmcosine"], quick=True, references=False, report=lambda m: None)
+    run_file = tmp_path / "runs" / "mmcosine" / "seed0" / "run.json"
+    data = json.loads(run_file.read_text())
+    data["overrides"] = data["overrides"] + ["optim.lr=0.5"]
+    run_file.write_text(json.dumps(data))
+    messages = []
+    run_suite(suite, tmp_path, methods=["mmcosine"], quick=True, references=False, report=messages.append)
+    assert any("trained in" in m for m in messages)
+
+
+def test_summary_stats_student_t():
+    values = [0.5, 0.6, 0.7, 0.8, 0.9]
+    stats = summary_stats(values)
+    assert stats["mean"] == pytest.approx(0.7)
+    assert stats["std"] == pytest.approx(statistics.stdev(values))
+    assert stats["ci95"] == pytest.approx(2.776445 * statistics.stdev(values) / math.sqrt(5), rel=1e-5)
+    assert math.isnan(summary_stats([0.5])["std"])
+    assert cell(stats) == "70.0 ± 15.8 [±19.6]"
+
+
+def test_cli_errors_in_one_line(capsys, tmp_path):
+    assert main(["benchmark", "nope", "--out", str(tmp_path)]) == 2
+    assert "unknown benchmark suite" in capsys.readouterr().err
+    assert main(["benchmark", "synthetic", "--quick", "--methods", "bogus", "--out", str(tmp_path)]) == 2
+    assert "unknown method" in capsys.readouterr().err
+    assert main(["benchmark", "grid-digit", "--quick", "--raw", str(tmp_path), "--cache", str(tmp_path / "c"),
+                 "--out", str(tmp_path / "o")]) == 2
+    assert "needs the raw data" in capsys.readouterr().err
+
+
+def test_validation_sweep(tmp_path):
+    from avbalance.benchmark.runner import run_sweep
+
+    rows = run_sweep(get_suite("synthetic"), tmp_path, seeds=1, quick=True, report=lambda m: None)
+    assert [r["setting"] for r in rows] == [["method.params.alpha=0.1"], ["method.params.alpha=0.5"]]
+    text = (tmp_path / "sweep.md").read_text()
+    assert text.count("**(chosen)**") == 1 and "validation" in text
+    for number, row in enumerate(rows):
+        metrics = json.loads((tmp_path / "sweep" / "ogm_ge" / f"setting{number}" / "seed0" / "metrics.json").read_text())
+        assert row["values"] == [metrics["val"]["acc"]]
