@@ -87,6 +87,7 @@ def main() -> None:
           f"CPU {torch.get_num_threads()} threads; median step over {args.steps} steps of epoch 2")
     print("| method | step (ms) | step / baseline | epoch hooks per epoch (s) | training samples next epoch |")
     print("|---|---|---|---|---|")
+    measure("baseline", splits, 3, args.batch_size)  # warm-up: thread pools, allocator, first-call costs
     baseline = None
     for name in names:
         try:
