@@ -15,6 +15,7 @@ from __future__ import annotations
 import torch
 
 from .ogm import OGM, TensorSelection
+from ._random import DeviceGenerator
 from .registry import register_method
 
 
@@ -27,18 +28,11 @@ class OGMGE(OGM):
                  modulate: TensorSelection = "conv", seed: int = 0) -> None:
         super().__init__(alpha, modulation_starts, modulation_ends, modulate)
         self.seed = seed
-        self._generator: torch.Generator | None = None
-        self._generator_state: torch.Tensor | None = None
+        self._random = DeviceGenerator(seed)
         self._noise_buffer: torch.Tensor | None = None  # reused: no fresh allocation every step
 
     def generator(self, device: torch.device) -> torch.Generator:
-        if self._generator is None or self._generator.device != device:
-            self._generator = torch.Generator(device=device)
-            self._generator.manual_seed(self.seed)
-            if self._generator_state is not None:
-                self._generator.set_state(self._generator_state)
-                self._generator_state = None
-        return self._generator
+        return self._random.on(device)
 
     def modulate_gradients(self, grads: list[torch.Tensor], coefficient: torch.Tensor) -> None:
         stds = [torch.nan_to_num(g.std(), nan=0.0) + 1e-8 for g in grads]  # before scaling
@@ -58,11 +52,11 @@ class OGMGE(OGM):
 
     def state_dict(self) -> dict:
         state = super().state_dict()
-        if self._generator is not None:
-            state["generator"] = self._generator.get_state()
+        if self._random.state() is not None:
+            state["generator"] = self._random.state()
         return state
 
     def load_state_dict(self, state) -> None:
         super().load_state_dict(state)
         if "generator" in state:
-            self._generator, self._generator_state = None, state["generator"]
+            self._random.load(state["generator"])

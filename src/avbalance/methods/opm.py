@@ -29,6 +29,7 @@ from ._passes import rank_and_world
 from .base import Method
 from .distributed import all_reduce_sum
 from .ogm import modality_scores
+from ._random import DeviceGenerator
 from .registry import register_method
 
 
@@ -72,8 +73,7 @@ class OPM(Method):
         self.modulation_starts, self.modulation_ends = modulation_starts, modulation_ends
         self.seed = seed
         self._model: MultimodalModel | None = None
-        self._generator: torch.Generator | None = None
-        self._generator_state: torch.Tensor | None = None
+        self._random = DeviceGenerator(seed)
 
     def in_window(self) -> bool:
         return self.modulation_starts <= self.epoch and (self.modulation_ends is None
@@ -84,13 +84,7 @@ class OPM(Method):
         self._model = model
 
     def generator(self, device: torch.device) -> torch.Generator:
-        if self._generator is None or self._generator.device != torch.device(device):
-            self._generator = torch.Generator(device=device)
-            self._generator.manual_seed(self.seed)
-            if self._generator_state is not None:
-                self._generator.set_state(self._generator_state)
-                self._generator_state = None
-        return self._generator
+        return self._random.on(device)
 
     def loss(self, output: ModelOutput, batch: Mapping[str, torch.Tensor]) -> torch.Tensor:
         labels = batch["label"]
@@ -126,14 +120,14 @@ class OPM(Method):
 
     def state_dict(self) -> dict:
         state = super().state_dict()
-        if self._generator is not None:
-            state["generator"] = self._generator.get_state()
+        if self._random.state() is not None:
+            state["generator"] = self._random.state()
         return state
 
     def load_state_dict(self, state) -> None:
         super().load_state_dict(state)
         if "generator" in state:
-            self._generator, self._generator_state = None, state["generator"]
+            self._random.load(state["generator"])
 
     def __repr__(self) -> str:
         return f"OPM(q_base={self.q_base}, lam={self.lam}, p_exe={self.p_exe})"
