@@ -21,3 +21,13 @@ def tiny_batch(batch_size: int = 6, num_classes: int = 5, modalities=("audio", "
     batch = {m: torch.randn(batch_size, *SHAPES[m], generator=generator) for m in modalities}
     batch["label"] = torch.randint(0, num_classes, (batch_size,), generator=generator)
     return batch
+
+
+def train_on_synthetic(method: str, out, *extra: str, **data_options) -> int:
+    """``avbalance train`` of ``method`` for 2 epochs (batch 32) on synthetic data shaped by
+    ``data_options``; ``extra`` command-line arguments come last. Returns the exit status."""
+    from avbalance.cli import main  # imported here: DDP worker processes need not load the engine
+
+    sets = [arg for key, value in data_options.items() for arg in ("--set", f"data.options.{key}={value}")]
+    return main(["train", "--method", method, "--epochs", "2", "--batch-size", "32", "--out", str(out), *sets,
+                 "--set", "trainer.progress_bar=false", *extra])

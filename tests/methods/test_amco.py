@@ -9,8 +9,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from avb_testing import tiny_batch, tiny_spec
-from avbalance.cli import main
+from avb_testing import tiny_batch, tiny_spec, train_on_synthetic
 from avbalance.methods import get_method
 from avbalance.methods.amco import mask_ratio, modality_shares
 from avbalance.methods.base import PlainStep
@@ -144,10 +143,11 @@ def test_three_modalities_and_no_host_synchronisation(monkeypatch):
         method.training_step(model, batch, PlainStep(optimizer, epoch=2, batch_idx=index, num_batches=3))
 
 
+SMALL_DATA = dict(train_size=160, test_size=40, image_size=16)
+
+
 def _train(out, *extra):
-    return main(["train", "--method", "amco", "--epochs", "2", "--batch-size", "32", "--out", str(out),
-                 "--set", "data.options.train_size=160", "--set", "data.options.test_size=40",
-                 "--set", "data.options.image_size=16", "--set", "trainer.progress_bar=false", *extra])
+    return train_on_synthetic("amco", out, *extra, **SMALL_DATA)
 
 
 def test_cli_two_and_three_modalities(tmp_path):

@@ -7,8 +7,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from avb_testing import tiny_batch, tiny_spec
-from avbalance.cli import main
+from avb_testing import tiny_batch, tiny_spec, train_on_synthetic
 from avbalance.methods import get_method
 from avbalance.models import build_model
 from avbalance.models.mmtm import MMTM, MMTMModel
@@ -204,11 +203,11 @@ def test_refuses_encoders_without_stages_and_other_variants():
     assert isinstance(build_model(get_method("greedy").adapt_model_spec(tiny_spec("film"))), MMTMModel)
 
 
+SMALL_DATA = dict(train_size=160, test_size=40, image_size=16)
+
+
 def _train(out, *extra):
-    return main(["train", "--method", "greedy", "--epochs", "2", "--batch-size", "32", "--out", str(out),
-                 "--set", "method.params.starting_epoch=1", "--set", "data.options.train_size=160",
-                 "--set", "data.options.test_size=40", "--set", "data.options.image_size=16",
-                 "--set", "trainer.progress_bar=false", *extra])
+    return train_on_synthetic("greedy", out, "--set", "method.params.starting_epoch=1", *extra, **SMALL_DATA)
 
 
 def test_cli_two_modalities(tmp_path):

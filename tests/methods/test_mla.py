@@ -8,8 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from avb_testing import tiny_batch, tiny_spec
-from avbalance.cli import main
+from avb_testing import tiny_batch, tiny_spec, train_on_synthetic
 from avbalance.methods import get_method
 from avbalance.methods.base import PlainStep
 from avbalance.models import build_model
@@ -151,10 +150,11 @@ def test_refuses_heads_without_a_shared_form():
         get_method("mla").adapt_model_spec(tiny_spec("film"))
 
 
+SMALL_DATA = dict(train_size=160, test_size=40, image_size=16)
+
+
 def _train(out, *extra):
-    return main(["train", "--method", "mla", "--epochs", "2", "--batch-size", "32", "--out", str(out),
-                 "--set", "data.options.train_size=160", "--set", "data.options.test_size=40",
-                 "--set", "data.options.image_size=16", "--set", "trainer.progress_bar=false", *extra])
+    return train_on_synthetic("mla", out, *extra, **SMALL_DATA)
 
 
 def test_cli_two_and_three_modalities(tmp_path):

@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from avb_testing import tiny_batch, tiny_spec
+from avb_testing import tiny_batch, tiny_spec, train_on_synthetic
 from avbalance.methods import get_method
 from avbalance.methods.opm import drop_probabilities, modulated_features
 from avbalance.models import build_model
@@ -122,14 +122,11 @@ def test_three_modalities_and_no_host_synchronisation(monkeypatch):
     method.loss(output, batch).backward()
 
 
-def _train(tmp_path, name, *extra):
-    from avbalance.cli import main  # imported here: DDP worker processes need not load the engine
+SMALL_DATA = dict(train_size=96, test_size=32, image_size=16, freq_bins=16, time_steps=16)
 
-    return main(["train", "--method", "opm", "--modulation-starts", "0", "--epochs", "2", "--batch-size", "32",
-                 "--out", str(tmp_path / name),
-                 "--set", "data.options.train_size=96", "--set", "data.options.test_size=32",
-                 "--set", "data.options.image_size=16", "--set", "data.options.freq_bins=16",
-                 "--set", "data.options.time_steps=16", "--set", "trainer.progress_bar=false", *extra])
+
+def _train(tmp_path, name, *extra):
+    return train_on_synthetic("opm", tmp_path / name, "--modulation-starts", "0", *extra, **SMALL_DATA)
 
 
 def test_cli_two_and_three_modalities(tmp_path):

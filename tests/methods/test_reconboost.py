@@ -8,8 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from avb_testing import tiny_batch, tiny_spec
-from avbalance.cli import main
+from avb_testing import tiny_batch, tiny_spec, train_on_synthetic
 from avbalance.methods import get_method
 from avbalance.methods.base import PlainStep
 from avbalance.methods.reconboost import boosting_loss, reconboost_schedule
@@ -161,11 +160,12 @@ def test_refuses_other_heads():
         get_method("reconboost").adapt_model_spec(tiny_spec("sum"))
 
 
+SMALL_DATA = dict(train_size=160, test_size=40, image_size=16)
+
+
 def _train(out, *extra):
-    return main(["train", "--method", "reconboost", "--epochs", "2", "--batch-size", "32", "--out", str(out),
-                 "--set", "method.params.stage_epochs=1", "--set", "method.params.correct_epochs=1",
-                 "--set", "data.options.train_size=160", "--set", "data.options.test_size=40",
-                 "--set", "data.options.image_size=16", "--set", "trainer.progress_bar=false", *extra])
+    return train_on_synthetic("reconboost", out, "--set", "method.params.stage_epochs=1",
+                              "--set", "method.params.correct_epochs=1", *extra, **SMALL_DATA)
 
 
 def test_cli_two_and_three_modalities(tmp_path):

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from avb_testing import tiny_batch, tiny_spec
+from avb_testing import tiny_batch, tiny_spec, train_on_synthetic
 from avbalance.methods import get_method
 from avbalance.methods.relearning import cluster_purity, purity
 from avbalance.models import build_model
@@ -122,14 +122,12 @@ def test_schedule_and_resume(tiny_model):
     torch.testing.assert_close(restored.initial["audio"][0], method.initial["audio"][0])
 
 
-def _train(tmp_path, name, *extra):
-    from avbalance.cli import main  # imported here: DDP worker processes need not load the engine
+SMALL_DATA = dict(train_size=96, test_size=32, image_size=16, freq_bins=16, time_steps=16)
 
-    return main(["train", "--method", "relearning", "--set", "method.params.reinit_epoch=1", "--epochs", "2",
-                 "--batch-size", "32", "--out", str(tmp_path / name),
-                 "--set", "data.options.train_size=96", "--set", "data.options.test_size=32",
-                 "--set", "data.options.image_size=16", "--set", "data.options.freq_bins=16",
-                 "--set", "data.options.time_steps=16", "--set", "trainer.progress_bar=false", *extra])
+
+def _train(tmp_path, name, *extra):
+    return train_on_synthetic("relearning", tmp_path / name, "--set", "method.params.reinit_epoch=1",
+                              *extra, **SMALL_DATA)
 
 
 def test_cli_two_and_three_modalities(tmp_path):

@@ -9,8 +9,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from avb_testing import tiny_batch, tiny_spec
-from avbalance.cli import main
+from avb_testing import tiny_batch, tiny_spec, train_on_synthetic
 from avbalance.methods import get_method
 from avbalance.methods.base import PlainStep
 from avbalance.methods.valuation import modality_level_difference, sample_copies, shapley_from_values
@@ -159,11 +158,11 @@ def test_feature_removal_step_zeroes_features_of_removed_inputs():
     assert loss.item() == pytest.approx(expected.item(), abs=1e-6)
 
 
+SMALL_DATA = dict(train_size=160, test_size=40, image_size=16)
+
+
 def _train(out, *extra):
-    return main(["train", "--method", "valuation", "--epochs", "2", "--batch-size", "32", "--out", str(out),
-                 "--set", "method.params.warmup=1", "--set", "data.options.train_size=160",
-                 "--set", "data.options.test_size=40", "--set", "data.options.image_size=16",
-                 "--set", "trainer.progress_bar=false", *extra])
+    return train_on_synthetic("valuation", out, "--set", "method.params.warmup=1", *extra, **SMALL_DATA)
 
 
 def test_cli_two_and_three_modalities(tmp_path):
