@@ -54,7 +54,8 @@ def test_rerun_reuses_finished_runs(quick_run):
     before = (out / "runs" / "baseline" / "seed0" / "metrics.json").stat().st_mtime_ns
     messages = []
     again = run_suite(get_suite("synthetic"), out, methods=METHODS, quick=True, report=messages.append)
-    assert sum("reused" in m for m in messages) == 4
+    assert "reusing 4 finished run(s) of 4" in messages
+    assert not any("trained in" in m for m in messages)
     assert (out / "runs" / "baseline" / "seed0" / "metrics.json").stat().st_mtime_ns == before
     assert again["baseline"]["acc"] == summary["baseline"]["acc"]
 
@@ -65,6 +66,19 @@ def test_same_seed_same_metrics(quick_run, tmp_path):
     first = json.loads((out / "runs" / "ogm_ge" / "seed0" / "metrics.json").read_text())
     second = json.loads((tmp_path / "runs" / "ogm_ge" / "seed0" / "metrics.json").read_text())
     assert first["test"] == second["test"] and first["val"] == second["val"]
+
+
+def test_parallel_jobs_give_the_same_metrics(quick_run, tmp_path):
+    """Runs trained by two worker processes match the same runs trained one by one in this process."""
+    out, _, _ = quick_run
+    messages = []
+    run_suite(get_suite("synthetic"), tmp_path, methods=["ogm_ge"], quick=True, jobs=2, report=messages.append)
+    for method in ("ogm_ge", "audio_only", "visual_only"):
+        first = json.loads((out / "runs" / method / "seed0" / "metrics.json").read_text())
+        second = json.loads((tmp_path / "runs" / method / "seed0" / "metrics.json").read_text())
+        assert first["test"] == second["test"] and first["val"] == second["val"]
+    assert sum("trained in" in m for m in messages) == 3
+    assert "3 run(s), 2 at a time" in (tmp_path / "README.md").read_text()
 
 
 def test_changed_recipe_retrains(quick_run, tmp_path):
@@ -97,6 +111,8 @@ def test_cli_errors_in_one_line(capsys, tmp_path):
     assert main(["benchmark", "grid-digit", "--quick", "--raw", str(tmp_path), "--cache", str(tmp_path / "c"),
                  "--out", str(tmp_path / "o")]) == 2
     assert "needs the raw data" in capsys.readouterr().err
+    assert main(["benchmark", "synthetic", "--quick", "--jobs", "0", "--out", str(tmp_path)]) == 2
+    assert "--jobs must be at least 1" in capsys.readouterr().err
 
 
 def test_validation_sweep(tmp_path):

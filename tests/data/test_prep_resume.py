@@ -179,3 +179,20 @@ def test_one_prepare_at_a_time(tmp_path):
         other.kill()
         other.wait()
     assert prepare("esc50", raw, out) == 0
+
+
+def test_crop_is_a_saved_setting(tmp_path, capsys):
+    raw = make_grid(tmp_path / "raw", ".mp4")  # 48x48 frames
+    out = tmp_path / "cache"
+    assert prepare("grid", raw, out, "--size", "8", "--crop", "8,8,32,24", "--limit", "3") == 0
+    cache = PreparedCache(out)
+    assert cache.settings["crop"] == [8, 8, 32, 24]
+    assert prepare("grid", raw, out, "--size", "8", "--crop", "8,8,32,24") == 0  # same crop: resumes
+    assert len(PreparedCache(out).ok_rows()) == 10
+    with pytest.raises(ConfigError, match=r"crop=\[8, 8, 32, 24\] \(now \[0, 0, 16, 16\]\)"):
+        prepare("grid", raw, out, "--size", "8", "--crop", "0,0,16,16")
+    with pytest.raises(ConfigError, match=r"crop=\[8, 8, 32, 24\] \(now None\)"):
+        prepare("grid", raw, out, "--size", "8")
+    capsys.readouterr()
+    assert prepare("grid", raw, tmp_path / "too-big", "--size", "8", "--crop", "0,0,64,16") == 1
+    assert "does not fit the 48x48 frames" in capsys.readouterr().err

@@ -116,3 +116,67 @@ def test_flip_mirrors_frames_and_reverses_horizontal_flow():
     assert np.array_equal(mirrored_flow[..., 1], flow[:, :, ::-1, 1])
     left_half = _apply_crop(frames, (0.0, 0.0, 1.0, 0.5, False), 4, is_flow=False)
     assert left_half.shape == (2, 4, 4, 3) and left_half.mean() < frames.mean()
+
+
+def write_quadrant_video(path, seconds=0.4, fps=25, width=64, height=48):
+    """Black frames with a white bottom-right quadrant."""
+    import av
+
+    image = np.zeros((height, width, 3), dtype=np.uint8)
+    image[height // 2 :, width // 2 :] = 255
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream("libx264", rate=fps)
+        stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
+        for _ in range(int(seconds * fps)):
+            for packet in stream.encode(av.VideoFrame.from_ndarray(image, format="rgb24")):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+    return path
+
+
+def test_crop_box_is_cut_before_resizing(tmp_path):
+    path = write_quadrant_video(tmp_path / "q.mp4")
+    whole, _ = read_video_frames(path, fps=25, size=8)
+    white, _ = read_video_frames(path, fps=25, size=8, crop=(36, 28, 24, 16))  # inside the white quadrant
+    black, _ = read_video_frames(path, fps=25, size=8, crop=(0, 0, 28, 20))
+    assert white.shape == black.shape == (10, 8, 8, 3)
+    assert white.min() > 235 and black.max() < 20
+    assert 20 < whole.mean() < 235  # uncropped: both regions
+    half, _ = read_video_frames(path, fps=25, size=8, crop=(32, 0, 32, 48))  # right half: top black, bottom white
+    assert half[:, :3].max() < 20 and half[:, 5:].min() > 235
+
+
+def test_crop_box_outside_the_frame(tmp_path):
+    path = write_quadrant_video(tmp_path / "q.mp4")
+    with pytest.raises(ClipError, match=r"crop box x=40 y=0 30x10 does not fit the 64x48 frames of .*q.mp4"):
+        read_video_frames(path, fps=25, size=8, crop=(40, 0, 30, 10))
+
+
+def test_crop_of_image_folders(tmp_path):
+    from PIL import Image
+
+    folder = tmp_path / "frames"
+    folder.mkdir()
+    image = np.zeros((20, 30, 3), dtype=np.uint8)
+    image[:, 15:] = 200
+    for i in range(3):
+        Image.fromarray(image).save(folder / f"{i}.png")
+    right = read_folder_frames(folder, fps=25, folder_fps=25, size=5, crop=(15, 0, 15, 20))
+    assert right.shape == (3, 5, 5, 3) and np.all(right == 200)
+    with pytest.raises(ClipError, match="does not fit the 30x20 frames"):
+        read_folder_frames(folder, fps=25, folder_fps=25, size=5, crop=(0, 0, 31, 20))
+
+
+def test_crop_option_and_saved_settings():
+    import argparse
+
+    from avbalance.data.prepare.plan import PrepareSettings, parse_crop
+
+    assert parse_crop("105,178,90,72") == (105, 178, 90, 72)
+    for bad in ("1,2,3", "a,b,c,d", "0,0,0,10", "-1,0,5,5"):
+        with pytest.raises(argparse.ArgumentTypeError):
+            parse_crop(bad)
+    # no crop: the saved settings keep their old form, so caches prepared without the option resume
+    assert "crop" not in PrepareSettings().to_dict()
+    assert PrepareSettings(crop=(1, 2, 3, 4)).to_dict()["crop"] == [1, 2, 3, 4]

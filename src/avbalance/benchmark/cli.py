@@ -37,6 +37,9 @@ def add_parser(commands) -> argparse.ArgumentParser:
     sub.add_argument("--raw", default="../shared/data", help="raw data folder holding grid/, mnist/, fsdd/ "
                      "(default: %(default)s)")
     sub.add_argument("--cache", help="prepared-data folder (default: ~/.cache/avbalance/benchmark/SUITE)")
+    sub.add_argument("--jobs", type=int, default=None, metavar="N",
+                     help="runs trained at once, in separate processes of one thread each (default: one per "
+                          "core, at most 8); results do not depend on it")
     sub.add_argument("--sweep", action="store_true",
                      help="instead: the suite's validation sweep (e.g. OGM-GE alpha x window), 2 seeds by "
                           "default; writes sweep.md ranked by validation accuracy")
@@ -45,10 +48,14 @@ def add_parser(commands) -> argparse.ArgumentParser:
 
 
 def run(args: argparse.Namespace) -> int:
-    from .runner import run_suite
+    from ..errors import ConfigError
+    from .runner import default_jobs, run_suite
     from .suites import get_suite
 
     suite = get_suite(args.suite)
+    if args.jobs is not None and args.jobs < 1:
+        raise ConfigError(f"--jobs must be at least 1, got {args.jobs}")
+    jobs = args.jobs or default_jobs()
     out = Path(args.out) if args.out else (Path("runs/benchmark") / f"{suite.name}-quick" if args.quick
                                            else Path("benchmarks/results") / suite.name)
     parts = ["avbalance", "benchmark", suite.name]
@@ -66,9 +73,10 @@ def run(args: argparse.Namespace) -> int:
     if args.sweep:
         from .runner import run_sweep
 
-        run_sweep(suite, out, seeds=args.seeds or 2, quick=args.quick, raw=args.raw, cache=args.cache,
+        run_sweep(suite, out, seeds=args.seeds or 2, quick=args.quick, raw=args.raw, cache=args.cache, jobs=jobs,
                   report=_report)
         return 0
     run_suite(suite, out, seeds=args.seeds, methods=args.methods, quick=args.quick, raw=args.raw,
-              cache=args.cache, references=not args.no_references, command=shlex.join(parts), report=_report)
+              cache=args.cache, references=not args.no_references, command=shlex.join(parts), jobs=jobs,
+              report=_report)
     return 0

@@ -71,7 +71,12 @@ def write_report(out: Path, summary: dict[str, Any], runs: dict[str, dict[int, d
         text.append(f"- `{name}`: {' '.join(f'`{o}`' for o in overrides) or 'defaults'}")
     text += ["", f"Per-run files: `runs/<method>/seed<k>/` (`metrics.json`, `history.json`, `config.yaml`, "
              f"`run.json`); aggregated numbers: `summary.json`. Total training time "
-             f"{info['train_seconds']:.0f} s.", ""]
+             f"{info['train_seconds']:.0f} s (sum over runs)."]
+    if info.get("trained"):
+        text[-1] += (f" The last invocation trained {info['trained']} run(s), {info.get('jobs', 1)} at a time, "
+                     f"in {info.get('wall_seconds', 0):.0f} s of wall-clock time"
+                     f"{' and reused ' + str(info['reused']) + ' finished run(s)' if info.get('reused') else ''}.")
+    text.append("")
     (out / "README.md").write_text("\n".join(text))
 
 

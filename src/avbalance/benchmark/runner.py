@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import json
+import multiprocessing
+import os
 import shlex
 import shutil
 import time
 import warnings
+from collections.abc import Iterator
+from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from pathlib import Path
 from typing import Any, Callable
 
@@ -96,14 +100,44 @@ def train_one(overrides: list[str], folder: Path) -> dict[str, Any]:
     return stored
 
 
+def default_jobs() -> int:
+    """Runs trained at once: one per core (each run uses one thread), at most 8."""
+    return max(1, min(8, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1))
+
+
+def train_many(pending: list[tuple[Any, list[str], Path]], jobs: int) -> Iterator[tuple[Any, dict[str, Any]]]:
+    """Train every ``(key, overrides, folder)``; yields ``(key, metrics)`` as runs finish.
+
+    With ``jobs > 1`` the runs go to that many worker processes (started with *spawn*: a forked
+    copy of a process holding torch threads can hang). Each run is deterministic on its own, so
+    the results do not depend on ``jobs``. A failing run stops the others and raises its error.
+    """
+    if jobs <= 1 or len(pending) <= 1:
+        for key, overrides, folder in pending:
+            yield key, train_one(overrides, folder)
+        return
+    context = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(max_workers=min(jobs, len(pending)), mp_context=context) as pool:
+        futures = {pool.submit(train_one, overrides, folder): key for key, overrides, folder in pending}
+        try:
+            remaining = set(futures)
+            while remaining:
+                done, remaining = wait(remaining, return_when=FIRST_COMPLETED)
+                for future in done:
+                    yield futures[future], future.result()
+        finally:
+            for future in futures:
+                future.cancel()
+
+
 def run_suite(suite: Suite, out: str | Path, seeds: int | None = None, methods: list[str] | None = None,
               quick: bool = False, raw: str | Path | None = None, cache: str | Path | None = None,
-              references: bool = True, command: str | None = None,
+              references: bool = True, command: str | None = None, jobs: int = 1,
               report: Callable[[str], None] = print) -> dict[str, Any]:
     """Train ``methods`` (default: every registered method) and the unimodal references for
     ``seeds`` seeds (0..N-1), then write ``README.md`` (table), ``summary.json`` and PNG plots
     into ``out``. Runs live in ``out/runs/<method>/seed<k>/``; a run whose ``run.json`` matches the
-    current overrides is reused. Returns the aggregated summary."""
+    current overrides is reused; ``jobs`` runs train at once. Returns the aggregated summary."""
     warnings.filterwarnings("ignore", message=".*Average precision score.*")
     out = Path(out)
     seeds = seeds or (1 if quick else suite.seeds)
@@ -117,26 +151,31 @@ def run_suite(suite: Suite, out: str | Path, seeds: int | None = None, methods: 
     root = prepare_data(suite, raw, cache, quick, report)
     data = [f"data.root={root}"] if root is not None else []
 
-    jobs = [(name, seed) for name in names for seed in range(seeds)]  # method by method: a stopped suite leaves whole methods
+    # method by method: a stopped suite leaves whole methods
+    order = [(name, seed) for name in names for seed in range(seeds)]
     runs: dict[str, dict[int, dict[str, Any]]] = {name: {} for name in names}
-    started = time.perf_counter()
-    trained = reused = 0
-    for index, (name, seed) in enumerate(jobs, 1):
+    pending = []
+    for name, seed in order:
         overrides = suite.overrides(name, quick) + data + [f"trainer.seed={seed}"]
         folder = out / "runs" / name / f"seed{seed}"
         metrics = _finished(folder, overrides)
-        if metrics is not None:
-            reused += 1
-            status = "reused"
+        if metrics is None:
+            pending.append(((name, seed), overrides, folder))
         else:
-            metrics = train_one(overrides, folder)
-            trained += 1
-            status = f"trained in {metrics['train_seconds']:.1f}s"
+            runs[name][seed] = metrics
+    reused = len(order) - len(pending)
+    if reused:
+        report(f"reusing {reused} finished run(s) of {len(order)}")
+    started = time.perf_counter()
+    trained = 0
+    for (name, seed), metrics in train_many(pending, jobs):
         runs[name][seed] = metrics
+        trained += 1
         elapsed = time.perf_counter() - started
-        eta = elapsed / trained * sum(1 for n, s in jobs[index:]) if trained else 0.0
-        report(f"[{index}/{len(jobs)}] {name} seed {seed}: test acc {metrics['test']['acc']:.3f} "
-               f"({status}; elapsed {elapsed:.0f}s, ETA {eta:.0f}s)")
+        eta = elapsed / trained * (len(pending) - trained)
+        report(f"[{reused + trained}/{len(order)}] {name} seed {seed}: test acc {metrics['test']['acc']:.3f} "
+               f"(trained in {metrics['train_seconds']:.1f}s; elapsed {elapsed:.0f}s, ETA {eta:.0f}s)")
+    runs = {name: dict(sorted(by_seed.items())) for name, by_seed in runs.items()}
 
     summary = aggregate(runs)
     info = {"suite": suite.name, "description": suite.description, "quick": quick, "seeds": seeds,
@@ -144,7 +183,8 @@ def run_suite(suite: Suite, out: str | Path, seeds: int | None = None, methods: 
             "recipe": suite.overrides("baseline", quick)[:-1] if "baseline" in methods else suite.recipe,
             "method_overrides": {n: [o for o in suite.overrides(n, quick) if o.startswith(("method.", "data.modalities"))]
                                  for n in names},
-            "trained": trained, "reused": reused,
+            "trained": trained, "reused": reused, "jobs": jobs,
+            "wall_seconds": round(time.perf_counter() - started, 1),
             "train_seconds": round(sum(r.get("train_seconds", 0.0) for by in runs.values() for r in by.values()), 1)}
     write_report(out, summary, runs, info)
     report(f"table: {out / 'README.md'}   plots: {out / 'accuracy.png'}, {out / 'imbalance.png'}")
@@ -152,7 +192,8 @@ def run_suite(suite: Suite, out: str | Path, seeds: int | None = None, methods: 
 
 
 def run_sweep(suite: Suite, out: str | Path, seeds: int = 2, quick: bool = False, raw: str | Path | None = None,
-              cache: str | Path | None = None, report: Callable[[str], None] = print) -> list[dict[str, Any]]:
+              cache: str | Path | None = None, jobs: int = 1,
+              report: Callable[[str], None] = print) -> list[dict[str, Any]]:
     """Train every setting of ``suite.sweep`` for ``seeds`` seeds and rank the settings by mean
     *validation* accuracy (the test split is not read). Writes ``sweep.md`` and ``sweep.json``."""
     from .aggregate import summary_stats
@@ -161,17 +202,27 @@ def run_sweep(suite: Suite, out: str | Path, seeds: int = 2, quick: bool = False
     out = Path(out)
     root = prepare_data(suite, raw, cache, quick, report)
     data = [f"data.root={root}"] if root is not None else []
-    rows = []
+    epochs = suite.quick_epochs if quick else suite.epochs
+    val_acc: dict[tuple[str, int, int], float] = {}
+    pending = []
     for method, settings in suite.sweep.items():
         for number, setting in enumerate(settings):
-            values = []
             for seed in range(seeds):
                 overrides = suite.sweep_overrides(method, setting, quick) + data + [f"trainer.seed={seed}"]
                 folder = out / "sweep" / method / f"setting{number}" / f"seed{seed}"
-                metrics = _finished(folder, overrides) or train_one(overrides, folder)
-                values.append(metrics["val"]["acc"])
+                metrics = _finished(folder, overrides)
+                if metrics is None:
+                    pending.append(((method, number, seed), overrides, folder))
+                else:
+                    val_acc[method, number, seed] = metrics["val"]["acc"]
+    for key, metrics in train_many(pending, jobs):
+        val_acc[key] = metrics["val"]["acc"]
+        report(f"sweep {key[0]} setting {key[1]} seed {key[2]}: val acc {metrics['val']['acc']:.3f}")
+    rows = []
+    for method, settings in suite.sweep.items():
+        for number, setting in enumerate(settings):
+            values = [val_acc[method, number, seed] for seed in range(seeds)]
             stats = summary_stats(values)
-            epochs = suite.quick_epochs if quick else suite.epochs
             setting = [s.format(epochs=epochs, third=max(1, epochs // 3)) for s in setting]
             rows.append({"method": method, "setting": setting, "val_acc": stats, "values": values})
             report(f"sweep {method} {' '.join(setting)}: val acc {stats['mean']:.3f} over {seeds} seed(s)")
@@ -189,7 +240,7 @@ def run_sweep(suite: Suite, out: str | Path, seeds: int = 2, quick: bool = False
     out.mkdir(parents=True, exist_ok=True)
     (out / "sweep.md").write_text(
         f"# Validation sweep: {suite.name}\n\nSelected on the validation split only ({seeds} seed(s), "
-        f"{suite.quick_epochs if quick else suite.epochs} epochs); the test split is not read.\n\n"
+        f"{epochs} epochs); the test split is not read.\n\n"
         + "\n".join(lines) + "\n")
     (out / "sweep.json").write_text(json.dumps(rows, indent=2))
     return rows

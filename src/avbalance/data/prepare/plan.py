@@ -116,10 +116,15 @@ class PrepareSettings:
     folder_fps: float = 25.0  # frame rate of image folders (frames, flow)
     min_seconds: float = 0.1  # shorter audio is a failure
     allow_missing_audio: bool = False  # a clip without audio gets silence instead of failing (SSW60)
+    crop: tuple[int, int, int, int] | None = None  # x, y, width, height cut out of every frame first
 
     def to_dict(self) -> dict:
         data = asdict(self)
         data["audio"] = self.audio.to_dict() if self.audio else None
+        if self.crop is None:
+            del data["crop"]  # caches prepared before the option existed stay resumable
+        else:
+            data["crop"] = list(self.crop)
         return data
 
 
@@ -181,6 +186,13 @@ def add_common_arguments(parser: argparse.ArgumentParser, preparer: Preparer) ->
             "--size", type=int, default=d["size"], help=f"stored frames are SIZE x SIZE pixels {default('size')}"
         )
         group.add_argument(
+            "--crop",
+            type=parse_crop,
+            metavar="X,Y,W,H",
+            help="cut this box (source pixels: left, top, width, height) out of every frame before resizing, "
+            "e.g. the mouth of a talking face filmed with a fixed camera (default: the whole frame)",
+        )
+        group.add_argument(
             "--folder-fps",
             type=float,
             default=d["folder_fps"],
@@ -223,6 +235,18 @@ def add_common_arguments(parser: argparse.ArgumentParser, preparer: Preparer) ->
         )
 
 
+def parse_crop(text: str) -> tuple[int, int, int, int]:
+    """``X,Y,W,H`` -> four integers; width and height positive."""
+    parts = text.split(",")
+    try:
+        x, y, width, height = (int(p) for p in parts)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected X,Y,W,H (four integers), got {text!r}") from None
+    if x < 0 or y < 0 or width < 1 or height < 1:
+        raise argparse.ArgumentTypeError(f"X and Y must be >= 0 and W, H >= 1, got {text!r}")
+    return x, y, width, height
+
+
 def settings_from_args(args: argparse.Namespace, preparer: Preparer, **overrides) -> PrepareSettings:
     audio = None
     if preparer.audio:
@@ -231,6 +255,7 @@ def settings_from_args(args: argparse.Namespace, preparer: Preparer, **overrides
         fps=getattr(args, "fps", 1.0),
         size=getattr(args, "size", 224),
         folder_fps=getattr(args, "folder_fps", 25.0),
+        crop=getattr(args, "crop", None),
         audio=audio,
         waveform=getattr(args, "waveform", False),
         min_seconds=getattr(args, "min_seconds", 0.1),

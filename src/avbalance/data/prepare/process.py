@@ -56,11 +56,11 @@ def prepare_clip(task: ClipTask, settings: PrepareSettings) -> ClipResult:
             _add_audio(result, name, source, task, settings)
         elif source.kind == VIDEO:
             result.arrays[name], video_times = read_video_frames(
-                source.path, settings.fps, settings.size, task.start, task.end
+                source.path, settings.fps, settings.size, task.start, task.end, settings.crop
             )
         elif source.kind == FOLDER:
             result.arrays[name] = read_folder_frames(
-                source.path, settings.fps, settings.folder_fps, settings.size, task.start, task.end
+                source.path, settings.fps, settings.folder_fps, settings.size, task.start, task.end, crop=settings.crop
             )
         elif source.kind == FLOW:
             u_folder, v_folder = source.path

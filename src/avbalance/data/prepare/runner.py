@@ -242,9 +242,9 @@ def _difference(existing: dict, wanted: dict) -> str:
     if existing.get("dataset") != wanted["dataset"]:
         return f"dataset {existing.get('dataset')!r}, not {wanted['dataset']!r}"
     old, new = _flatten(existing.get("settings") or {}), _flatten(wanted["settings"])
-    for key in new:
-        if old.get(key) != new[key]:
-            return f"{key}={old.get(key)!r} (now {new[key]!r})"
+    for key in {**old, **new}:
+        if old.get(key) != new.get(key):
+            return f"{key}={old.get(key)!r} (now {new.get(key)!r})"
     return "different settings"
 
 

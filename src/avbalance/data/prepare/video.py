@@ -2,7 +2,8 @@
 
 Frames are taken at ``fps`` per second of the clip (at the centre of each 1/fps interval), always
 in time order, and resized once to ``size`` x ``size`` (the aspect ratio is not kept, as the
-official ``Resize((224, 224))``).
+official ``Resize((224, 224))``). An optional fixed ``crop`` box ``(x, y, width, height)`` in source
+pixels is cut out first, e.g. the mouth region of a talking face recorded with a fixed camera.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from PIL import Image, UnidentifiedImageError
 from .plan import ClipError
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp"}
+Crop = tuple[int, int, int, int]  # x, y, width, height in source pixels
 
 
 def sample_times(start: float, end: float, fps: float) -> np.ndarray:
@@ -30,10 +32,16 @@ def sample_times(start: float, end: float, fps: float) -> np.ndarray:
 
 
 def read_video_frames(
-    path: str | Path, fps: float, size: int, start: float | None = None, end: float | None = None
+    path: str | Path,
+    fps: float,
+    size: int,
+    start: float | None = None,
+    end: float | None = None,
+    crop: Crop | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """``(n, size, size, 3)`` uint8 RGB frames of ``path`` sampled at ``fps`` within [start, end),
-    and the n times (seconds from the start of the file) they were taken at."""
+    """``(n, size, size, 3)`` uint8 RGB frames of ``path`` sampled at ``fps`` within [start, end)
+    (the ``crop`` box of each, when given), and the n times (seconds from the start of the file)
+    they were taken at."""
     path = Path(path)
     if not path.is_file():
         raise ClipError(f"missing file {path}", path)
@@ -51,7 +59,9 @@ def read_video_frames(
                     path,
                 )
             times = sample_times(clip_start, clip_end, fps)
-            frames = _pick_frames(container, stream, times, size)
+            if crop is not None:
+                check_crop(crop, stream.codec_context.width, stream.codec_context.height, path)
+            frames = _pick_frames(container, stream, times, size, crop)
     except av.FFmpegError as error:
         raise ClipError(f"cannot decode {path}: {' '.join(str(error).split())}", path) from None
     if not frames:
@@ -59,7 +69,7 @@ def read_video_frames(
     return np.stack(frames), times[: len(frames)]
 
 
-def _pick_frames(container, stream, times: np.ndarray, size: int) -> list[np.ndarray]:
+def _pick_frames(container, stream, times: np.ndarray, size: int, crop: Crop | None) -> list[np.ndarray]:
     """For each target time the last decoded frame shown at or before it; converting only those.
 
     Targets after the end of the last frame are dropped: a header duration can include a longer
@@ -73,17 +83,31 @@ def _pick_frames(container, stream, times: np.ndarray, size: int) -> list[np.nda
     for frame in container.decode(stream):
         time = (frame.time - offset) if frame.time is not None else previous_time
         while len(picked) < len(times) and previous is not None and time > times[len(picked)] + 1e-6:
-            picked.append(_to_rgb(reformatter, previous, size))
+            picked.append(_to_rgb(reformatter, previous, size, crop))
         if len(picked) == len(times):
             break
         previous, previous_time = frame, time
     while previous is not None and len(picked) < len(times) and times[len(picked)] < previous_time + frame_seconds:
-        picked.append(_to_rgb(reformatter, previous, size))
+        picked.append(_to_rgb(reformatter, previous, size, crop))
     return picked
 
 
-def _to_rgb(reformatter: VideoReformatter, frame, size: int) -> np.ndarray:
-    return reformatter.reformat(frame, width=size, height=size, format="rgb24", interpolation="AREA").to_ndarray()
+def _to_rgb(reformatter: VideoReformatter, frame, size: int, crop: Crop | None) -> np.ndarray:
+    if crop is None:
+        return reformatter.reformat(frame, width=size, height=size, format="rgb24", interpolation="AREA").to_ndarray()
+    return _crop_resize(frame.to_image(), crop, size)
+
+
+def _crop_resize(image: Image.Image, crop: Crop, size: int) -> np.ndarray:
+    x, y, width, height = crop
+    # BOX averages the covered source pixels, as ffmpeg's AREA does for uncropped frames
+    return np.asarray(image.resize((size, size), Image.Resampling.BOX, box=(x, y, x + width, y + height)))
+
+
+def check_crop(crop: Crop, width: int, height: int, path: Path) -> None:
+    x, y, w, h = crop
+    if x + w > width or y + h > height:
+        raise ClipError(f"crop box x={x} y={y} {w}x{h} does not fit the {width}x{height} frames of {path}", path)
 
 
 def _duration(path: Path, container, stream) -> float:
@@ -137,11 +161,12 @@ def read_folder_frames(
     start: float | None = None,
     end: float | None = None,
     mode: str = "RGB",
+    crop: Crop | None = None,
 ) -> np.ndarray:
     """``(n, size, size, C)`` uint8 frames from an image folder (C = 3 for RGB, 1 for L)."""
     images = list_images(folder)
     indices = folder_indices(len(images), folder_fps, fps, start, end)
-    return np.stack([read_image(images[i], size, mode) for i in indices])
+    return np.stack([read_image(images[i], size, mode, crop) for i in indices])
 
 
 def read_flow_frames(
@@ -174,11 +199,16 @@ def read_flow_frames(
     )
 
 
-def read_image(path: Path, size: int, mode: str = "RGB") -> np.ndarray:
+def read_image(path: Path, size: int, mode: str = "RGB", crop: Crop | None = None) -> np.ndarray:
     try:
         with Image.open(path) as image:
-            image = image.convert(mode).resize((size, size), Image.Resampling.BILINEAR, reducing_gap=None)
-            array = np.asarray(image, dtype=np.uint8)
+            image = image.convert(mode)
+            if crop is not None:
+                check_crop(crop, image.width, image.height, path)
+                array = _crop_resize(image, crop, size)
+            else:
+                image = image.resize((size, size), Image.Resampling.BILINEAR, reducing_gap=None)
+                array = np.asarray(image, dtype=np.uint8)
     except (OSError, UnidentifiedImageError) as error:
         raise ClipError(f"cannot read image {path}: {error}", path) from None
     return array.reshape(size, size, -1)
