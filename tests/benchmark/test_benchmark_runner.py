@@ -125,3 +125,16 @@ def test_validation_sweep(tmp_path):
     for number, row in enumerate(rows):
         metrics = json.loads((tmp_path / "sweep" / "ogm_ge" / f"setting{number}" / "seed0" / "metrics.json").read_text())
         assert row["values"] == [metrics["val"]["acc"]]
+
+
+def test_changed_preparation_gets_its_own_cache_folder(tmp_path):
+    import dataclasses
+
+    from avbalance.benchmark.runner import cache_folder
+
+    suite = get_suite("grid-digit")
+    other = dataclasses.replace(suite, prepare=[a.replace("32", "48") for a in suite.prepare])
+    first, second = cache_folder(suite, tmp_path, False), cache_folder(other, tmp_path, False)
+    assert first.parent == second.parent == tmp_path and first != second
+    assert cache_folder(suite, tmp_path, False) == first  # stable
+    assert cache_folder(suite, tmp_path, True).parent.name == tmp_path.name + "-quick"

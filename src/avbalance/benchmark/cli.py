@@ -67,7 +67,7 @@ def run(args: argparse.Namespace) -> int:
         parts.append("--no-references")
     if args.quick:
         parts.append("--quick")
-    parts += ["--out", str(out)]
+    parts += ["--jobs", str(jobs), "--out", str(out)]
     if suite.prepare is not None:
         parts += ["--raw", args.raw]
     if args.sweep:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import multiprocessing
 import os
@@ -29,6 +30,16 @@ def default_cache(suite: Suite) -> Path:
     return Path.home() / ".cache" / "avbalance" / "benchmark" / suite.name
 
 
+def cache_folder(suite: Suite, cache: str | Path | None, quick: bool) -> Path:
+    """``cache/<hash of the prepare options>``: a suite whose preparation changes gets a new folder
+    instead of clashing with the settings of the old one."""
+    cache = Path(cache) if cache else default_cache(suite)
+    if quick:  # a small seeded subset in its own folder: the quick mode prepares in seconds
+        cache = cache.with_name(cache.name + "-quick")
+    options = [a for a in suite.prepare or [] if "{" not in a] + (["--limit", str(QUICK_CLIPS)] if quick else [])
+    return cache / hashlib.sha1(" ".join(options).encode()).hexdigest()[:10]
+
+
 def all_methods() -> list[str]:
     from ..methods import method_names
 
@@ -40,9 +51,7 @@ def prepare_data(suite: Suite, raw: str | Path | None, cache: str | Path | None,
     """The prepared cache of the suite, created with ``avbalance prepare`` unless already complete."""
     if suite.prepare is None:
         return None
-    cache = Path(cache) if cache else default_cache(suite)
-    if quick:  # a small seeded subset in its own folder: the quick mode prepares in seconds
-        cache = cache.with_name(cache.name + "-quick")
+    cache = cache_folder(suite, cache, quick)
     marker = cache / "benchmark_prepared.json"
     command = [a.format(raw=str(raw) if raw else "", cache=str(cache)) for a in suite.prepare]
     if quick:
