@@ -136,9 +136,8 @@ SUITES: dict[str, Suite] = {
         dataset="avmnist",
         prepare=["avmnist", "--root", "{raw}", "--out", "{cache}", "--workers", "2"],
         raw_required="fsdd/recordings",
-        recipe=["data.dataset=avmnist", "model.width=8", "model.layers=[1,1,1]", "data.batch_size=64",
-                "optim.name=sgd", "optim.lr=0.01", "optim.scheduler=cosine"],
-        epochs=10,
+        recipe=["data.dataset=avmnist", *SMALL_GRID],
+        epochs=5,
         quick_epochs=1,
     ),
 }
