@@ -138,3 +138,15 @@ def test_changed_preparation_gets_its_own_cache_folder(tmp_path):
     assert first.parent == second.parent == tmp_path and first != second
     assert cache_folder(suite, tmp_path, False) == first  # stable
     assert cache_folder(suite, tmp_path, True).parent.name == tmp_path.name + "-quick"
+
+
+def test_sweep_of_a_suite_without_one(tmp_path):
+    import dataclasses
+
+    from avbalance.benchmark.runner import run_sweep
+    from avbalance.errors import ConfigError
+
+    suite = dataclasses.replace(get_suite("synthetic"), sweep={})
+    with pytest.raises(ConfigError, match="suite 'synthetic' defines no validation sweep"):
+        run_sweep(suite, tmp_path, quick=True, report=lambda m: None)
+    assert not (tmp_path / "sweep.md").exists()

@@ -205,8 +205,11 @@ def run_sweep(suite: Suite, out: str | Path, seeds: int = 2, quick: bool = False
               report: Callable[[str], None] = print) -> list[dict[str, Any]]:
     """Train every setting of ``suite.sweep`` for ``seeds`` seeds and rank the settings by mean
     *validation* accuracy (the test split is not read). Writes ``sweep.md`` and ``sweep.json``."""
+    from ..errors import ConfigError
     from .aggregate import summary_stats
 
+    if not suite.sweep:
+        raise ConfigError(f"suite {suite.name!r} defines no validation sweep")
     warnings.filterwarnings("ignore", message=".*Average precision score.*")
     out = Path(out)
     root = prepare_data(suite, raw, cache, quick, report)
