@@ -3,6 +3,7 @@
 import json
 import math
 import statistics
+from pathlib import Path
 
 import pytest
 
@@ -150,3 +151,32 @@ def test_sweep_of_a_suite_without_one(tmp_path):
     with pytest.raises(ConfigError, match="suite 'synthetic' defines no validation sweep"):
         run_sweep(suite, tmp_path, quick=True, report=lambda m: None)
     assert not (tmp_path / "sweep.md").exists()
+
+
+
+@pytest.mark.skipif(not Path("/proc/self").is_dir(), reason="needs /proc to watch the worker process")
+def test_worker_exits_when_the_suite_process_is_killed():
+    """A worker of ``--jobs N`` stops by itself when its parent dies, even by SIGKILL."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    worker = ("import os, time; from avbalance.benchmark.runner import _exit_with_parent; "
+              "_exit_with_parent(os.getppid()); print('ready', flush=True); time.sleep(60)")
+    parent = ("import subprocess, sys, time; "
+              f"child = subprocess.Popen([sys.executable, '-c', {worker!r}], stdout=subprocess.PIPE, text=True); "
+              "print(child.pid, flush=True); child.stdout.readline(); print('ready', flush=True); time.sleep(60)")
+    process = subprocess.Popen([sys.executable, "-c", parent], stdout=subprocess.PIPE, text=True)
+    try:
+        child = int(process.stdout.readline())
+        assert process.stdout.readline().strip() == "ready"
+        process.send_signal(signal.SIGKILL)
+        process.wait()
+        deadline = time.monotonic() + 10
+        while os.path.exists(f"/proc/{child}") and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert not os.path.exists(f"/proc/{child}"), "the worker outlived its parent"
+    finally:
+        process.kill()

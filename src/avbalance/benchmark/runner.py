@@ -11,7 +11,6 @@ import shutil
 import time
 import warnings
 from collections.abc import Iterator
-from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from pathlib import Path
 from typing import Any, Callable
 
@@ -119,24 +118,33 @@ def train_many(pending: list[tuple[Any, list[str], Path]], jobs: int) -> Iterato
 
     With ``jobs > 1`` the runs go to that many worker processes (started with *spawn*: a forked
     copy of a process holding torch threads can hang). Each run is deterministic on its own, so
-    the results do not depend on ``jobs``. A failing run stops the others and raises its error.
+    the results do not depend on ``jobs``. A failing run, an interrupt or the end of this process
+    stops the workers (their unfinished runs leave only scratch folders, redone next time).
     """
     if jobs <= 1 or len(pending) <= 1:
         for key, overrides, folder in pending:
             yield key, train_one(overrides, folder)
         return
     context = multiprocessing.get_context("spawn")
-    with ProcessPoolExecutor(max_workers=min(jobs, len(pending)), mp_context=context) as pool:
-        futures = {pool.submit(train_one, overrides, folder): key for key, overrides, folder in pending}
-        try:
-            remaining = set(futures)
-            while remaining:
-                done, remaining = wait(remaining, return_when=FIRST_COMPLETED)
-                for future in done:
-                    yield futures[future], future.result()
-        finally:
-            for future in futures:
-                future.cancel()
+    with context.Pool(min(jobs, len(pending)), initializer=_exit_with_parent, initargs=(os.getpid(),)) as pool:
+        yield from pool.imap_unordered(_train_job, pending)  # leaving the block terminates the workers
+
+
+def _train_job(job: tuple[Any, list[str], Path]) -> tuple[Any, dict[str, Any]]:
+    key, overrides, folder = job
+    return key, train_one(overrides, folder)
+
+
+def _exit_with_parent(parent: int) -> None:
+    """Worker initializer: stop when the suite process is gone (killed, not only interrupted)."""
+    import threading
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(1.0)
+        os._exit(1)
+
+    threading.Thread(target=watch, daemon=True).start()
 
 
 def run_suite(suite: Suite, out: str | Path, seeds: int | None = None, methods: list[str] | None = None,

@@ -1,0 +1,8 @@
+"""``python -m avbalance``: the same as the ``avbalance`` command."""
+
+import sys
+
+from .cli import main
+
+if __name__ == "__main__":
+    sys.exit(main())
