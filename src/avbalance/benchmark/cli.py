@@ -41,8 +41,8 @@ def add_parser(commands) -> argparse.ArgumentParser:
                      help="runs trained at once, in separate processes of one thread each (default: one per "
                           "core, at most 8); results do not depend on it")
     sub.add_argument("--sweep", action="store_true",
-                     help="instead: the suite's validation sweep (e.g. OGM-GE alpha x window), 2 seeds by "
-                          "default; writes sweep.md ranked by validation accuracy")
+                     help="instead: the suite's validation sweep (OGM-GE alpha x window, LFM initial weight, "
+                          "ReconBoost stages), 2 seeds by default; writes sweep.md ranked by validation accuracy")
     sub.set_defaults(handler=run)
     return sub
 

@@ -145,6 +145,8 @@ SUITES: dict[str, Suite] = {
         epochs=8,
         quick_epochs=1,
         sweep=VALIDATION_SWEEP,
+        # chosen by `--sweep` on validation (benchmarks/results/grid-command/sweep.md)
+        method_params=OGM_ALPHA_0_1,
     ),
     "avmnist": Suite(
         name="avmnist",
