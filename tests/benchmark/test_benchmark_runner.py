@@ -180,3 +180,14 @@ def test_worker_exits_when_the_suite_process_is_killed():
         assert not os.path.exists(f"/proc/{child}"), "the worker outlived its parent"
     finally:
         process.kill()
+
+
+def test_sweep_settings_equal_at_this_run_length_are_trained_once():
+    from avbalance.benchmark.runner import _distinct_settings
+
+    sweep = {"reconboost": [["method.params.stage_epochs={third}"], ["method.params.stage_epochs=1"],
+                            ["method.params.stage_epochs=2"]]}
+    # 5 epochs: a third is 1 epoch, the same as the second setting
+    assert _distinct_settings(sweep, 5) == {"reconboost": [(0, ["method.params.stage_epochs=1"]),
+                                                           (2, ["method.params.stage_epochs=2"])]}
+    assert [n for n, _ in _distinct_settings(sweep, 16)["reconboost"]] == [0, 1, 2]

@@ -208,6 +208,20 @@ def run_suite(suite: Suite, out: str | Path, seeds: int | None = None, methods: 
     return summary
 
 
+def _distinct_settings(sweep: dict[str, list[list[str]]], epochs: int) -> dict[str, list[tuple[int, list[str]]]]:
+    """Each method's settings with ``{epochs}`` / ``{third}`` filled in, numbered as in the suite;
+    a setting equal to an earlier one at this run length (``{third}`` = 1 = a fixed 1) is left out."""
+    values = {"epochs": epochs, "third": max(1, epochs // 3)}
+    distinct: dict[str, list[tuple[int, list[str]]]] = {}
+    for method, settings in sweep.items():
+        kept = distinct.setdefault(method, [])
+        for number, setting in enumerate(settings):
+            filled = [s.format(**values) for s in setting]
+            if all(filled != other for _, other in kept):
+                kept.append((number, filled))
+    return distinct
+
+
 def run_sweep(suite: Suite, out: str | Path, seeds: int = 2, quick: bool = False, raw: str | Path | None = None,
               cache: str | Path | None = None, jobs: int = 1,
               report: Callable[[str], None] = print) -> list[dict[str, Any]]:
@@ -223,10 +237,11 @@ def run_sweep(suite: Suite, out: str | Path, seeds: int = 2, quick: bool = False
     root = prepare_data(suite, raw, cache, quick, report)
     data = [f"data.root={root}"] if root is not None else []
     epochs = suite.quick_epochs if quick else suite.epochs
+    settings = _distinct_settings(suite.sweep, epochs)
     val_acc: dict[tuple[str, int, int], float] = {}
     pending = []
-    for method, settings in suite.sweep.items():
-        for number, setting in enumerate(settings):
+    for method, numbered in settings.items():
+        for number, setting in numbered:
             for seed in range(seeds):
                 overrides = suite.sweep_overrides(method, setting, quick) + data + [f"trainer.seed={seed}"]
                 folder = out / "sweep" / method / f"setting{number}" / f"seed{seed}"
@@ -239,11 +254,10 @@ def run_sweep(suite: Suite, out: str | Path, seeds: int = 2, quick: bool = False
         val_acc[key] = metrics["val"]["acc"]
         report(f"sweep {key[0]} setting {key[1]} seed {key[2]}: val acc {metrics['val']['acc']:.3f}")
     rows = []
-    for method, settings in suite.sweep.items():
-        for number, setting in enumerate(settings):
+    for method, numbered in settings.items():
+        for number, setting in numbered:
             values = [val_acc[method, number, seed] for seed in range(seeds)]
             stats = summary_stats(values)
-            setting = [s.format(epochs=epochs, third=max(1, epochs // 3)) for s in setting]
             rows.append({"method": method, "setting": setting, "val_acc": stats, "values": values})
             report(f"sweep {method} {' '.join(setting)}: val acc {stats['mean']:.3f} over {seeds} seed(s)")
     lines = ["| method | setting | val acc (mean ± std, %) | per seed |", "|---|---|---|---|"]
