@@ -35,8 +35,13 @@ def cache_folder(suite: Suite, cache: str | Path | None, quick: bool) -> Path:
     cache = Path(cache) if cache else default_cache(suite)
     if quick:  # a small seeded subset in its own folder: the quick mode prepares in seconds
         cache = cache.with_name(cache.name + "-quick")
-    options = [a for a in suite.prepare or [] if "{" not in a] + (["--limit", str(QUICK_CLIPS)] if quick else [])
+    options = [a for a in prepare_arguments(suite, quick) if "{" not in a]
     return cache / hashlib.sha1(" ".join(options).encode()).hexdigest()[:10]
+
+
+def prepare_arguments(suite: Suite, quick: bool) -> list[str]:
+    """The suite's ``avbalance prepare`` arguments, still holding ``{raw}`` and ``{cache}``."""
+    return list(suite.prepare or []) + (["--limit", str(QUICK_CLIPS)] if quick else [])
 
 
 def all_methods() -> list[str]:
@@ -52,9 +57,7 @@ def prepare_data(suite: Suite, raw: str | Path | None, cache: str | Path | None,
         return None
     cache = cache_folder(suite, cache, quick)
     marker = cache / "benchmark_prepared.json"
-    command = [a.format(raw=str(raw) if raw else "", cache=str(cache)) for a in suite.prepare]
-    if quick:
-        command += ["--limit", str(QUICK_CLIPS)]
+    command = [a.format(raw=str(raw) if raw else "", cache=str(cache)) for a in prepare_arguments(suite, quick)]
     if marker.is_file() and json.loads(marker.read_text()).get("command") == command:
         return cache
     if raw is None or not (Path(raw) / (suite.raw_required or "")).exists():
@@ -77,6 +80,19 @@ def _finished(folder: Path, overrides: list[str]) -> dict[str, Any] | None:
     if json.loads(run_file.read_text()).get("overrides") != overrides:
         return None  # a different recipe: train again
     return json.loads(metrics_file.read_text())
+
+
+def reuse_finished(runs: list[tuple[Any, list[str], Path]]) -> tuple[dict[Any, dict[str, Any]], list]:
+    """Split ``(key, overrides, folder)`` runs into the metrics of those already finished with
+    these overrides, by key, and the runs still to train."""
+    finished, pending = {}, []
+    for key, overrides, folder in runs:
+        metrics = _finished(folder, overrides)
+        if metrics is None:
+            pending.append((key, overrides, folder))
+        else:
+            finished[key] = metrics
+    return finished, pending
 
 
 def train_one(overrides: list[str], folder: Path) -> dict[str, Any]:
@@ -171,16 +187,11 @@ def run_suite(suite: Suite, out: str | Path, seeds: int | None = None, methods: 
     # method by method: a stopped suite leaves whole methods
     order = [(name, seed) for name in names for seed in range(seeds)]
     runs: dict[str, dict[int, dict[str, Any]]] = {name: {} for name in names}
-    pending = []
-    for name, seed in order:
-        overrides = suite.overrides(name, quick) + data + [f"trainer.seed={seed}"]
-        folder = out / "runs" / name / f"seed{seed}"
-        metrics = _finished(folder, overrides)
-        if metrics is None:
-            pending.append(((name, seed), overrides, folder))
-        else:
-            runs[name][seed] = metrics
-    reused = len(order) - len(pending)
+    finished, pending = reuse_finished([((name, seed), suite.overrides(name, quick) + data + [f"trainer.seed={seed}"],
+                                         out / "runs" / name / f"seed{seed}") for name, seed in order])
+    for (name, seed), metrics in finished.items():
+        runs[name][seed] = metrics
+    reused = len(finished)
     if reused:
         report(f"reusing {reused} finished run(s) of {len(order)}")
     started = time.perf_counter()
@@ -238,18 +249,11 @@ def run_sweep(suite: Suite, out: str | Path, seeds: int = 2, quick: bool = False
     data = [f"data.root={root}"] if root is not None else []
     epochs = suite.quick_epochs if quick else suite.epochs
     settings = _distinct_settings(suite.sweep, epochs)
-    val_acc: dict[tuple[str, int, int], float] = {}
-    pending = []
-    for method, numbered in settings.items():
-        for number, setting in numbered:
-            for seed in range(seeds):
-                overrides = suite.sweep_overrides(method, setting, quick) + data + [f"trainer.seed={seed}"]
-                folder = out / "sweep" / method / f"setting{number}" / f"seed{seed}"
-                metrics = _finished(folder, overrides)
-                if metrics is None:
-                    pending.append(((method, number, seed), overrides, folder))
-                else:
-                    val_acc[method, number, seed] = metrics["val"]["acc"]
+    finished, pending = reuse_finished([
+        ((method, number, seed), suite.sweep_overrides(method, setting, quick) + data + [f"trainer.seed={seed}"],
+         out / "sweep" / method / f"setting{number}" / f"seed{seed}")
+        for method, numbered in settings.items() for number, setting in numbered for seed in range(seeds)])
+    val_acc = {key: metrics["val"]["acc"] for key, metrics in finished.items()}
     for key, metrics in train_many(pending, jobs):
         val_acc[key] = metrics["val"]["acc"]
         report(f"sweep {key[0]} setting {key[1]} seed {key[2]}: val acc {metrics['val']['acc']:.3f}")

@@ -84,6 +84,12 @@ SMALL_GRID = ["model.width=8", "model.layers=[1,1,1]", "data.batch_size=64", "op
 S1_MOUTH = "105,178,90,72"
 
 
+def grid_prepare(task: str) -> list[str]:
+    """``avbalance prepare`` arguments of a GRID suite: speaker s1's mouth at 32x32, 40-bin fbank."""
+    return ["grid", "--root", "{raw}/grid", "--out", "{cache}", "--task", task, "--size", "32",
+            "--mel-bins", "40", "--crop", S1_MOUTH, "--workers", "2"]
+
+
 def grid_loader(frames: int) -> list[str]:
     """GRID frames per clip; lip reading: no random resized crop (it can cut the mouth away)."""
     return ["data.dataset=grid", f"data.options.frames={frames}", "data.options.augment=false"]
@@ -123,8 +129,7 @@ SUITES: dict[str, Suite] = {
         description="GRID speaker s1, word-level spoken digit (10 classes): the digit word cut out of "
                     "each clip with the alignment, 3 mouth-crop frames at 32x32 + 1 s 40-bin log-mel fbank",
         dataset="grid",
-        prepare=["grid", "--root", "{raw}/grid", "--out", "{cache}", "--task", "digit", "--size", "32",
-                 "--mel-bins", "40", "--crop", S1_MOUTH, "--workers", "2"],
+        prepare=grid_prepare("digit"),
         raw_required="grid/s1",
         recipe=[*grid_loader(3), *SMALL_GRID],
         epochs=16,
@@ -138,8 +143,7 @@ SUITES: dict[str, Suite] = {
         description="GRID speaker s1, whole-sentence clips labelled by the command word (4 classes): "
                     "5 mouth-crop frames at 32x32 + 3 s 40-bin log-mel fbank",
         dataset="grid",
-        prepare=["grid", "--root", "{raw}/grid", "--out", "{cache}", "--task", "sentence", "--size", "32",
-                 "--mel-bins", "40", "--crop", S1_MOUTH, "--workers", "2"],
+        prepare=grid_prepare("sentence"),
         raw_required="grid/s1",
         recipe=[*grid_loader(5), "data.options.task=command", *SMALL_GRID],
         epochs=8,
