@@ -1,7 +1,9 @@
-"""AGM against independent computations: Shapley responses, coefficients, gradients, clipping."""
+"""AGM against independent computations: the official audio-visual step, Shapley responses,
+coefficients, gradients, clipping, presets."""
 
 import json
 import math
+from copy import deepcopy
 from itertools import combinations
 
 import pytest
@@ -9,6 +11,7 @@ import torch
 import torch.nn.functional as F
 
 from avb_testing import tiny_batch, tiny_spec, train_on_synthetic
+from avbalance.errors import ConfigError
 from avbalance.methods import get_method
 from avbalance.methods.agm import agm_coefficients, clip_if_head_gradient_large, coalition_logits, shapley_responses
 from avbalance.models import build_model
@@ -27,7 +30,8 @@ def brute_force_shapley(value, players):
             for members in combinations(others, size):
                 s = frozenset(members)
                 total = total + math.factorial(size) * math.factorial(n - size - 1) / math.factorial(n) * (
-                    value(s | {p}) - value(s))
+                    value(s | {p}) - value(s)
+                )
         result[p] = total
     return result
 
@@ -35,8 +39,11 @@ def brute_force_shapley(value, players):
 @pytest.mark.parametrize("modalities", [("audio", "visual"), THREE])
 def test_responses_are_shapley_values_with_empty_coalition_zero(modalities):
     generator = torch.Generator().manual_seed(len(modalities))
-    table = {frozenset(c): torch.randn(4, 5, generator=generator)
-             for size in range(1, len(modalities) + 1) for c in combinations(modalities, size)}
+    table = {
+        frozenset(c): torch.randn(4, 5, generator=generator)
+        for size in range(1, len(modalities) + 1)
+        for c in combinations(modalities, size)
+    }
     full = table[frozenset(modalities)]
     partial = {c: v for c, v in table.items() if c != frozenset(modalities)}
     responses = shapley_responses(full, partial, modalities)
@@ -48,10 +55,15 @@ def test_responses_are_shapley_values_with_empty_coalition_zero(modalities):
         a, v, av = table[frozenset({"audio"})], table[frozenset({"visual"})], full
         torch.testing.assert_close(responses["audio"], 0.5 * (av - v + a))
     else:  # the official three-modality module
-        t = {k: table[frozenset(k)] for k in [("audio",), ("visual",), ("flow",), ("audio", "visual"),
-                                                 ("audio", "flow"), ("visual", "flow")]}
-        expected_a = (full - t[("visual", "flow")]) / 3 + (t[("audio", "visual")] - t[("visual",)]
-                                                             + t[("audio", "flow")] - t[("flow",)]) / 6 + t[("audio",)] / 3
+        t = {
+            k: table[frozenset(k)]
+            for k in [("audio",), ("visual",), ("flow",), ("audio", "visual"), ("audio", "flow"), ("visual", "flow")]
+        }
+        expected_a = (
+            (full - t[("visual", "flow")]) / 3
+            + (t[("audio", "visual")] - t[("visual",)] + t[("audio", "flow")] - t[("flow",)]) / 6
+            + t[("audio",)] / 3
+        )
         torch.testing.assert_close(responses["audio"], expected_a)
 
 
@@ -131,8 +143,9 @@ def test_shares_mode_gradient_is_the_coefficient_weighted_share_gradient(modalit
             masked = {**batch, **{m: torch.zeros_like(batch[m]) for m in modalities if m not in members}}
             partial[frozenset(members)] = model(masked).logits
     model.train()
-    shares = brute_force_shapley(lambda s: (full if s == frozenset(modalities) else partial[s]) if s else 0.0,
-                                 list(modalities))
+    shares = brute_force_shapley(
+        lambda s: (full if s == frozenset(modalities) else partial[s]) if s else 0.0, list(modalities)
+    )
     fused = full.detach().requires_grad_()
     upstream = torch.autograd.grad(F.cross_entropy(fused, batch["label"]), fused)[0]
     surrogate = sum(k[i] * (upstream * shares[m]).sum() for i, m in enumerate(modalities))
@@ -142,6 +155,97 @@ def test_shares_mode_gradient_is_the_coefficient_weighted_share_gradient(modalit
         if p.grad is not None:
             torch.testing.assert_close(got[name], p.grad, rtol=1e-4, atol=1e-6, msg=name)
     assert not torch.allclose(k, torch.ones_like(k))
+
+
+def official_cremad_step(model, batch, state, alpha=1.0):
+    """One AGM step of the official audio-visual script (lihong2303/AGM_ICCV2023, run/CREMAD_main.py
+    and model/CREMAD_net.py), written as it is: the padded forwards in eval mode, the two shares,
+    mean scores with the 1e-8 floor, ratios against the running scores, ``min(., 10)``, backward
+    hooks scaling each share's gradient, then the head-gradient trigger with ``max_norm=1.0``."""
+    labels = batch["label"]
+    total_out = model(batch).logits
+    model.eval()
+    pad_visual_out = model({**batch, "visual": torch.zeros_like(batch["visual"])}).logits
+    pad_audio_out = model({**batch, "audio": torch.zeros_like(batch["audio"])}).logits
+    model.train()
+    m_a = 0.5 * (total_out - pad_audio_out + pad_visual_out)
+    m_v = 0.5 * (total_out - pad_visual_out + pad_audio_out)
+
+    def score(out):
+        probability = F.softmax(out.detach(), dim=1)
+        return sum(-math.log(max(float(probability[k][labels[k]]), 1e-8)) for k in range(len(labels))) / len(labels)
+
+    score_audio, score_visual = score(m_a), score(m_v)
+    ratio_a, ratio_v = math.exp(score_visual - score_audio), math.exp(score_audio - score_visual)
+    optimal_ratio_a = math.exp(state["v"] - state["a"])
+    optimal_ratio_v = math.exp(state["a"] - state["v"])
+    coeff_a = math.exp(alpha * min(optimal_ratio_a - ratio_a, 10))
+    coeff_v = math.exp(alpha * min(optimal_ratio_v - ratio_v, 10))
+    state["iteration"] += 1
+    iteration = state["iteration"]
+    state["a"] = state["a"] * (iteration - 1) / iteration + score_audio / iteration
+    state["v"] = state["v"] * (iteration - 1) / iteration + score_visual / iteration
+
+    def hooked(x, scale):  # identity forward, gradient times ``scale`` (the backward hooks)
+        return x.detach() + scale * (x - x.detach())
+
+    model.zero_grad(set_to_none=True)
+    loss = F.cross_entropy(hooked(m_a, coeff_a) + hooked(m_v, coeff_v), labels)
+    loss.backward()
+    head_weight = next(p for p in model.head.parameters() if p.dim() >= 2)
+    clipped = bool(head_weight.grad.max() > 1 or head_weight.grad.min() < -1)
+    if clipped:
+        torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm=1.0)
+    return (coeff_a, coeff_v), loss, clipped
+
+
+def test_default_step_is_the_official_audio_visual_script():
+    """Default (official preset) against the official step over several steps: coefficients, loss and
+    every gradient to 1e-6, including steps where the head-gradient clipping triggers."""
+    torch.manual_seed(3)
+    model = build_model(tiny_spec()).double()
+    official = deepcopy(model)
+    method = get_method("agm")
+    method.setup(model)
+    state = {"a": 0.0, "v": 0.0, "iteration": 0}
+    triggered = []
+    for seed, gain in enumerate((1.0, 40.0, 1.0, 40.0)):
+        batch = {k: v.double() * gain if v.is_floating_point() else v for k, v in tiny_batch(8, seed=seed).items()}
+        coefficients, expected_loss, clipped = official_cremad_step(official, batch, state)
+        _, loss = _step(method, model, batch)
+        triggered.append(clipped)
+        logs = method.logs()
+        assert float(logs["coeff/audio"]) == pytest.approx(coefficients[0], abs=1e-6)
+        assert float(logs["coeff/visual"]) == pytest.approx(coefficients[1], abs=1e-6)
+        assert float(loss) == pytest.approx(float(expected_loss), abs=1e-6)
+        for (name, p), q in zip(model.named_parameters(), official.parameters()):
+            torch.testing.assert_close(p.grad, q.grad, atol=1e-6, rtol=0, msg=name)
+    assert any(triggered) and not all(triggered)
+
+
+def test_presets_and_explicit_values():
+    official = get_method("agm")
+    assert (official.alpha, official.clip, official.clip_grad, official.apply, official.modulate) == (
+        1.0,
+        10.0,
+        1.0,
+        "shares",
+        "all",
+    )
+    balancemm = get_method("agm", preset="balancemm")
+    assert (balancemm.alpha, balancemm.clip, balancemm.clip_grad, balancemm.apply, balancemm.modulate) == (
+        0.1,
+        7.0,
+        5.0,
+        "encoders",
+        "weights",
+    )
+    mixed = get_method("agm", preset="balancemm", alpha=2.5, apply="shares")
+    assert (mixed.alpha, mixed.clip, mixed.apply) == (2.5, 7.0, "shares")
+    with pytest.raises(ConfigError, match="method 'agm': alpha must be >= 0, got -1.0"):
+        get_method("agm", alpha=-1.0)
+    with pytest.raises(ConfigError, match="preset"):
+        get_method("agm", preset="paper")
 
 
 def test_encoders_mode_scales_each_encoder_by_its_coefficient(tiny_model):
@@ -169,7 +273,7 @@ def test_running_reference_is_the_cumulative_mean_of_previous_scores(tiny_model)
         _step(method, tiny_model, batch)
         logs = method.logs()
         scores = torch.stack([logs["score/audio"], logs["score/visual"]])
-        expected, _, _ = agm_coefficients(scores, reference, 0.3, 7.0)
+        expected, _, _ = agm_coefficients(scores, reference, 0.3, 10.0)
         torch.testing.assert_close(torch.stack([logs["coeff/audio"], logs["coeff/visual"]]), expected)
         history.append(scores)
     torch.testing.assert_close(method.state_dict()["reference"], torch.stack(history).mean(0))
@@ -230,7 +334,10 @@ def _train(tmp_path, name, *extra):
 def test_cli_two_and_three_modalities(tmp_path):
     assert _train(tmp_path, "two") == 0
     assert (tmp_path / "two" / "metrics.json").is_file()
-    assert _train(tmp_path, "three", "--set", "data.options.flow_strength=0.3", "--set", "method.params.apply=encoders") == 0
+    assert (
+        _train(tmp_path, "three", "--set", "data.options.flow_strength=0.3", "--set", "method.params.apply=encoders")
+        == 0
+    )
     metrics = json.loads((tmp_path / "three" / "metrics.json").read_text())
     assert "acc_flow" in metrics["test"]
 
@@ -255,7 +362,7 @@ def agm_worker(rank, world, apply="shares", steps=2):
     logs = []
     for step in range(steps):
         batch = tiny_batch(8, seed=step)
-        local = {k: v[rank * 8 // world:(rank + 1) * 8 // world] for k, v in batch.items()}
+        local = {k: v[rank * 8 // world : (rank + 1) * 8 // world] for k, v in batch.items()}
         output = forward(local)
         optimizer.zero_grad(set_to_none=True)
         method.loss(output, local).backward()

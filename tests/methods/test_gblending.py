@@ -1,4 +1,5 @@
-"""G-Blending: the weight formula, per-sample mean losses on the validation split, the schedule."""
+"""G-Blending against the paper's equations (weights, loss, gradients), per-sample mean losses on the
+validation split, the schedule, new shuffled orders at every refresh."""
 
 import copy
 
@@ -8,6 +9,7 @@ import torch.nn.functional as F
 
 from avb_testing import tiny_batch, tiny_spec
 from avbalance.cli import main
+from avbalance.engine.epoch_data import LoaderEpochData
 from avbalance.methods import get_method
 from avbalance.methods.gblending import blending_weights, mean_losses
 from avbalance.models import build_model
@@ -42,13 +44,91 @@ def test_weight_formula():
     for k in range(3):
         gain = float(val_pre[k] - val_now[k])
         overfit = float((val_now[k] - train_now[k]) - (val_pre[k] - train_pre[k]))
-        raw.append(max(gain, 0.0) / overfit ** 2)
+        raw.append(max(gain, 0.0) / overfit**2)
     expected = [r / sum(raw) for r in raw]
     got = blending_weights(train_pre, val_pre, train_now, val_now)
     assert got.tolist() == pytest.approx(expected, rel=1e-5)
     assert float(got[1]) == 0.0  # validation loss went up: no weight
     uniform = blending_weights(train_pre, val_pre, train_pre, val_pre + 1)
     assert uniform.tolist() == pytest.approx([1 / 3] * 3)
+
+
+def paper_weights(train_pre, val_pre, train_now, val_now):
+    """Gradient-Blending, Wang et al. CVPR 2020 (Sec. 3.3, Prop. 2): with the overfitting
+    ``O_N = L*V_N - L*T_N``, ``dO = O_{N+n} - O_N`` and the generalisation ``dG = L*V_N - L*V_{N+n}``,
+    ``w*_k = dG_k / dO_k^2 / Z`` with ``Z = sum_k dG_k / dO_k^2`` (positive gains)."""
+    ratios = []
+    for k in range(len(train_pre)):
+        overfit_pre, overfit_now = val_pre[k] - train_pre[k], val_now[k] - train_now[k]
+        delta_o, delta_g = overfit_now - overfit_pre, val_pre[k] - val_now[k]
+        ratios.append(delta_g / delta_o**2)
+    z = sum(ratios)
+    return [r / z for r in ratios]
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_weights_loss_and_gradients_follow_the_paper(seed):
+    """On random losses (positive gains) the weights are the paper's ``w*``; the step's loss and
+    gradients are those of ``sum_k w*_k CE(z_k, y)``, to 1e-6."""
+    generator = torch.Generator().manual_seed(seed)
+    train_pre = torch.rand(3, generator=generator, dtype=torch.float64) + 1.0
+    val_pre = train_pre + torch.rand(3, generator=generator, dtype=torch.float64) * 0.2
+    train_now = train_pre - torch.rand(3, generator=generator, dtype=torch.float64) * 0.8
+    val_now = val_pre - torch.rand(3, generator=generator, dtype=torch.float64) * 0.3
+    expected = paper_weights(train_pre.tolist(), val_pre.tolist(), train_now.tolist(), val_now.tolist())
+    weights = blending_weights(train_pre, val_pre, train_now, val_now)
+    assert weights.tolist() == pytest.approx(expected, abs=1e-6)
+
+    torch.manual_seed(seed)
+    model = build_model(tiny_spec()).double()
+    method = get_method("gblending")
+    method.setup(model)
+    method.weights = weights
+    batch = {k: v.double() if v.is_floating_point() else v for k, v in tiny_batch(7, seed=seed).items()}
+    out = model(batch)
+    labels = batch["label"]
+    heads = [out.unimodal_logits["audio"], out.unimodal_logits["visual"], out.logits]
+    want = sum(w * F.cross_entropy(z, labels) for w, z in zip(expected, heads))
+    got = method.loss(out, batch)
+    params = list(model.parameters())
+    assert float(got.detach()) == pytest.approx(float(want.detach()), abs=1e-6)
+    got_grads = torch.autograd.grad(got, params, retain_graph=True, allow_unused=True, materialize_grads=True)
+    want_grads = torch.autograd.grad(want, params, allow_unused=True, materialize_grads=True)
+    for g, w in zip(got_grads, want_grads):
+        torch.testing.assert_close(g, w, atol=1e-6, rtol=0)
+
+
+class Samples(torch.utils.data.Dataset):
+    def __init__(self, size):
+        self.size = size
+
+    def __len__(self):
+        return self.size
+
+    def __getitem__(self, index):
+        batch = tiny_batch(1, seed=index)
+        return {**{k: v[0] for k, v in batch.items()}, "label": torch.tensor(index % 5)}
+
+
+def test_each_refresh_trains_its_copies_on_new_orders(tiny_model):
+    """The copies of a refresh read new shuffled orders, and so does every later refresh."""
+    data = LoaderEpochData(Samples(24), Samples(8), 4, torch.device("cpu"), seed=3)
+    orders = []
+    original = data.train_batches
+
+    def recording(limit=None, shuffle=False):
+        batches = list(original(limit, shuffle))
+        if shuffle:
+            orders.append(tuple(torch.cat([b["index"] for b in batches]).tolist()))
+        return iter(batches)
+
+    data.train_batches = recording
+    method = get_method("gblending", super_epoch=1, estimate_batches=2)
+    method.setup(tiny_model, torch.optim.SGD(tiny_model.parameters(), lr=0.01), data)
+    for epoch in range(2):
+        data.set_epoch(epoch)
+        method.on_epoch_start(epoch, tiny_model, data)
+    assert len(orders) == 6 and len(set(orders)) == 6  # 3 heads x 1 epoch, 2 refreshes
 
 
 def test_mean_losses_are_per_sample_over_uneven_batches(tiny_model):
@@ -91,7 +171,7 @@ def independent_weights(model, data, lr, epochs):
                 optimizer.step()
         train_now, val_now = mean(replica, data.train, head), mean(replica, data.val, head)
         gain, overfit = val_pre - val_now, (val_now - train_now) - (val_pre - train_pre)
-        weights.append(max(gain, 0.0) / overfit ** 2)
+        weights.append(max(gain, 0.0) / overfit**2)
     return [w / sum(weights) for w in weights] if sum(weights) > 0 else [1 / len(heads)] * len(heads)
 
 
@@ -118,9 +198,11 @@ def test_loss_is_the_weighted_sum_of_head_losses(tiny_model):
     batch = tiny_batch(8)
     out = tiny_model(batch)
     labels = batch["label"]
-    expected = (0.2 * F.cross_entropy(out.unimodal_logits["audio"], labels)
-                + 0.3 * F.cross_entropy(out.unimodal_logits["visual"], labels)
-                + 0.5 * F.cross_entropy(out.logits, labels))
+    expected = (
+        0.2 * F.cross_entropy(out.unimodal_logits["audio"], labels)
+        + 0.3 * F.cross_entropy(out.unimodal_logits["visual"], labels)
+        + 0.5 * F.cross_entropy(out.logits, labels)
+    )
     assert float(method.loss(out, batch)) == pytest.approx(float(expected), rel=1e-6)
     assert float(method.logs()["weight/fused"]) == pytest.approx(0.5)
 
@@ -151,9 +233,22 @@ def test_refuses_heads_without_per_modality_logits():
         get_method("gblending").adapt_model_spec(tiny_spec("film"))
 
 
-SMALL = ["--epochs", "2", "--batch-size", "32", "--set", "data.options.train_size=160",
-         "--set", "data.options.test_size=40", "--set", "trainer.progress_bar=false",
-         "--set", "method.params.super_epoch=1", "--set", "method.params.estimate_batches=2"]
+SMALL = [
+    "--epochs",
+    "2",
+    "--batch-size",
+    "32",
+    "--set",
+    "data.options.train_size=160",
+    "--set",
+    "data.options.test_size=40",
+    "--set",
+    "trainer.progress_bar=false",
+    "--set",
+    "method.params.super_epoch=1",
+    "--set",
+    "method.params.estimate_batches=2",
+]
 
 
 @pytest.mark.parametrize("three", [False, True], ids=["two_modalities", "three_modalities"])

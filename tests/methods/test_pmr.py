@@ -1,11 +1,13 @@
-"""PMR against independent computations: prototype distances, coefficients, PCE and PER terms."""
-
+"""PMR against independent computations: the official step, prototype distances, coefficients, PCE
+and PER terms, the per-epoch prototype subset."""
 
 import pytest
 import torch
 import torch.nn.functional as F
 
-from avb_testing import tiny_batch, tiny_spec, train_on_synthetic
+from avb_testing import SHAPES, tiny_batch, tiny_spec, train_on_synthetic
+from avbalance.engine.epoch_data import LoaderEpochData
+from avbalance.errors import ConfigError
 from avbalance.methods import get_method
 from avbalance.methods.pmr import pmr_weights, prototype_logits
 from avbalance.models import build_model
@@ -101,12 +103,132 @@ def test_loss_is_ce_plus_weighted_pce_minus_weighted_entropy(epoch, rule):
     else:
         beta, gamma = (1.0, 0.0) if ratio < 1 else ((0.0, 1.0) if ratio > 1 else (0.0, 0.0))
     entropy = {m: -(F.softmax(q[m], 1) * F.log_softmax(q[m], 1)).sum(1).mean() for m in q}
-    expected = (F.cross_entropy(output.logits, labels) + 1.5 * beta * F.cross_entropy(q["audio"], labels)
-                + 1.5 * gamma * F.cross_entropy(q["visual"], labels))
+    expected = (
+        F.cross_entropy(output.logits, labels)
+        + 1.5 * beta * F.cross_entropy(q["audio"], labels)
+        + 1.5 * gamma * F.cross_entropy(q["visual"], labels)
+    )
     if epoch < 10:  # PER only in the first epochs: the leading modality's entropy is raised
         expected = expected - 0.1 * gamma * entropy["audio"] - 0.1 * beta * entropy["visual"]
     torch.testing.assert_close(loss, expected, rtol=1e-5, atol=1e-6)
     assert max(beta, gamma) > 0
+
+
+def official_proto_step(output, batch, audio_proto, visual_proto, alpha):
+    """The loss of the official training step (fanyunfeng-bit/Modal-Imbalance-PMR,
+    main_Prototype_grad.py, ``modulation == 'Proto'``): prototype scores summed with a Python loop,
+    ``ratio_a_p = score_a_p / score_v_p`` and the hard switch with weight alpha."""
+    label = batch["label"]
+    a, v, out = output.features["audio"], output.features["visual"], output.logits
+    audio_sim = -official_distances(a, audio_proto)
+    visual_sim = -official_distances(v, visual_proto)
+    score_a_p = sum([F.softmax(audio_sim, dim=1)[i][label[i]] for i in range(audio_sim.size(0))])
+    score_v_p = sum([F.softmax(visual_sim, dim=1)[i][label[i]] for i in range(visual_sim.size(0))])
+    ratio_a_p = score_a_p / score_v_p
+    loss_proto_a = F.cross_entropy(audio_sim, label)
+    loss_proto_v = F.cross_entropy(visual_sim, label)
+    if ratio_a_p > 1:
+        beta, lam = 0, 1 * alpha
+    elif ratio_a_p < 1:
+        beta, lam = 1 * alpha, 0
+    else:
+        beta, lam = 0, 0
+    return F.cross_entropy(out, label) + beta * loss_proto_a + lam * loss_proto_v, float(ratio_a_p.detach())
+
+
+AUDIO_LEADS = {0, 2, 3}  # seeds whose prototype ratio s_a / s_v is above 1 (the others below)
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_default_loss_and_gradients_are_the_official_step(seed):
+    """Default (official rule, no PER) against the official step: loss and gradients to 1e-6, both
+    branches of the switch across the seeds."""
+    torch.manual_seed(seed)
+    model = build_model(tiny_spec()).double()
+    generator = torch.Generator().manual_seed(seed + 10)
+    prototypes = {
+        m: torch.randn(5, model.head.dims[m], generator=generator).double() * (1 + seed % 3)
+        for m in ("audio", "visual")
+    }
+    batch = {k: v.double() if v.is_floating_point() else v for k, v in tiny_batch(9, seed=seed).items()}
+    method = get_method("pmr", alpha=1.5)
+    method.prototypes = prototypes
+    params = list(model.parameters())
+    output = model(batch)
+    ours = method.loss(output, batch)
+    expected, ratio = official_proto_step(model(batch), batch, prototypes["audio"], prototypes["visual"], 1.5)
+    assert (ratio > 1) == (seed in AUDIO_LEADS)
+    assert float(ours.detach()) == pytest.approx(float(expected.detach()), abs=1e-6)
+    got = torch.autograd.grad(ours, params, allow_unused=True, materialize_grads=True)
+    want = torch.autograd.grad(expected, params, allow_unused=True, materialize_grads=True)
+    for g, w in zip(got, want):
+        torch.testing.assert_close(g, w, atol=1e-6, rtol=0)
+
+
+def test_defaults_follow_the_official_code_and_the_rule_sets_mu():
+    official = get_method("pmr")
+    assert (official.rule, official.mu, official.alpha, official.momentum) == ("official", 0.0, 1.0, 0.2)
+    assert get_method("pmr", rule="paper").mu == 0.01
+    assert get_method("pmr", rule="paper", mu=0.001).mu == 0.001
+    with pytest.raises(ConfigError, match="method 'pmr': mu must be >= 0, got -0.1"):
+        get_method("pmr", mu=-0.1)
+
+
+class Samples(torch.utils.data.Dataset):
+    def __init__(self, size):
+        self.size = size
+
+    def __len__(self):
+        return self.size
+
+    def __getitem__(self, index):
+        generator = torch.Generator().manual_seed(index)
+        return {
+            "audio": torch.randn(*SHAPES["audio"], generator=generator),
+            "visual": torch.randn(*SHAPES["visual"], generator=generator),
+            "label": torch.tensor(index % 5),
+        }
+
+
+def _prototype_subsets(data, tiny_model, epochs):
+    """The training indices each epoch's prototype pass reads."""
+    seen = []
+    original = data.train_batches
+
+    def recording(limit=None, shuffle=False):
+        for batch in original(limit, shuffle):
+            seen[-1].extend(batch["index"].tolist())
+            yield batch
+
+    data.train_batches = recording
+    method = get_method("pmr")
+    for epoch in epochs:
+        data.set_epoch(epoch)
+        seen.append([])
+        method.on_epoch_start(epoch, tiny_model, data)
+    return seen
+
+
+def test_prototypes_come_from_a_fresh_reproducible_subset_every_epoch(tiny_model):
+    """A new seeded tenth of the training set each epoch; the same subsets for the same run seed, and
+    a run resumed at an epoch start draws what the uninterrupted run draws."""
+
+    def epoch_data(seed, epoch=0):
+        return LoaderEpochData(Samples(200), Samples(20), 4, torch.device("cpu"), seed=seed, epoch=epoch)
+
+    subsets = _prototype_subsets(epoch_data(7), tiny_model, range(4))
+    assert all(len(s) == 20 for s in subsets)
+    assert len({tuple(sorted(s)) for s in subsets}) == 4  # a different subset every epoch
+    assert _prototype_subsets(epoch_data(7), tiny_model, range(4)) == subsets
+    assert _prototype_subsets(epoch_data(7, epoch=2), tiny_model, [2, 3]) == subsets[2:]  # resumed
+    assert _prototype_subsets(epoch_data(8), tiny_model, range(4)) != subsets
+    data = epoch_data(7)  # passes within one epoch differ too, and restart with the next epoch
+    first, second = (list(data.train_batches(limit=1, shuffle=True))[0]["index"] for _ in range(2))
+    assert not torch.equal(first, second)
+    data.set_epoch(1)
+    assert not torch.equal(list(data.train_batches(limit=1, shuffle=True))[0]["index"], first)
+    data.set_epoch(0)
+    torch.testing.assert_close(list(data.train_batches(limit=1, shuffle=True))[0]["index"], first)
 
 
 def test_outside_window_plain_cross_entropy():
@@ -212,7 +334,7 @@ class ShardData(ListData):
     def __init__(self, batch, rank, world):
         index = torch.arange(rank, len(batch["label"]), world)
         local = {**{k: v[index] for k, v in batch.items()}, "index": index}
-        super().__init__([{k: v[i:i + 4] for k, v in local.items()} for i in range(0, len(index), 4)])
+        super().__init__([{k: v[i : i + 4] for k, v in local.items()} for i in range(0, len(index), 4)])
         self.total = len(batch["label"])
 
     def num_train_samples(self):
@@ -235,7 +357,7 @@ def pmr_worker(rank, world, steps=2):
     logs = []
     for step in range(steps):
         batch = tiny_batch(8, seed=step)
-        local = {k: v[rank * 8 // world:(rank + 1) * 8 // world] for k, v in batch.items()}
+        local = {k: v[rank * 8 // world : (rank + 1) * 8 // world] for k, v in batch.items()}
         optimizer.zero_grad(set_to_none=True)
         method.loss(forward(local), local).backward()
         optimizer.step()

@@ -1,4 +1,7 @@
-"""ReLearning against independent computations: purity, diagnosis, soft re-initialisation."""
+"""ReLearning against independent computations: the official schedule and rule, purity, diagnosis,
+soft re-initialisation."""
+
+import copy
 
 import numpy as np
 import pytest
@@ -59,7 +62,7 @@ def _batches(count, seed, size=8):
 
 def test_diagnosis_and_soft_reinitialisation(tiny_model):
     train, val = _batches(3, 0), _batches(2, 100)
-    method = get_method("relearning", move_lambda=2.0, reinit_epoch=2, reinit_num=1)
+    method = get_method("relearning", move_lambda=2.0, reinit_epoch=2, reinit_num=1, seed=0)
     method.setup(tiny_model)
     initial = {n: p.detach().clone() for n, p in tiny_model.named_parameters()}
     with torch.no_grad():  # "training" moves every parameter
@@ -106,6 +109,89 @@ def test_diagnosis_and_soft_reinitialisation(tiny_model):
     assert all(torch.equal(p, before[n]) for n, p in tiny_model.named_parameters())
 
 
+def official_purity_score(y_true, y_pred):
+    """``purity_score`` of the official code (majority label of each cluster by histogram)."""
+    y_true = y_true.copy()
+    y_voted_labels = np.zeros(y_true.shape)
+    labels = np.unique(y_true)
+    for k in range(labels.shape[0]):
+        y_true[y_true == labels[k]] = np.arange(labels.shape[0])[k]
+    labels = np.unique(y_true)
+    bins = np.concatenate((labels, [np.max(labels) + 1]), axis=0)
+    for cluster in np.unique(y_pred):
+        hist, _ = np.histogram(y_true[y_pred == cluster], bins=bins)
+        y_voted_labels[y_pred == cluster] = np.argmax(hist)
+    return float(np.mean(y_true == y_voted_labels))
+
+
+def official_reinit_weights(train_features, val_features, train_label, val_label, n_classes, move_lambda):
+    """``reinit_score`` of GeWu-Lab/Diagnosing_Relearning_ECCV2024 code/ours.py: per modality the
+    purity gap of K-means (``random_state=0``) on min-max scaled features, ``tanh(lambda * gap)``."""
+    from sklearn.cluster import KMeans
+    from sklearn.preprocessing import MinMaxScaler
+
+    weights = {}
+    for m in train_features:
+        purities = []
+        for features, labels in ((train_features[m], train_label), (val_features[m], val_label)):
+            result = MinMaxScaler(feature_range=(-1, 1)).fit_transform(features)
+            y_pred = KMeans(n_clusters=n_classes, random_state=0, n_init="auto").fit_predict(result)
+            purities.append(official_purity_score(np.array(labels), y_pred))
+        weights[m] = float(np.tanh(move_lambda * abs(purities[0] - purities[1])))
+    return weights
+
+
+def test_default_schedule_and_reinitialisation_are_the_official_script(tiny_model):
+    """Defaults (lambda 3, every 20 epochs, 3 times: code/script/ours.sh) against the official loop
+    over 90 epochs with the same simulated training: strengths and parameters after every epoch."""
+    train, val = _batches(3, 0), _batches(2, 100)
+    method = get_method("relearning", seed=0)
+    assert (method.move_lambda, method.reinit_epoch, method.reinit_num) == (3.0, 20, 3)
+    method.setup(tiny_model)
+    official = copy.deepcopy(tiny_model)
+    checkpoint = {n: p.detach().clone() for n, p in official.named_parameters()}
+    data, flag_reinit, applied = ListData(train, val), 0, []
+    generator = torch.Generator().manual_seed(0)
+    for epoch in range(90):
+        if epoch % 10 == 0:  # "training": the same change to both copies
+            with torch.no_grad():
+                for p, q in zip(tiny_model.parameters(), official.parameters()):
+                    step = 0.3 * torch.randn(p.shape, generator=generator)
+                    p.add_(step)
+                    q.add_(step)
+        method.on_epoch_end(epoch, tiny_model, data)
+        if (epoch % 20 == 0) & (epoch > 0):
+            flag_reinit += 1
+            if flag_reinit <= 3:
+                features = [_features(official, batches) for batches in (train, val)]
+                weights = official_reinit_weights(
+                    features[0][0], features[1][0], features[0][1], features[1][1], 5, 3.0
+                )
+                with torch.no_grad():
+                    for name, param in official.named_parameters():
+                        if name.startswith("encoders."):
+                            w = weights[name.split(".")[1]]
+                            param.copy_(w * checkpoint[name] + (1 - w) * param)
+                for m, w in weights.items():
+                    assert method.logs()[f"reinit/{m}"].item() == pytest.approx(w, abs=1e-6)
+                applied.append(epoch)
+        for (name, p), q in zip(tiny_model.named_parameters(), official.parameters()):
+            torch.testing.assert_close(p, q, atol=1e-6, rtol=0, msg=f"epoch {epoch}: {name}")
+    assert applied == [20, 40, 60] and method.reinits == 3
+
+
+def _features(model, batches):
+    """The official ``get_feature``: encoder features of a split in eval mode, and the labels."""
+    model.eval()
+    with torch.no_grad():
+        feats = [model.encode(b) for b in batches]
+    model.train()
+    return (
+        {m: torch.cat([f[m] for f in feats]).numpy() for m in ("audio", "visual")},
+        torch.cat([b["label"] for b in batches]).numpy(),
+    )
+
+
 def test_schedule_and_resume(tiny_model):
     method = get_method("relearning", reinit_epoch=15, reinit_num=2)
     assert [e for e in range(50) if method.due(e)] == [15, 30, 45]
@@ -126,8 +212,9 @@ SMALL_DATA = dict(train_size=96, test_size=32, image_size=16, freq_bins=16, time
 
 
 def _train(tmp_path, name, *extra):
-    return train_on_synthetic("relearning", tmp_path / name, "--set", "method.params.reinit_epoch=1",
-                              *extra, **SMALL_DATA)
+    return train_on_synthetic(
+        "relearning", tmp_path / name, "--set", "method.params.reinit_epoch=1", *extra, **SMALL_DATA
+    )
 
 
 def test_cli_two_and_three_modalities(tmp_path):
@@ -150,7 +237,7 @@ class ShardData(ListData):
         def shard(batch):
             index = torch.arange(rank, len(batch["label"]), world)
             local = {**{k: v[index] for k, v in batch.items()}, "index": index}
-            return [{k: v[i:i + 4] for k, v in local.items()} for i in range(0, len(index), 4)]
+            return [{k: v[i : i + 4] for k, v in local.items()} for i in range(0, len(index), 4)]
 
         super().__init__(shard(train), shard(val))
 

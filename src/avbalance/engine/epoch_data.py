@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from typing import Iterator
+from collections.abc import Iterator
 
+import numpy as np
 import torch
 import torch.distributed as dist
 from torch.utils.data import DataLoader, Dataset
@@ -33,14 +34,36 @@ class _Indexed(Dataset):
         return {**self.dataset[index], "index": torch.tensor(index)}
 
 
-class LoaderEpochData:
-    """Yields this rank's shard of the training / validation sets as batches on ``device``."""
+def shuffle_seed(seed: int, epoch: int, call: int) -> int:
+    """The seed of the ``call``-th shuffled pass (1, 2, ...) of ``epoch``: a new order for every
+    pass of every epoch, the same for a given run seed (and so after a resume at an epoch start)."""
+    return int(np.random.SeedSequence([seed, epoch, call]).generate_state(1, np.uint64)[0])
 
-    def __init__(self, train_set: Dataset, val_set: Dataset, batch_size: int, device: torch.device,
-                 num_workers: int = 0, seed: int = 0):
+
+class LoaderEpochData:
+    """Yields this rank's shard of the training / validation sets as batches on ``device``.
+
+    Shuffled passes are numbered within each epoch (:meth:`set_epoch` starts a new count), and each
+    pass's order is seeded by ``(seed, epoch, pass number)``."""
+
+    def __init__(
+        self,
+        train_set: Dataset,
+        val_set: Dataset,
+        batch_size: int,
+        device: torch.device,
+        num_workers: int = 0,
+        seed: int = 0,
+        epoch: int = 0,
+    ):
         self.train_set, self.val_set = train_set, val_set
         self.batch_size, self.device, self.num_workers, self.seed = batch_size, device, num_workers, seed
-        self._shuffles = 0
+        self.epoch, self.shuffles = epoch, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        """Number the shuffled passes of ``epoch`` from the start (a no-op within the same epoch)."""
+        if epoch != self.epoch:
+            self.epoch, self.shuffles = epoch, 0
 
     def _shard(self, dataset: Dataset) -> Dataset:
         rank, world = _rank_and_world()
@@ -48,11 +71,16 @@ class LoaderEpochData:
 
     def _batches(self, dataset: Dataset, limit: int | None, shuffle: bool) -> Iterator[dict]:
         generator = None
-        if shuffle:  # the same order on every rank, different every call
-            self._shuffles += 1
-            generator = torch.Generator().manual_seed(self.seed * 1_000_003 + self._shuffles)
-        loader = DataLoader(self._shard(dataset), batch_size=self.batch_size, shuffle=shuffle,
-                            generator=generator, num_workers=self.num_workers)
+        if shuffle:  # the same order on every rank, different every pass
+            self.shuffles += 1
+            generator = torch.Generator().manual_seed(shuffle_seed(self.seed, self.epoch, self.shuffles))
+        loader = DataLoader(
+            self._shard(dataset),
+            batch_size=self.batch_size,
+            shuffle=shuffle,
+            generator=generator,
+            num_workers=self.num_workers,
+        )
         for index, batch in enumerate(loader):
             if limit is not None and index >= limit:
                 return

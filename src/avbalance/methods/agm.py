@@ -14,25 +14,33 @@ instead runs them without gradients and multiplies encoder m's gradients by ``k_
 backward (BalanceMM). When an entry of a head weight gradient leaves ``[-clip_grad, clip_grad]``
 the global gradient norm is clipped to ``clip_grad``.
 
+``preset`` fills the values not given: ``official`` is the audio-visual script of the authors'
+release (lihong2303/AGM_ICCV2023, ``run/CREMAD_main.py``: ``alpha`` 1.0, the default of
+``utils/config.py``; ``clip`` 10; head-gradient trigger and ``max_norm`` 1.0; shares), ``balancemm``
+the BalanceMM re-implementation (``alpha`` 0.1, ``clip`` 7, ``clip_grad`` 5, encoder gradients scaled,
+weight tensors only).
+
 Scores are reduced over DDP ranks before the coefficients are derived; nothing leaves the device
 during a step.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from itertools import combinations
 from math import factorial
-from typing import Literal, Mapping
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
 
 from ..errors import ConfigError
 from ..models.model import ModelOutput, MultimodalModel
-from ._passes import proper_coalitions, stacked_coalition_batch
-from ._training import model_mode
 from .base import Method
+from .coalitions import proper_coalitions, stacked_coalition_batch
 from .distributed import all_reduce_sum
+from .modes import model_mode
+from .modulation import ModulationWindow
 from .ogm import TensorSelection, select_tensors
 from .registry import register_method
 
@@ -67,8 +75,9 @@ def coalition_logits(model: MultimodalModel, batch: Mapping[str, torch.Tensor]) 
     return dict(zip(coalitions, logits.split(size)))
 
 
-def shapley_responses(full: torch.Tensor, partial: Mapping[frozenset[str], torch.Tensor],
-                      modalities: tuple[str, ...] | list[str]) -> dict[str, torch.Tensor]:
+def shapley_responses(
+    full: torch.Tensor, partial: Mapping[frozenset[str], torch.Tensor], modalities: tuple[str, ...] | list[str]
+) -> dict[str, torch.Tensor]:
     """Each modality's Shapley share of the fused logits with ``v(empty) = 0`` (official AGM):
     ``z~_m = sum_{S without m} |S|!(M-|S|-1)!/M! (v(S + m) - v(S))``; ``sum_m z~_m = full``."""
     count = len(modalities)
@@ -102,8 +111,16 @@ def response_losses(responses: Mapping[str, torch.Tensor], labels: torch.Tensor)
     return torch.stack(rows)
 
 
-def agm_coefficients(scores: torch.Tensor, reference: torch.Tensor, alpha: float, clip: float
-                     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+# Values a preset gives to the hyperparameters left unset (see the module docstring).
+PRESETS: dict[str, dict[str, object]] = {
+    "official": {"alpha": 1.0, "clip": 10.0, "clip_grad": 1.0, "apply": "shares", "modulate": "all"},
+    "balancemm": {"alpha": 0.1, "clip": 7.0, "clip_grad": 5.0, "apply": "encoders", "modulate": "weights"},
+}
+
+
+def agm_coefficients(
+    scores: torch.Tensor, reference: torch.Tensor, alpha: float, clip: float
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """``(k, r, r^)`` from the batch scores ``s`` and the running scores ``T`` (both ``(M,)``):
     ``r = exp(M/(M-1) (mean(s) - s))``, ``r^ = exp(M/(M-1) (mean(T) - T))``,
     ``k = exp(alpha * min(r^ - r, clip))``."""
@@ -115,28 +132,36 @@ def agm_coefficients(scores: torch.Tensor, reference: torch.Tensor, alpha: float
 
 
 @register_method
-class AGM(Method):
+class AGM(ModulationWindow, Method):
     name = "agm"
     min_modalities = 2
     scales_gradients = True
 
-    def __init__(self, alpha: float = 0.1, clip: float = 7.0, clip_grad: float = 5.0,
-                 apply: Literal["shares", "encoders"] = "shares", modulate: TensorSelection = "all",
-                 modulation_starts: int = 0, modulation_ends: int | None = None) -> None:
+    def __init__(
+        self,
+        preset: Literal["official", "balancemm"] = "official",
+        alpha: float | None = None,
+        clip: float | None = None,
+        clip_grad: float | None = None,
+        apply: Literal["shares", "encoders"] | None = None,
+        modulate: TensorSelection | None = None,
+        modulation_starts: int = 0,
+        modulation_ends: int | None = None,
+    ) -> None:
         super().__init__()
-        if alpha < 0:
-            raise ConfigError(f"method 'agm': alpha must be >= 0, got {alpha}")
-        self.alpha, self.clip, self.clip_grad = alpha, clip, clip_grad
-        self.apply, self.modulate = apply, modulate
+        given = {"alpha": alpha, "clip": clip, "clip_grad": clip_grad, "apply": apply, "modulate": modulate}
+        values = {key: PRESETS[preset][key] if value is None else value for key, value in given.items()}
+        if values["alpha"] < 0:
+            raise ConfigError(f"method 'agm': alpha must be >= 0, got {values['alpha']}")
+        self.preset = preset
+        self.alpha, self.clip = float(values["alpha"]), float(values["clip"])
+        self.clip_grad = float(values["clip_grad"])
+        self.apply, self.modulate = values["apply"], values["modulate"]
         self.modulation_starts, self.modulation_ends = modulation_starts, modulation_ends
         self._model: MultimodalModel | None = None
         self._reference: torch.Tensor | None = None  # T_m, cumulative mean of the scores so far
         self._steps = 0
         self._pending: torch.Tensor | None = None  # coefficients awaiting after_backward (encoders)
-
-    def in_window(self) -> bool:
-        return self.modulation_starts <= self.epoch and (self.modulation_ends is None
-                                                          or self.epoch <= self.modulation_ends)
 
     def setup(self, model: MultimodalModel, optimizer=None, data=None) -> None:
         super().setup(model, optimizer, data)
@@ -155,8 +180,9 @@ class AGM(Method):
         full = output.logits if carry_gradients else output.logits.detach()
         responses = shapley_responses(full, partial, modalities)
 
-        local = torch.cat([response_losses(responses, labels),
-                           torch.tensor([float(len(labels))], device=labels.device)])
+        local = torch.cat(
+            [response_losses(responses, labels), torch.tensor([float(len(labels))], device=labels.device)]
+        )
         total = all_reduce_sum(local)
         scores = total[:-1] / total[-1]
         reference = self._reference_on(scores.device, len(modalities))
@@ -183,8 +209,9 @@ class AGM(Method):
             self._reference = torch.zeros(count, device=device)
         return self._reference.to(device)
 
-    def after_backward(self, model: MultimodalModel, output: ModelOutput | None = None,
-                       batch: Mapping[str, torch.Tensor] | None = None) -> None:
+    def after_backward(
+        self, model: MultimodalModel, output: ModelOutput | None = None, batch: Mapping[str, torch.Tensor] | None = None
+    ) -> None:
         coefficients, self._pending = self._pending, None
         if coefficients is not None:
             for index, m in enumerate(model.modalities):
@@ -207,7 +234,10 @@ class AGM(Method):
         self._reference = None if reference is None else torch.as_tensor(reference).float()
 
     def __repr__(self) -> str:
-        return f"AGM(alpha={self.alpha}, apply={self.apply!r})"
+        return (
+            f"AGM(preset={self.preset!r}, alpha={self.alpha}, clip={self.clip}, clip_grad={self.clip_grad}, "
+            f"apply={self.apply!r})"
+        )
 
 
 def clip_if_head_gradient_large(model: MultimodalModel, threshold: float) -> torch.Tensor:

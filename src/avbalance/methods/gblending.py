@@ -5,12 +5,16 @@ The loss blends the fused head and every modality's own head, ``L = sum_k w_k CE
 The weights measure how much each head generalises versus overfits. At a refresh (every
 ``super_epoch`` epochs online, once offline) a copy of the current model is trained for
 ``super_epoch`` epochs on each head's own loss ``CE(z_k, y)`` (fresh optimizer of the training
-optimizer's kind); with per-sample mean losses ``L^T`` on the training split and ``L^V`` on the
-*validation* split (never test) before (``pre``) and after (``now``) that training::
+optimizer's kind; every copy epoch reads a new shuffled order, at every refresh); with per-sample
+mean losses ``L^T`` on the training split and ``L^V`` on the *validation* split (never test) before
+(``pre``) and after (``now``) that training::
 
     G_k = L^V_pre - L^V_now                                   (generalisation gain)
     O_k = (L^V_now - L^T_now) - (L^V_pre - L^T_pre)           (change of the overfitting gap)
     w_k = max(G_k, 0) / O_k^2,  normalised to sum to 1        (uniform if every G_k <= 0)
+
+The paper (Sec. 3.3, Prop. 2) has ``w*_k = G_k / O_k^2 / Z``; there is no official code, and the
+defaults follow the BalanceMM re-implementation.
 
 The copy's losses are evaluated in eval mode; under DDP loss sums and sample counts are summed over
 ranks and the copy's gradients averaged, so every rank derives the same weights.
@@ -19,22 +23,26 @@ ranks and the copy's gradients averaged, so every rank derives the same weights.
 from __future__ import annotations
 
 import copy
-from typing import Any, Literal, Mapping
+from collections.abc import Mapping
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
 
 from ..models.model import ModelOutput, MultimodalModel
-from ._training import (check_param, model_mode, optimizer_recipe, require_split_head, train_for)
 from .base import Method
 from .distributed import all_reduce_sum
-from .registry import register_method
+from .heads import NeedsSplitHead
+from .modes import model_mode
+from .pretraining import optimizer_recipe, train_for
+from .registry import check_param, register_method
 
 FUSED = "fused"
 
 
-def blending_weights(train_pre: torch.Tensor, val_pre: torch.Tensor, train_now: torch.Tensor,
-                     val_now: torch.Tensor, eps: float = 1e-12) -> torch.Tensor:
+def blending_weights(
+    train_pre: torch.Tensor, val_pre: torch.Tensor, train_now: torch.Tensor, val_now: torch.Tensor, eps: float = 1e-12
+) -> torch.Tensor:
     """Normalised ``max(G, 0) / O^2`` per head from the four per-head mean losses (1-d tensors)."""
     gain = val_pre - val_now
     overfit = (val_now - train_now) - (val_pre - train_pre)
@@ -67,16 +75,21 @@ def mean_losses(model: MultimodalModel, batches, heads: list[str]) -> torch.Tens
 
 
 @register_method
-class GBlending(Method):
+class GBlending(NeedsSplitHead, Method):
     name = "gblending"
     min_modalities = 2
+    split_head_need = "a per-modality head (logits of one modality each)"
 
-    def __init__(self, super_epoch: int = 10, mode: Literal["online", "offline"] = "online",
-                 estimate_batches: int | None = None) -> None:
+    def __init__(
+        self, super_epoch: int = 10, mode: Literal["online", "offline"] = "online", estimate_batches: int | None = None
+    ) -> None:
         super().__init__()
         check_param(super_epoch >= 1, self.name, f"super_epoch must be >= 1, got {super_epoch}")
-        check_param(estimate_batches is None or estimate_batches >= 1, self.name,
-                    f"estimate_batches must be >= 1, got {estimate_batches}")
+        check_param(
+            estimate_batches is None or estimate_batches >= 1,
+            self.name,
+            f"estimate_batches must be >= 1, got {estimate_batches}",
+        )
         self.super_epoch, self.mode, self.estimate_batches = super_epoch, mode, estimate_batches
         self.weights: torch.Tensor | None = None  # (M + 1,), modalities in model order, then fused
         self.heads: list[str] = []
@@ -84,13 +97,8 @@ class GBlending(Method):
         self._recipe = None
         self._data = None
 
-    def adapt_model_spec(self, spec: dict[str, Any]) -> dict[str, Any]:
-        require_split_head(self.name, spec["fusion"], "a per-modality head (logits of one modality each)")
-        return spec
-
     def setup(self, model: MultimodalModel, optimizer=None, data=None) -> None:
         super().setup(model, optimizer, data)
-        require_split_head(self.name, model.head.name, "a per-modality head (logits of one modality each)")
         self.heads = [*model.modalities, FUSED]
         self._recipe = optimizer_recipe(optimizer)
         self._data = data
@@ -108,8 +116,10 @@ class GBlending(Method):
         if model is None or not self.due(epoch):
             return
         if data is None:
-            raise RuntimeError("method 'gblending' estimates its weights on the training and validation "
-                               "splits: pass the epoch data to setup / on_epoch_start")
+            raise RuntimeError(
+                "method 'gblending' estimates its weights on the training and validation "
+                "splits: pass the epoch data to setup / on_epoch_start"
+            )
         self.estimate(model, data)
         self.estimated_at = epoch
 
@@ -163,11 +173,13 @@ class GBlending(Method):
             self.estimated_at = state.get("estimated_at")
 
     def __repr__(self) -> str:
-        return (f"GBlending(super_epoch={self.super_epoch}, mode={self.mode!r}, "
-                f"estimate_batches={self.estimate_batches})")
+        return (
+            f"GBlending(super_epoch={self.super_epoch}, mode={self.mode!r}, estimate_batches={self.estimate_batches})"
+        )
 
 
 def _head_loss(head: str):
     def loss(model: MultimodalModel, batch: Mapping[str, torch.Tensor]) -> torch.Tensor:
         return F.cross_entropy(head_logits(model(batch), head), batch["label"])
+
     return loss

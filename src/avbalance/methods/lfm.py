@@ -1,22 +1,31 @@
 """``lfm``: learning the modality gap dynamically (Yang, Wan, Jiang, Xu, NeurIPS 2024), METHODS.md §7.12.
 
-The supervised loss is blended with an unsupervised cross-modal alignment loss,
-``L = (1 - a) L_cls + a A``. ``L_cls = CE(z, y) + sum_m CE(z_m, y)`` (the official learning-based
-script; ``unimodal_ce=False`` keeps only the fused term) and ``A`` is the mean over modality pairs
-of a symmetric InfoNCE between the L2-normalised encoder features (temperature 0.07, the paper's
-contrastive term), or of the Jensen-Shannon divergence between the per-modality predictions
-(``alignment='js'``, BalanceMM's prediction-level term computed as a true JS divergence).
+The supervised loss is blended with an unsupervised cross-modal alignment loss; by default exactly
+as the official release (njustkmg/NeurIPS24-LFM, ``Crema_epoch.py`` and ``Crema_epoch_learnable.py``)::
 
-The weight ``a`` of the alignment term starts high and moves each epoch:
+    L = scale * ((1 - a) L_cls + a A),   scale = 2
+    L_cls = CE(mean_m z_m, y)                          (classification='mean'; 'fused': CE(z, y))
+    A = mean over modality pairs of D(p_m, p_n),  D(p, q) = 1/2 [KL(r || p) + KL(r || q)],  r = (p + q) / 2
 
-* ``heuristic``: ``a = clip(exp(-decay * epoch), 0.05, 0.95)``;
-* ``learned`` (the official learning-based strategy): at the start of every epoch, on a fixed set
-  of ``hvp_samples`` validation samples, ``delta`` is the mean over the first parameter tensor (the
-  first encoder's stem) of the Hessian-vector product ``grad_theta <grad_theta L_tot, g_cls>`` with
+``p_m = softmax(z_m)``; ``D`` is the official ``Alignment`` (``F.kl_div(p.log(), r)``, batch mean),
+computed here from ``log_softmax``. ``unimodal_ce=True`` adds ``sum_m CE(z_m, y)`` to ``L_cls``;
+``alignment='contrastive'`` replaces ``D`` by the paper's contrastive term, a symmetric InfoNCE
+between the L2-normalised encoder features (temperature ``temperature``).
+
+The weight ``a`` of the alignment term moves each epoch:
+
+* ``fitted`` (official ``Crema_epoch.py``): ``1 - a`` is the official degree-5 polynomial of the
+  epoch fitted to a learning-based run on CREMA-D (``a`` = 0.80 at epoch 0, 0.56 at 50, 0.08 at
+  199); it is held at its epoch-199 value after the fitted 200 epochs;
+* ``learned`` (official ``Crema_epoch_learnable.py``): ``a`` starts at ``init_weight``; at the start
+  of every epoch, on a fixed set of ``hvp_samples`` validation samples, ``delta`` is the mean over
+  the first parameter tensor (the first encoder's stem) of the Hessian-vector product
+  ``grad_theta <grad_theta L_tot, g_cls>`` with ``L_tot = (1 - a) L_cls + a A`` and
   ``g_cls = grad_theta L_cls`` held constant; ``a <- clip(a - lr_alpha * delta, 0.05, 0.95)``, and
-  ``lr_alpha`` is halved at epochs 20, 40, ... The forward runs in train mode, as in the official
-  code, but BatchNorm running statistics are restored afterwards; under DDP ``delta`` is averaged
-  over ranks.
+  ``lr_alpha`` is halved at epochs 20, 40, ... As in the official script the forward runs in train
+  mode at epoch 0 and in eval mode afterwards (the script calls it after its evaluation pass);
+  BatchNorm running statistics are restored afterwards; under DDP ``delta`` is averaged over ranks;
+* ``heuristic`` (not in the official release): ``a = clip(exp(-decay * epoch), 0.05, 0.95)``.
 
 Pre-trained parts: ``pretrained`` lists avbalance checkpoints to initialise from (a multimodal run,
 or unimodal runs from ``avbalance train --modalities m``); otherwise ``pretrain_epochs`` > 0 runs an
@@ -26,20 +35,33 @@ automatic unimodal pre-training stage before training.
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from itertools import combinations
-from typing import Any, Literal, Mapping
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
 
 from ..models.model import ModelOutput, MultimodalModel
-from ._training import (SPLIT_HEADS, check_param, initialise_from, model_mode, preserved_buffers,
-                        world_size)
 from .base import Method
-from .distributed import all_reduce_sum
-from .registry import register_method
+from .distributed import all_reduce_sum, world_size
+from .heads import SPLIT_HEADS
+from .modes import model_mode, preserved_buffers
+from .pretraining import initialise_from
+from .registry import check_param, register_method
 
 MIN_WEIGHT, MAX_WEIGHT = 0.05, 0.95
+# Official ``getAlpha_Learnable_Fitted``: the classification weight ``1 - a`` as a polynomial of the
+# epoch (coefficients of epoch**0 .. epoch**5), fitted over the 200 epochs of the CREMA-D script.
+FITTED_CLS_COEFFICIENTS = (
+    2.04623704e-01,
+    3.35472727e-03,
+    1.22989557e-04,
+    -2.92947416e-06,
+    2.23835486e-08,
+    -5.39717505e-11,
+)
+FITTED_LAST_EPOCH = 199
 
 
 def info_nce(first: torch.Tensor, second: torch.Tensor, temperature: float) -> torch.Tensor:
@@ -50,14 +72,20 @@ def info_nce(first: torch.Tensor, second: torch.Tensor, temperature: float) -> t
     return (F.cross_entropy(logits, targets) + F.cross_entropy(logits.t(), targets)) / 2
 
 
-def js_divergence(first: torch.Tensor, second: torch.Tensor) -> torch.Tensor:
-    """Jensen-Shannon divergence between ``softmax(first)`` and ``softmax(second)``, batch mean,
-    ``1/2 [KL(p || m) + KL(q || m)]`` with ``m = (p + q) / 2``, from log-probabilities."""
+def prediction_divergence(first: torch.Tensor, second: torch.Tensor) -> torch.Tensor:
+    """The official alignment ``1/2 [KL(r || p) + KL(r || q)]`` with ``p = softmax(first)``,
+    ``q = softmax(second)``, ``r = (p + q) / 2``, batch mean, from log-probabilities (the official
+    ``log(softmax)`` reaches ``-inf`` when a probability underflows)."""
     log_p, log_q = F.log_softmax(first, dim=1), F.log_softmax(second, dim=1)
-    log_m = torch.logaddexp(log_p, log_q) - math.log(2.0)
-    kl_p = (log_p.exp() * (log_p - log_m)).sum(1)
-    kl_q = (log_q.exp() * (log_q - log_m)).sum(1)
-    return ((kl_p + kl_q) / 2).mean()
+    log_r = torch.logaddexp(log_p, log_q) - math.log(2.0)
+    r = log_r.exp()
+    return ((r * (log_r - log_p)).sum(1) + (r * (log_r - log_q)).sum(1)).mean() / 2
+
+
+def fitted_weight(epoch: int) -> float:
+    """The alignment weight ``a`` of the official fitted schedule at ``epoch`` (held after epoch 199)."""
+    epoch = min(epoch, FITTED_LAST_EPOCH)
+    return 1.0 - sum(c * epoch**power for power, c in enumerate(FITTED_CLS_COEFFICIENTS))
 
 
 def heuristic_weight(epoch: int, decay: float) -> float:
@@ -69,22 +97,35 @@ class LFM(Method):
     name = "lfm"
     min_modalities = 2
 
-    def __init__(self, weighting: Literal["learned", "heuristic"] = "learned",
-                 alignment: Literal["contrastive", "js"] = "contrastive", temperature: float = 0.07,
-                 unimodal_ce: bool = True, init_weight: float = 0.95, lr_alpha: float = 1e-4,
-                 halve_every: int = 20, decay: float = 0.3, hvp_samples: int = 8,
-                 pretrained: list[str] | None = None, pretrain_epochs: int = 0) -> None:
+    def __init__(
+        self,
+        weighting: Literal["fitted", "learned", "heuristic"] = "fitted",
+        alignment: Literal["divergence", "contrastive"] = "divergence",
+        classification: Literal["mean", "fused"] = "mean",
+        unimodal_ce: bool = False,
+        scale: float = 2.0,
+        temperature: float = 0.07,
+        init_weight: float = 0.95,
+        lr_alpha: float = 1e-4,
+        halve_every: int = 20,
+        decay: float = 0.3,
+        hvp_samples: int = 8,
+        pretrained: list[str] | None = None,
+        pretrain_epochs: int = 0,
+    ) -> None:
         super().__init__()
+        check_param(scale > 0, self.name, f"scale must be > 0, got {scale}")
         check_param(temperature > 0, self.name, f"temperature must be > 0, got {temperature}")
         check_param(0 <= init_weight <= 1, self.name, f"init_weight must be in [0, 1], got {init_weight}")
         check_param(halve_every >= 1, self.name, f"halve_every must be >= 1, got {halve_every}")
         check_param(hvp_samples >= 1, self.name, f"hvp_samples must be >= 1, got {hvp_samples}")
         check_param(pretrain_epochs >= 0, self.name, f"pretrain_epochs must be >= 0, got {pretrain_epochs}")
-        self.weighting, self.alignment, self.temperature = weighting, alignment, temperature
-        self.unimodal_ce, self.init_weight, self.lr_alpha = unimodal_ce, init_weight, lr_alpha
+        self.weighting, self.alignment, self.classification = weighting, alignment, classification
+        self.unimodal_ce, self.scale, self.temperature = unimodal_ce, scale, temperature
+        self.init_weight, self.lr_alpha = init_weight, lr_alpha
         self.halve_every, self.decay, self.hvp_samples = halve_every, decay, hvp_samples
         self.pretrained, self.pretrain_epochs = list(pretrained or []), pretrain_epochs
-        self.weight = init_weight if weighting == "learned" else heuristic_weight(0, decay)
+        self.weight = self.scheduled_weight(0) if weighting != "learned" else init_weight
         self.current_lr_alpha = lr_alpha
         self.updated_at: int | None = None
         self._restored = False
@@ -92,8 +133,15 @@ class LFM(Method):
         self._weight_tensor: torch.Tensor | None = None
 
     # -- checks ----------------------------------------------------------------------------------
-    def needs_split_head(self) -> bool:
-        return self.unimodal_ce or self.alignment == "js" or self.pretrain_epochs > 0
+    def split_head_uses(self) -> list[str]:
+        """The settings that need per-modality logits of one modality each."""
+        uses = (
+            ("classification='mean'", self.classification == "mean"),
+            ("unimodal_ce", self.unimodal_ce),
+            ("alignment='divergence'", self.alignment == "divergence"),
+            ("pretrain_epochs", self.pretrain_epochs > 0),
+        )
+        return [why for why, used in uses if used]
 
     def adapt_model_spec(self, spec: dict[str, Any]) -> dict[str, Any]:
         self.check_head(spec["fusion"])
@@ -104,18 +152,21 @@ class LFM(Method):
         return spec
 
     def check_head(self, fusion: str) -> None:
-        if self.needs_split_head() and fusion not in SPLIT_HEADS:
-            uses = [why for why, used in (("unimodal_ce", self.unimodal_ce), ("alignment='js'", self.alignment == "js"),
-                                          ("pretrain_epochs", self.pretrain_epochs > 0)) if used]
-            raise ValueError(f"method 'lfm' with {', '.join(uses)} needs per-modality logits of one modality each: "
-                             f"use fusion sum, concat or cosine, or unimodal_ce=false with the contrastive "
-                             f"alignment, not {fusion!r}")
+        uses = self.split_head_uses()
+        if uses and fusion not in SPLIT_HEADS:
+            raise ValueError(
+                f"method 'lfm' with {', '.join(uses)} needs per-modality logits of one modality each: "
+                f"use fusion sum, concat or cosine, or classification='fused' with "
+                f"alignment='contrastive', not {fusion!r}"
+            )
 
     def check_dims(self, dims: Mapping[str, int]) -> None:
         if len(set(dims.values())) > 1:
             sizes = ", ".join(f"{m} {d}" for m, d in dims.items())
-            raise ValueError(f"method 'lfm': the contrastive alignment compares features of equal size, got {sizes}; "
-                             f"give the encoders the same width or use alignment='js'")
+            raise ValueError(
+                f"method 'lfm': the contrastive alignment compares features of equal size, got {sizes}; "
+                f"give the encoders the same width or use alignment='divergence'"
+            )
 
     def setup(self, model: MultimodalModel, optimizer=None, data=None) -> None:
         super().setup(model, optimizer, data)
@@ -134,31 +185,46 @@ class LFM(Method):
     # -- the objective ---------------------------------------------------------------------------
     def objective(self, output: ModelOutput, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """``(L_cls, A)``."""
-        classification = F.cross_entropy(output.logits, labels)
+        if self.classification == "mean":
+            classification = F.cross_entropy(torch.stack(list(output.unimodal_logits.values())).mean(0), labels)
+        else:
+            classification = F.cross_entropy(output.logits, labels)
         if self.unimodal_ce:
             for logits in output.unimodal_logits.values():
                 classification = classification + F.cross_entropy(logits, labels)
         if self.alignment == "contrastive":
-            terms = [info_nce(output.features[a], output.features[b], self.temperature)
-                     for a, b in combinations(output.features, 2)]
+            terms = [
+                info_nce(output.features[a], output.features[b], self.temperature)
+                for a, b in combinations(output.features, 2)
+            ]
         else:
-            terms = [js_divergence(output.unimodal_logits[a], output.unimodal_logits[b])
-                     for a, b in combinations(output.unimodal_logits, 2)]
+            terms = [
+                prediction_divergence(output.unimodal_logits[a], output.unimodal_logits[b])
+                for a, b in combinations(output.unimodal_logits, 2)
+            ]
         return classification, torch.stack(terms).mean()
 
     def loss(self, output: ModelOutput, batch: Mapping[str, torch.Tensor]) -> torch.Tensor:
         classification, alignment = self.objective(output, batch["label"])
         if self._weight_tensor is None or self._weight_tensor.device != output.logits.device:
             self._weight_tensor = torch.tensor(self.weight, device=output.logits.device)
-        self._logs.update({"weight/alignment": self._weight_tensor, "loss/alignment": alignment.detach(),
-                           "loss/cls": classification.detach()})
-        return (1 - self.weight) * classification + self.weight * alignment
+        self._logs.update(
+            {
+                "weight/alignment": self._weight_tensor,
+                "loss/alignment": alignment.detach(),
+                "loss/cls": classification.detach(),
+            }
+        )
+        return self.scale * ((1 - self.weight) * classification + self.weight * alignment)
 
     # -- the weight ------------------------------------------------------------------------------
+    def scheduled_weight(self, epoch: int) -> float:
+        return fitted_weight(epoch) if self.weighting == "fitted" else heuristic_weight(epoch, self.decay)
+
     def on_epoch_start(self, epoch: int, model=None, data=None) -> None:
         super().on_epoch_start(epoch, model, data)
-        if self.weighting == "heuristic":
-            self.set_weight(heuristic_weight(epoch, self.decay))
+        if self.weighting != "learned":
+            self.set_weight(self.scheduled_weight(epoch))
             return
         if model is None or self.updated_at == epoch:
             return
@@ -168,7 +234,7 @@ class LFM(Method):
             self._val_batch = self.fixed_val_batch(data)
         if epoch > 0 and epoch % self.halve_every == 0:
             self.current_lr_alpha /= 2
-        delta = self.hypergradient(model, self._val_batch)
+        delta = self.hypergradient(model, self._val_batch, train_mode=epoch == 0)
         self.set_weight(min(max(self.weight - self.current_lr_alpha * delta, MIN_WEIGHT), MAX_WEIGHT))
         self.updated_at = epoch
 
@@ -176,19 +242,29 @@ class LFM(Method):
         self.weight = float(weight)
         self._weight_tensor = None
 
-    def hypergradient(self, model: MultimodalModel, batch: Mapping[str, torch.Tensor]) -> float:
+    def hypergradient(
+        self, model: MultimodalModel, batch: Mapping[str, torch.Tensor], train_mode: bool = True
+    ) -> float:
         """``delta``: the mean over the first parameter tensor of ``H_tot g_cls`` (see the module
         docstring), averaged over ranks."""
         params = [p for p in model.parameters() if p.requires_grad]
-        with model_mode(model, True), preserved_buffers(model), torch.enable_grad():
+        with model_mode(model, train_mode), preserved_buffers(model), torch.enable_grad():
             classification, alignment = self.objective(model(batch), batch["label"])
             total = (1 - self.weight) * classification + self.weight * alignment
             grads_total = torch.autograd.grad(total, params, create_graph=True, allow_unused=True)
             grads_cls = torch.autograd.grad(classification, params, retain_graph=True, allow_unused=True)
-            pairs = [(gt, gc) for gt, gc in zip(grads_total, grads_cls)
-                     if gt is not None and gc is not None and gt.requires_grad]
-            hvp = torch.autograd.grad([gt for gt, _ in pairs], params[0], grad_outputs=[gc for _, gc in pairs],
-                                      allow_unused=True)[0] if pairs else None
+            pairs = [
+                (gt, gc)
+                for gt, gc in zip(grads_total, grads_cls)
+                if gt is not None and gc is not None and gt.requires_grad
+            ]
+            hvp = (
+                torch.autograd.grad(
+                    [gt for gt, _ in pairs], params[0], grad_outputs=[gc for _, gc in pairs], allow_unused=True
+                )[0]
+                if pairs
+                else None
+            )
         delta = hvp.mean() if hvp is not None else params[0].new_zeros(())
         delta = all_reduce_sum(delta.detach()) / world_size()
         self._logs["delta"] = delta
@@ -196,8 +272,12 @@ class LFM(Method):
 
     # -- state -----------------------------------------------------------------------------------
     def state_dict(self) -> dict:
-        return {**super().state_dict(), "weight": self.weight, "lr_alpha": self.current_lr_alpha,
-                "updated_at": self.updated_at}
+        return {
+            **super().state_dict(),
+            "weight": self.weight,
+            "lr_alpha": self.current_lr_alpha,
+            "updated_at": self.updated_at,
+        }
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         super().load_state_dict(state)
@@ -208,9 +288,11 @@ class LFM(Method):
         self._restored = True
 
     def __repr__(self) -> str:
-        return (f"LFM(weighting={self.weighting!r}, alignment={self.alignment!r}, weight={self.weight:.4f}, "
-                f"unimodal_ce={self.unimodal_ce})")
+        return (
+            f"LFM(weighting={self.weighting!r}, alignment={self.alignment!r}, "
+            f"classification={self.classification!r}, weight={self.weight:.4f}, unimodal_ce={self.unimodal_ce})"
+        )
 
 
 def _feature_dims(model: MultimodalModel) -> dict[str, int]:
-    return {m: int(getattr(encoder, "out_dim")) for m, encoder in model.encoders.items()}
+    return {m: int(encoder.out_dim) for m, encoder in model.encoders.items()}

@@ -1,7 +1,8 @@
 """``pmr``: Prototypical Modal Rebalance (Fan et al., CVPR 2023), METHODS.md §7.5.
 
 At the start of every epoch each modality's class prototypes ``c_m,k`` are the mean encoder
-features of class k over a random tenth of the training set (eval mode, no gradients), blended
+features of class k over a random tenth of the training set, drawn afresh every epoch (eval mode,
+no gradients), blended
 with the previous ones by an EMA (``c <- (1 - momentum) c_new + momentum c_old``). Per step the
 prototype logits ``q_m = -||h_m - c_m,k||`` give each modality a non-parametric classifier, its
 score ``s_m = sum_i softmax(q_m)_i[y_i]`` and the ratio ``rho_m = s_m / mean_{n != m} s_n``
@@ -11,11 +12,12 @@ the prototypical entropy regularisation (PER), which raises the entropy ``H(soft
 delay its premature convergence::
 
     L = CE(z, y) + alpha * sum_m beta_m PCE_m - mu * sum_m gamma_m H_m
-    paper (Eqs. 10, 11, 13):  beta_m = clip(1/rho_m - 1, 0, 1),  gamma_m = clip(rho_m - 1, 0, 1)
-    official code:            beta_m = [rho_m < 1],              gamma_m = [rho_m > 1]
+    official code (default):  beta_m = [rho_m < 1],              gamma_m = [rho_m > 1],  mu = 0
+    paper (Eqs. 10, 11, 13):  beta_m = clip(1/rho_m - 1, 0, 1),  gamma_m = clip(rho_m - 1, 0, 1),  mu = 0.01
 
-For two modalities this is exactly the paper's Eqs. 11 and 13 (``gamma`` of one modality is
-``beta`` of the other); the official code has the hard switch and no PER term (``mu = 0``).
+The official rule is ``main_Prototype_grad.py`` of fanyunfeng-bit/Modal-Imbalance-PMR: the hard
+switch with weight ``alpha`` on the lagging modality's PCE and no PER term. For two modalities the
+paper rule is exactly Eqs. 11 and 13 (``gamma`` of one modality is ``beta`` of the other).
 
 Prototypes use only encoder features, so every fusion head works. Prototype sums, class counts
 and batch scores are summed over DDP ranks, so every rank uses the same prototypes and weights.
@@ -24,18 +26,22 @@ and batch scores are summed over DDP ranks, so every rank uses the same prototyp
 from __future__ import annotations
 
 import math
-from typing import Literal, Mapping
+from collections.abc import Mapping
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
 
 from ..errors import ConfigError
 from ..models.model import ModelOutput, MultimodalModel
-from ._passes import rank_and_world
-from ._training import model_mode
 from .base import EpochData, Method
-from .distributed import all_reduce_sum
+from .distributed import all_reduce_sum, rank_and_world
+from .modes import model_mode
+from .modulation import ModulationWindow
 from .registry import register_method
+
+# The PER weight of each rule when ``mu`` is not given: none in the official code, 1e-2 in the paper.
+RULE_MU = {"official": 0.0, "paper": 0.01}
 
 
 def prototype_logits(features: torch.Tensor, prototypes: torch.Tensor) -> torch.Tensor:
@@ -46,11 +52,14 @@ def prototype_logits(features: torch.Tensor, prototypes: torch.Tensor) -> torch.
 
 def prototype_scores(logits: Mapping[str, torch.Tensor], labels: torch.Tensor) -> torch.Tensor:
     """``s_m = sum_i softmax(q_m)_i[y_i]`` per modality: ``(M,)``."""
-    return torch.stack([F.softmax(q.detach().float(), dim=1).gather(1, labels.view(-1, 1)).sum()
-                        for q in logits.values()])
+    return torch.stack(
+        [F.softmax(q.detach().float(), dim=1).gather(1, labels.view(-1, 1)).sum() for q in logits.values()]
+    )
 
 
-def pmr_weights(scores: torch.Tensor, rule: Literal["paper", "official"]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def pmr_weights(
+    scores: torch.Tensor, rule: Literal["official", "paper"]
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """``(rho, beta, gamma)`` from the prototype scores ``(M,)``; ``rho_m = s_m / mean_{n != m} s_n``.
     ``beta`` weighs each modality's PCE (lagging modalities), ``gamma`` its PER term (leading ones)."""
     count = scores.numel()
@@ -78,33 +87,43 @@ def class_sums(features: torch.Tensor, labels: torch.Tensor, num_classes: int) -
 
 
 @register_method
-class PMR(Method):
+class PMR(ModulationWindow, Method):
     name = "pmr"
     min_modalities = 2
 
-    def __init__(self, alpha: float = 1.0, mu: float = 0.01, entropy_epochs: int = 10,
-                 rule: Literal["paper", "official"] = "paper", momentum: float = 0.2,
-                 subset_fraction: float = 0.1, modulation_starts: int = 0, modulation_ends: int = 100) -> None:
+    def __init__(
+        self,
+        alpha: float = 1.0,
+        mu: float | None = None,
+        entropy_epochs: int = 10,
+        rule: Literal["official", "paper"] = "official",
+        momentum: float = 0.2,
+        subset_fraction: float = 0.1,
+        modulation_starts: int = 0,
+        modulation_ends: int = 100,
+    ) -> None:
         super().__init__()
         if not 0 < subset_fraction <= 1:
             raise ConfigError(f"method 'pmr': subset_fraction must be in (0, 1], got {subset_fraction}")
         if not 0 <= momentum < 1:
             raise ConfigError(f"method 'pmr': momentum must be in [0, 1), got {momentum}")
-        self.alpha, self.mu, self.entropy_epochs, self.rule = alpha, mu, entropy_epochs, rule
+        if mu is not None and mu < 0:
+            raise ConfigError(f"method 'pmr': mu must be >= 0, got {mu}")
+        self.alpha, self.entropy_epochs, self.rule = alpha, entropy_epochs, rule
+        self.mu = RULE_MU[rule] if mu is None else mu  # None: the rule's own PER weight
         self.momentum, self.subset_fraction = momentum, subset_fraction
         self.modulation_starts, self.modulation_ends = modulation_starts, modulation_ends
         self.prototypes: dict[str, torch.Tensor] | None = None
-
-    def in_window(self) -> bool:
-        return self.modulation_starts <= self.epoch <= self.modulation_ends
 
     # -- prototypes --------------------------------------------------------------------------------
     def on_epoch_start(self, epoch: int, model: MultimodalModel | None = None, data: EpochData | None = None) -> None:
         super().on_epoch_start(epoch, model, data)
         if model is None or data is None:
             if self.prototypes is None:
-                raise RuntimeError("method 'pmr' computes prototypes from the training data: pass model and "
-                                   "data to on_epoch_start, or set prototypes first")
+                raise RuntimeError(
+                    "method 'pmr' computes prototypes from the training data: pass model and "
+                    "data to on_epoch_start, or set prototypes first"
+                )
             return
         fresh = self.compute_prototypes(model, data)
         # As the official script: the prototypes of the first two epochs are taken as computed
@@ -112,8 +131,9 @@ class PMR(Method):
         if self.prototypes is None or epoch < 2:
             self.prototypes = fresh
         else:
-            self.prototypes = {m: (1 - self.momentum) * fresh[m] + self.momentum * self.prototypes[m].to(fresh[m])
-                               for m in fresh}
+            self.prototypes = {
+                m: (1 - self.momentum) * fresh[m] + self.momentum * self.prototypes[m].to(fresh[m]) for m in fresh
+            }
 
     def compute_prototypes(self, model: MultimodalModel, data: EpochData) -> dict[str, torch.Tensor]:
         """Class means of every encoder's features over a random ``subset_fraction`` of the
@@ -139,8 +159,15 @@ class PMR(Method):
                     break
         flat = all_reduce_sum(torch.cat([counts] + [sums[m].reshape(-1) for m in modalities]))
         counts = flat[:num_classes]
-        sums = dict(zip(modalities, (chunk.view(num_classes, -1) for chunk in
-                                     flat[num_classes:].split([sums[m].numel() for m in modalities]))))
+        sums = dict(
+            zip(
+                modalities,
+                (
+                    chunk.view(num_classes, -1)
+                    for chunk in flat[num_classes:].split([sums[m].numel() for m in modalities])
+                ),
+            )
+        )
         present = (counts > 0).unsqueeze(1)
         prototypes = {}
         for m in modalities:
@@ -159,8 +186,10 @@ class PMR(Method):
         if self.prototypes is None:
             raise RuntimeError("method 'pmr' has no prototypes yet: on_epoch_start computes them")
         modalities = list(output.features)
-        logits = {m: prototype_logits(output.features[m], self.prototypes[m].to(output.features[m].device))
-                  for m in modalities}
+        logits = {
+            m: prototype_logits(output.features[m], self.prototypes[m].to(output.features[m].device))
+            for m in modalities
+        }
         scores = all_reduce_sum(prototype_scores(logits, labels))
         rho, beta, gamma = pmr_weights(scores, self.rule)
         for index, m in enumerate(modalities):

@@ -9,7 +9,9 @@ then softly re-initialised towards its initial weights with strength ``a_m = tan
 
     theta <- a_m theta_init + (1 - a_m) theta      (every parameter of encoder m)
 
-The validation split is the engine's (never the test split). Under DDP the features of all ranks
+The defaults (``lambda`` 3, every 20 epochs, 3 times) are those of ``code/script/ours.sh`` in
+GeWu-Lab/Diagnosing_Relearning_ECCV2024, whose ``code/ours.py`` this rule follows. The validation
+split is the engine's (never the test split). Under DDP the features of all ranks
 are gathered, the purities are computed once (rank 0) and shared, so every rank applies the same
 re-initialisation.
 """
@@ -17,16 +19,16 @@ re-initialisation.
 from __future__ import annotations
 
 import warnings
-from typing import Mapping
+from collections.abc import Mapping
 
 import numpy as np
 import torch
 
 from ..errors import ConfigError
 from ..models.model import MultimodalModel
-from ._passes import encoder_features, rank_and_world
 from .base import EpochData, Method
-from .distributed import all_reduce_sum
+from .distributed import all_reduce_sum, rank_and_world
+from .features import encoder_features
 from .registry import register_method
 
 
@@ -63,7 +65,9 @@ class ReLearning(Method):
     name = "relearning"
     min_modalities = 2
 
-    def __init__(self, move_lambda: float = 3.0, reinit_epoch: int = 15, reinit_num: int = 2, seed: int = 0) -> None:
+    def __init__(
+        self, move_lambda: float = 3.0, reinit_epoch: int = 20, reinit_num: int = 3, seed: int | None = None
+    ) -> None:
         super().__init__()
         if reinit_epoch < 1:
             raise ConfigError(f"method 'relearning': reinit_epoch must be >= 1, got {reinit_epoch}")
@@ -74,8 +78,7 @@ class ReLearning(Method):
     def setup(self, model: MultimodalModel, optimizer=None, data=None) -> None:
         super().setup(model, optimizer, data)
         if self.initial is None:  # a resumed run keeps the initial weights from its checkpoint
-            self.initial = {m: [p.detach().clone() for p in model.encoders[m].parameters()]
-                            for m in model.modalities}
+            self.initial = {m: [p.detach().clone() for p in model.encoders[m].parameters()] for m in model.modalities}
 
     def due(self, epoch: int) -> bool:
         return epoch > 0 and epoch % self.reinit_epoch == 0 and self.reinits < self.reinit_num
@@ -100,16 +103,19 @@ class ReLearning(Method):
         """Cluster purities ``(M,)`` of every encoder's features on the training and validation
         splits (the same values on every rank)."""
         modalities = list(model.modalities)
-        splits = [encoder_features(model, data.train_batches(), data.device),
-                  encoder_features(model, data.val_batches(), data.device)]
+        splits = [
+            encoder_features(model, data.train_batches(), data.device),
+            encoder_features(model, data.val_batches(), data.device),
+        ]
         rank, _ = rank_and_world()
         values = torch.zeros(2, len(modalities), device=data.device)
         if rank == 0:
             for row, (features, labels) in enumerate(splits):
                 y = labels.cpu().numpy()
                 for column, m in enumerate(modalities):
-                    values[row, column] = cluster_purity(features[m].cpu().numpy(), y,
-                                                         model.head.num_classes, self.seed)
+                    values[row, column] = cluster_purity(
+                        features[m].cpu().numpy(), y, model.head.num_classes, self.draw_seed
+                    )
         values = all_reduce_sum(values)
         return values[0], values[1]
 
@@ -134,5 +140,7 @@ class ReLearning(Method):
             self.initial = {m: [torch.as_tensor(t) for t in tensors] for m, tensors in state["initial"].items()}
 
     def __repr__(self) -> str:
-        return (f"ReLearning(move_lambda={self.move_lambda}, reinit_epoch={self.reinit_epoch}, "
-                f"reinit_num={self.reinit_num})")
+        return (
+            f"ReLearning(move_lambda={self.move_lambda}, reinit_epoch={self.reinit_epoch}, "
+            f"reinit_num={self.reinit_num})"
+        )
