@@ -5,7 +5,6 @@ import torch
 import torch.nn.functional as F
 
 from avb_testing import tiny_batch, tiny_spec
-from avbalance.cli import main
 from avbalance.methods import get_method
 from avbalance.methods.cml import confidence_penalties, partial_logits, removal_order
 from avbalance.models import build_model
@@ -22,13 +21,15 @@ def balancemm_chain(output, head, order):
 
 
 def penalty_loop(chain, labels, hinge, mask):
+    """The official ``rank_loss`` (cpm/CPM_Nets.py): chain index ``num`` is the larger set, ``num + 1``
+    the smaller; "trick 1" skips samples where the smaller set is right and the larger one wrong."""
     total = 0.0
     for larger, smaller in zip(chain[:-1], chain[1:]):
         pl, ps = F.softmax(larger, 1), F.softmax(smaller, 1)
         deltas = []
         for i in range(len(labels)):
-            keep = not (int(pl[i].argmax()) == int(labels[i]) and int(ps[i].argmax()) != int(labels[i]))
-            delta = float(ps[i].max() - pl[i].max())
+            keep = not (int(ps[i].argmax()) == int(labels[i]) and int(pl[i].argmax()) != int(labels[i]))
+            delta = float((ps[i].max() - pl[i].max()).detach())
             deltas.append(delta if (keep or not mask) else 0.0)
         total += sum(max(0.0, d) for d in deltas) if hinge == "sample" else max(0.0, sum(deltas))
     return total
@@ -45,8 +46,9 @@ def test_partial_logits_of_concat_equal_balancemm(modalities):
         for got, want in zip(ours, balancemm_chain(out, model.head, order)):
             assert torch.allclose(got, want, atol=1e-5)
         kept = order[0]  # the last subset is the first modality of the order, with the full bias
-        assert torch.allclose(ours[-1], F.linear(out.features[kept], model.head.weight_blocks()[kept],
-                                                 model.head.fc_out.bias), atol=1e-5)
+        assert torch.allclose(
+            ours[-1], F.linear(out.features[kept], model.head.weight_blocks()[kept], model.head.fc_out.bias), atol=1e-5
+        )
 
 
 @pytest.mark.parametrize("hinge", ["sample", "batch"])
@@ -58,6 +60,42 @@ def test_penalty_matches_loop(hinge, mask, seed):
     labels = torch.randint(0, 4, (12,), generator=generator)
     got = confidence_penalties(chain, labels, hinge, mask)
     assert float(got) == pytest.approx(penalty_loop(chain, labels, hinge, mask), rel=1e-5, abs=1e-6)
+
+
+def official_rank_loss(chain, target):
+    """``rank_loss`` of the official code (cpm/CPM_Nets.py) on a chain of logits, full set first."""
+    confidence_list, predict_list = [], []
+    for logits in chain:
+        confidence, predict = torch.max(F.softmax(logits, dim=1), dim=1)
+        confidence_list.append(confidence)
+        predict_list.append(predict)
+    loss = 0
+    for num in range(len(chain) - 1):
+        sign = (~((predict_list[num + 1] == target) & (predict_list[num] != target))).long()
+        loss = loss + torch.nn.ReLU()(torch.sub(confidence_list[num + 1], confidence_list[num]) * sign - 0.00).sum()
+    return loss
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_penalty_and_its_gradients_match_the_official_rank_loss(seed):
+    generator = torch.Generator().manual_seed(seed)
+    chain = [
+        (torch.randn(16, 4, generator=generator, dtype=torch.float64) * s).requires_grad_() for s in (1.0, 2.0, 0.5)
+    ]
+    labels = torch.randint(0, 4, (16,), generator=generator)
+    ours, official = confidence_penalties(chain, labels), official_rank_loss(chain, labels)
+    torch.testing.assert_close(ours, official, rtol=0, atol=1e-6)
+    for mine, theirs in zip(torch.autograd.grad(ours, chain), torch.autograd.grad(official, chain)):
+        torch.testing.assert_close(mine, theirs, rtol=0, atol=1e-6)
+
+
+def test_mask_skips_a_right_smaller_set_and_keeps_a_wrong_confident_one():
+    full = torch.tensor([[2.0, 0.0], [0.0, 1.0]])  # sample 0 right, sample 1 wrong (label 0)
+    subset = torch.tensor([[0.0, 4.0], [5.0, 0.0]])  # sample 0 wrong, sample 1 right; both more confident
+    labels = torch.tensor([0, 0])
+    c_full, c_subset = F.softmax(full, 1).max(1).values, F.softmax(subset, 1).max(1).values
+    penalty = confidence_penalties([full, subset], labels, "sample", True)
+    torch.testing.assert_close(penalty, c_subset[0] - c_full[0])  # only the wrong, more confident subset
 
 
 def test_loss_is_mean_ce_over_the_chain_plus_weighted_penalty():
@@ -86,6 +124,28 @@ def test_the_order_is_reproducible_per_epoch_and_varies():
     assert len(set(orders)) > 1 and all(sorted(o) == sorted(modalities) for o in orders)
 
 
+def epoch_orders(run_seed, **params):
+    """The removal orders of epochs 0-7 after ``set_run_seed(run_seed)``."""
+    torch.manual_seed(0)
+    model = build_model(tiny_spec(modalities=("audio", "visual", "flow")))
+    method = get_method("cml", **params)
+    method.set_run_seed(run_seed)
+    method.setup(model)
+    orders = []
+    for epoch in range(8):
+        method.on_epoch_start(epoch, model)
+        orders.append(tuple(method.order))
+    return orders
+
+
+def test_the_order_follows_the_run_seed_unless_the_method_has_its_own():
+    assert epoch_orders(1) == epoch_orders(1)
+    assert epoch_orders(1) != epoch_orders(2)
+    assert epoch_orders(1, seed=4) == epoch_orders(2, seed=4)
+    modalities = ("audio", "visual", "flow")
+    assert epoch_orders(3, seed=4) == [tuple(removal_order(modalities, 4, epoch)) for epoch in range(8)]
+
+
 def test_penalty_gradient_lowers_the_subset_confidence():
     full = torch.tensor([[1.0, 0.0]], requires_grad=True)
     subset = torch.tensor([[3.0, 0.0]], requires_grad=True)  # more confident without a modality
@@ -104,22 +164,3 @@ def test_every_head_gives_a_finite_loss(fusion):
     loss = method.loss(model(batch), batch)
     loss.backward()
     assert torch.isfinite(loss)
-
-
-SMALL = ["--epochs", "2", "--batch-size", "32", "--set", "data.options.train_size=160",
-         "--set", "data.options.test_size=40", "--set", "trainer.progress_bar=false"]
-
-
-@pytest.mark.parametrize("three", [False, True], ids=["two_modalities", "three_modalities"])
-def test_cli_trains(tmp_path, three):
-    extra = ["--set", "data.options.flow_strength=0.3"] if three else ["--fusion", "film"]
-    out = tmp_path / "run"
-    assert main(["train", "--method", "cml", "--out", str(out), *SMALL, *extra]) == 0
-    assert (out / "metrics.json").is_file()
-
-
-def test_cli_refuses_one_modality(tmp_path, capsys):
-    code = main(["train", "--method", "cml", "--modalities", "visual", "--out", str(tmp_path / "r"), *SMALL])
-    assert code == 2
-    err = capsys.readouterr().err.strip()
-    assert len(err.splitlines()) == 1 and "method 'cml' needs 2+ modalities" in err

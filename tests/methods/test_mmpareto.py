@@ -7,7 +7,6 @@ import torch
 import torch.nn.functional as F
 
 from avb_testing import tiny_batch, tiny_spec
-from avbalance.cli import main
 from avbalance.methods import get_method
 from avbalance.methods.base import PlainStep
 from avbalance.methods.mmpareto import min_norm_weight, pareto_weight
@@ -35,8 +34,13 @@ def official_step(model, batch, gamma):
     for name, loss in losses.items():
         model.zero_grad(set_to_none=True)
         loss.backward(retain_graph=True)
-        copies[name] = {m: [p.grad.detach().clone() if p.grad is not None else torch.zeros_like(p)
-                            for p in model.encoders[m].parameters()] for m in model.modalities}
+        copies[name] = {
+            m: [
+                p.grad.detach().clone() if p.grad is not None else torch.zeros_like(p)
+                for p in model.encoders[m].parameters()
+            ]
+            for m in model.modalities
+        }
     model.zero_grad(set_to_none=True)
     sum(losses.values()).backward()
     result, info = {}, {}
@@ -62,7 +66,7 @@ def conflicting_case(seed=1):
     torch.manual_seed(seed)
     model = build_model(tiny_spec())
     with torch.no_grad():
-        model.head.fc_out.weight[:, model.head.dims["audio"]:] *= 30
+        model.head.fc_out.weight[:, model.head.dims["audio"] :] *= 30
     batch = tiny_batch(2, seed=seed)
     with torch.no_grad():
         out = model(batch)
@@ -104,6 +108,8 @@ def test_pareto_weight_half_when_agreeing_min_norm_when_conflicting():
 
 def test_step_matches_the_official_rule_with_and_without_conflict():
     model, batch = conflicting_case()
+    model.double()  # float64 throughout: the comparison holds to 1e-6
+    batch = {k: v.double() if v.is_floating_point() else v for k, v in batch.items()}
     reference_model = copy.deepcopy(model)
     expected, info = official_step(reference_model, batch, gamma=1.5)
     assert info["audio"][0] < 0 < info["visual"][0]  # both branches are exercised
@@ -112,13 +118,12 @@ def test_step_matches_the_official_rule_with_and_without_conflict():
     optimizer = torch.optim.SGD(model.parameters(), lr=0.0)  # keep the final gradients to compare
     method.training_step(model, batch, PlainStep(optimizer))
     logs = method.logs()
-    assert float(logs["cos/audio"]) == pytest.approx(info["audio"][0], abs=1e-5)
-    assert float(logs["weight/audio"]) == pytest.approx(info["audio"][1], abs=1e-5)
+    assert float(logs["cos/audio"]) == pytest.approx(info["audio"][0], abs=1e-6)
+    assert float(logs["weight/audio"]) == pytest.approx(info["audio"][1], abs=1e-6)
     assert float(logs["weight/visual"]) == 0.5
     params = dict(zip(reference_model.parameters(), model.parameters()))
     for reference_param, value in expected.items():
-        grad = params[reference_param].grad.double()
-        assert torch.allclose(grad, value, rtol=1e-4, atol=1e-7)
+        torch.testing.assert_close(params[reference_param].grad, value, rtol=0, atol=1e-6)
 
 
 def test_per_loss_gradients_are_separate_not_accumulated():
@@ -141,22 +146,3 @@ def test_per_loss_gradients_are_separate_not_accumulated():
 def test_refuses_heads_without_per_modality_logits():
     with pytest.raises(ValueError, match="method 'mmpareto' needs .*use fusion sum, concat or cosine"):
         get_method("mmpareto").adapt_model_spec(tiny_spec("film"))
-
-
-SMALL = ["--epochs", "2", "--batch-size", "32", "--set", "data.options.train_size=160",
-         "--set", "data.options.test_size=40", "--set", "trainer.progress_bar=false"]
-
-
-@pytest.mark.parametrize("three", [False, True], ids=["two_modalities", "three_modalities"])
-def test_cli_trains(tmp_path, three):
-    extra = ["--set", "data.options.flow_strength=0.3"] if three else []
-    out = tmp_path / "run"
-    assert main(["train", "--method", "mmpareto", "--out", str(out), *SMALL, *extra]) == 0
-    assert (out / "metrics.json").is_file()
-
-
-def test_cli_refuses_film(tmp_path, capsys):
-    code = main(["train", "--method", "mmpareto", "--fusion", "film", "--out", str(tmp_path / "r"), *SMALL])
-    assert code == 2
-    err = capsys.readouterr().err.strip()
-    assert len(err.splitlines()) == 1 and "method 'mmpareto' needs" in err and "'film'" in err

@@ -1,7 +1,6 @@
 """Sample- and modality-level valuation: Shapley values per sample, copies, resampling, the step."""
 
 import copy
-import json
 from itertools import permutations
 
 import numpy as np
@@ -9,7 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from avb_testing import tiny_batch, tiny_spec, train_on_synthetic
+from avb_testing import tiny_batch, tiny_spec
 from avbalance.methods import get_method
 from avbalance.methods.base import PlainStep
 from avbalance.methods.valuation import modality_level_difference, sample_copies, shapley_from_values
@@ -26,8 +25,18 @@ def tiny_model(modalities=AV, seed=0):
 
 def test_shapley_matches_the_average_over_orderings():
     generator = torch.Generator().manual_seed(0)
-    sets = [frozenset(c) for c in ({"audio"}, {"visual"}, {"flow"}, {"audio", "visual"}, {"audio", "flow"},
-                                    {"visual", "flow"}, {"audio", "visual", "flow"})]
+    sets = [
+        frozenset(c)
+        for c in (
+            {"audio"},
+            {"visual"},
+            {"flow"},
+            {"audio", "visual"},
+            {"audio", "flow"},
+            {"visual", "flow"},
+            {"audio", "visual", "flow"},
+        )
+    ]
     values = {s: torch.randn(4, generator=generator) for s in sets}
     phi = shapley_from_values(values, AVF)
 
@@ -50,13 +59,17 @@ def test_two_modality_values_match_the_official_formula(removal):
     with torch.no_grad():
         if removal == "feature":  # official exec_drop: zero the other modality's feature, rerun the head
             features = model.encode(batch)
+
             def predict(keep):
                 kept = {m: f if m in keep else torch.zeros_like(f) for m, f in features.items()}
                 return model.head(kept).logits.argmax(1)
         else:
+
             def predict(keep):
-                return model({**{m: batch[m] if m in keep else torch.zeros_like(batch[m]) for m in AV},
-                              "label": batch["label"]}).logits.argmax(1)
+                return model(
+                    {**{m: batch[m] if m in keep else torch.zeros_like(batch[m]) for m in AV}, "label": batch["label"]}
+                ).logits.argmax(1)
+
         labels = batch["label"]
         v_all = 2.0 * (predict(AV) == labels).float()
         v_a, v_v = (predict(("audio",)) == labels).float(), (predict(("visual",)) == labels).float()
@@ -108,6 +121,19 @@ def test_modality_level_resamples_the_lower_contribution_modality():
     assert three.item() == pytest.approx(2 / 3 * np.mean([0.3, 0.7, 0.4]))
 
 
+def modality_level_copies(run_seed, **params):
+    method = get_method("valuation", level="modality", part_ratio=0.5, **params)
+    method.set_run_seed(run_seed)
+    phi = torch.stack([torch.full((40,), 0.1), torch.full((40,), 0.9)], 1)
+    return method.build_entries(phi, AV)[40:]
+
+
+def test_draws_follow_the_run_seed_unless_the_method_has_its_own():
+    assert modality_level_copies(1) == modality_level_copies(1)
+    assert modality_level_copies(1) != modality_level_copies(2)
+    assert modality_level_copies(1, seed=6) == modality_level_copies(2, seed=6)
+
+
 class FakeData:
     """EpochData over a list of samples, served in a shuffled order with their indices."""
 
@@ -119,7 +145,7 @@ class FakeData:
 
     def train_batches(self, limit=None, shuffle=False):
         for start in range(0, len(self.order), self.batch_size):
-            rows = self.order[start:start + self.batch_size]
+            rows = self.order[start : start + self.batch_size]
             yield {**{k: v[rows] for k, v in self.batch.items()}, "index": rows}
 
     def num_train_samples(self):
@@ -156,23 +182,3 @@ def test_feature_removal_step_zeroes_features_of_removed_inputs():
     features["visual"] = torch.cat([torch.zeros_like(features["visual"][:3]), features["visual"][3:]])
     expected = F.cross_entropy(other.head(features).logits, reference["label"])
     assert loss.item() == pytest.approx(expected.item(), abs=1e-6)
-
-
-SMALL_DATA = dict(train_size=160, test_size=40, image_size=16)
-
-
-def _train(out, *extra):
-    return train_on_synthetic("valuation", out, "--set", "method.params.warmup=1", *extra, **SMALL_DATA)
-
-
-def test_cli_two_and_three_modalities(tmp_path):
-    assert _train(tmp_path / "two") == 0
-    assert (tmp_path / "two" / "metrics.json").is_file()
-    assert _train(tmp_path / "three", "--set", "method.params.level=modality", "--set", "method.params.removal=input",
-                  "--set", "data.options.flow_strength=0.3") == 0
-    assert "acc_flow" in json.loads((tmp_path / "three" / "metrics.json").read_text())["test"]
-
-
-def test_cli_refuses_one_modality(tmp_path, capsys):
-    assert _train(tmp_path / "one", "--modalities", "visual") == 2
-    assert capsys.readouterr().err.strip() == "avbalance: error: method 'valuation' needs 2+ modalities, got 1 (visual)"

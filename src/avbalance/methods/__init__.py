@@ -1,6 +1,6 @@
 """Balancing methods, one file each, registered by name (see :func:`get_method`)."""
 
 from .base import Method
-from .registry import get_method, method_class, method_hparams, method_names, register_method
+from .registry import METHODS, get_method, method_names, register_method
 
-__all__ = ["Method", "get_method", "method_class", "method_hparams", "method_names", "register_method"]
+__all__ = ["METHODS", "Method", "get_method", "method_names", "register_method"]

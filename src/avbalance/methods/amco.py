@@ -15,28 +15,36 @@ rises smoothly from 0 and reaches 1 after ``eps / rate`` epochs. ``schedule="bal
 reproduces BalanceMM: ``l`` restarts at 0 every epoch and grows by ``rate * epoch`` per batch, so
 nothing is masked in epoch 0 and every class is masked after a few batches of later epochs.
 
-The class draws come from the method's own generator (seeded with ``seed``) and the shares ``u_m``
+The class draws come from the method's own generator (seeded with ``seed`` when given, otherwise
+from the run seed: ``Method.draw_seed``) and the shares ``u_m``
 are averaged over all ranks, so every DDP replica uses the same masks.
 """
 
 from __future__ import annotations
 
 import math
-from typing import Any, Literal, Mapping
+from collections.abc import Mapping
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
 
 from ..models.amco_head import AMCoHead
-from ..models.fusion import FUSIONS
+from ..models.fusion import HEADS
 from ..models.model import MultimodalModel
 from .base import Method, StepContext
 from .distributed import all_reduce_sum
 from .registry import register_method
 
 
-def mask_ratio(epoch: int, batch_idx: int, num_batches: int, eps: float, rate: float,
-               schedule: Literal["progress", "balancemm"] = "progress") -> float:
+def mask_ratio(
+    epoch: int,
+    batch_idx: int,
+    num_batches: int,
+    eps: float,
+    rate: float,
+    schedule: Literal["progress", "balancemm"] = "progress",
+) -> float:
     """The fraction ``p`` of classes masked in a dependent modality at this step."""
     if schedule == "balancemm":
         progress = rate * epoch * batch_idx
@@ -60,25 +68,34 @@ class AMCo(Method):
     min_modalities = 2
     overrides_step = True
 
-    def __init__(self, sigma: float = 0.5, eps: float = 0.3, rate: float = 0.1,
-                 schedule: Literal["progress", "balancemm"] = "progress",
-                 dependence: Literal["unmasked", "masked"] = "unmasked", seed: int = 0) -> None:
+    def __init__(
+        self,
+        sigma: float = 0.5,
+        eps: float = 0.3,
+        rate: float = 0.1,
+        schedule: Literal["progress", "balancemm"] = "progress",
+        dependence: Literal["unmasked", "masked"] = "unmasked",
+        seed: int | None = None,
+    ) -> None:
         super().__init__()
         if eps <= 0:
             raise ValueError(f"eps must be > 0, got {eps}")
         self.sigma, self.eps, self.rate = sigma, eps, rate
         self.schedule, self.dependence, self.seed = schedule, dependence, seed
-        self.generator = torch.Generator().manual_seed(seed)
+        self.generator = torch.Generator().manual_seed(self.draw_seed)
         self.dependent: torch.Tensor | None = None  # (M,) bool, decided at the previous step
 
     def adapt_model_spec(self, spec: dict[str, Any]) -> dict[str, Any]:
         fusion = spec["fusion"]
         if fusion == "amco":
             return spec
-        if fusion not in FUSIONS:
+        if fusion not in HEADS:
             raise ValueError(f"unknown fusion {fusion!r}")
         options = {"base": fusion, "base_options": dict(spec.get("fusion_options", {}))}
         return {**spec, "fusion": "amco", "fusion_options": options}
+
+    def reset_generators(self) -> None:
+        self.generator = torch.Generator().manual_seed(self.draw_seed)
 
     def setup(self, model: MultimodalModel, optimizer=None, data=None) -> None:
         super().setup(model, optimizer, data)
@@ -96,14 +113,16 @@ class AMCo(Method):
         mask[torch.randperm(classes, generator=self.generator)[: int(ratio * classes)]] = 0.0
         return mask
 
-    def training_step(self, model: MultimodalModel, batch: Mapping[str, torch.Tensor],
-                      step: StepContext) -> torch.Tensor:
+    def training_step(
+        self, model: MultimodalModel, batch: Mapping[str, torch.Tensor], step: StepContext
+    ) -> torch.Tensor:
         head: AMCoHead = model.head
         labels = batch["label"]
         count, classes = head.class_masks.shape
         if self.dependent is None or self.dependent.device != labels.device:
-            self.dependent = (torch.zeros(count, dtype=torch.bool) if self.dependent is None
-                              else self.dependent).to(labels.device)
+            self.dependent = (torch.zeros(count, dtype=torch.bool) if self.dependent is None else self.dependent).to(
+                labels.device
+            )
         ratio = mask_ratio(step.epoch, step.batch_idx, step.num_batches, self.eps, self.rate, self.schedule)
         class_mask = self.draw_class_mask(classes, ratio).to(labels.device, non_blocking=True)
         masks = torch.where(self.dependent.unsqueeze(1), class_mask.unsqueeze(0), torch.ones_like(head.class_masks))

@@ -2,6 +2,7 @@
 
 A method plugs into a training step through a few hooks, in this order::
 
+    method.set_run_seed(seed)                   # the run's seed, for the method's random draws
     method.setup(model, optimizer)              # once, before training
     for epoch in range(epochs):
         method.on_epoch_start(epoch, model)
@@ -38,13 +39,19 @@ Three optional extensions serve methods that need more than a loss and a gradien
 from __future__ import annotations
 
 import warnings
-from typing import Any, Callable, ClassVar, Iterator, Mapping, Protocol, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from typing import Any, ClassVar, Protocol
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from ..models.model import ModelOutput, MultimodalModel
+
+# draw_seed = (run seed * multiplier + offset) mod 2**32: one-to-one on the seeds (odd multiplier) and
+# valid everywhere a seed is taken (torch generators, scikit-learn's random_state).
+RUN_SEED_MULTIPLIER = 1_000_033
+RUN_SEED_OFFSET = 0x6D657468
 
 
 class StepContext(Protocol):
@@ -69,8 +76,7 @@ class StepContext(Protocol):
 class PlainStep:
     """:class:`StepContext` for a plain PyTorch loop."""
 
-    def __init__(self, optimizer: torch.optim.Optimizer, epoch: int = 0, batch_idx: int = 0,
-                 num_batches: int = 1):
+    def __init__(self, optimizer: torch.optim.Optimizer, epoch: int = 0, batch_idx: int = 0, num_batches: int = 1):
         self.optimizer, self.epoch, self.batch_idx, self.num_batches = optimizer, epoch, batch_idx, num_batches
 
     def backward(self, loss: torch.Tensor, retain_graph: bool = False) -> None:
@@ -114,11 +120,36 @@ class Method:
     overrides_step: ClassVar[bool] = False
     #: True for methods that choose the training samples of each epoch (see ``train_entries``).
     resamples_data: ClassVar[bool] = False
+    #: The method's own ``seed`` hyperparameter (methods with random draws take one); None: follow the run seed.
+    seed: int | None = None
 
     def __init__(self) -> None:
         self.epoch = 0
+        self.run_seed = 0
         self._logs: dict[str, torch.Tensor] = {}
         self._warned_optimizer = False
+
+    # -- randomness ------------------------------------------------------------------------------
+    def set_run_seed(self, seed: int) -> None:
+        """Record the run's seed (``trainer.seed``) and re-seed the method's generators from it.
+
+        The engine calls this right after building the method, before ``setup`` and before a resumed
+        run's ``load_state_dict`` (which restores the generators' positions); a plain PyTorch loop
+        calls it likewise. Without it the run seed is 0."""
+        self.run_seed = int(seed)
+        self.reset_generators()
+
+    @property
+    def draw_seed(self) -> int:
+        """The seed of the method's random draws: its own ``seed`` when set, else one derived from the
+        run seed (so runs with different seeds draw differently). The derivation keeps the method's
+        stream apart from the run's other generators seeded with the run seed itself."""
+        if self.seed is not None:
+            return self.seed
+        return (self.run_seed * RUN_SEED_MULTIPLIER + RUN_SEED_OFFSET) % 2**32
+
+    def reset_generators(self) -> None:
+        """Seed the method's generators from ``draw_seed``; methods with random draws override this."""
 
     # -- set-up ----------------------------------------------------------------------------------
     def adapt_model_spec(self, spec: dict[str, Any]) -> dict[str, Any]:
@@ -128,15 +159,22 @@ class Method:
     def check_modalities(self, modalities: tuple[str, ...]) -> None:
         count = len(modalities)
         if count < self.min_modalities or (self.max_modalities is not None and count > self.max_modalities):
-            allowed = f"{self.min_modalities}+" if self.max_modalities is None else (
-                f"{self.min_modalities}" if self.min_modalities == self.max_modalities
-                else f"{self.min_modalities}-{self.max_modalities}")
+            allowed = (
+                f"{self.min_modalities}+"
+                if self.max_modalities is None
+                else (
+                    f"{self.min_modalities}"
+                    if self.min_modalities == self.max_modalities
+                    else f"{self.min_modalities}-{self.max_modalities}"
+                )
+            )
             raise ValueError(
                 f"method {self.name!r} needs {allowed} modalities, got {count} ({', '.join(modalities) or 'none'})"
             )
 
-    def setup(self, model: MultimodalModel, optimizer: torch.optim.Optimizer | None = None,
-              data: EpochData | None = None) -> None:
+    def setup(
+        self, model: MultimodalModel, optimizer: torch.optim.Optimizer | None = None, data: EpochData | None = None
+    ) -> None:
         """Check the model fits the method; warn once when an optimizer would cancel the method.
         Methods needing data before training (e.g. teacher pre-training) use ``data``."""
         self.check_modalities(tuple(model.modalities))
@@ -158,8 +196,9 @@ class Method:
     def on_epoch_end(self, epoch: int, model: nn.Module | None = None, data: EpochData | None = None) -> None:
         pass
 
-    def training_step(self, model: MultimodalModel, batch: Mapping[str, torch.Tensor],
-                      step: StepContext) -> torch.Tensor:
+    def training_step(
+        self, model: MultimodalModel, batch: Mapping[str, torch.Tensor], step: StepContext
+    ) -> torch.Tensor:
         """The whole step, for methods with ``overrides_step``; returns the (detached) loss to log.
         This default is the ordinary step, so an override can start from it."""
         output = model(batch)
@@ -180,8 +219,9 @@ class Method:
     def loss(self, output: ModelOutput, batch: Mapping[str, torch.Tensor]) -> torch.Tensor:
         return F.cross_entropy(output.logits, batch["label"])
 
-    def after_backward(self, model: MultimodalModel, output: ModelOutput | None,
-                       batch: Mapping[str, torch.Tensor] | None) -> None:
+    def after_backward(
+        self, model: MultimodalModel, output: ModelOutput | None, batch: Mapping[str, torch.Tensor] | None
+    ) -> None:
         pass
 
     # -- logging and state -----------------------------------------------------------------------

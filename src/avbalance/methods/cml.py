@@ -1,33 +1,37 @@
 """``cml``: Calibrating Multimodal Learning (Ma et al., ICML 2023), METHODS.md §7.9.
 
 Principle: a prediction's confidence should not increase when a modality is removed. Once per
-epoch the modalities are put in a random order (the same on every rank: drawn from ``seed`` and
-the epoch). Starting from the full logits ``z^(0) = z``, modalities are removed one at a time from
-the end of that order; a removed modality's *features* are replaced by zeros before the head, so
-``z^(j)`` is the head's output on the remaining modalities (for ``concat`` exactly
-``sum_{m remaining} W_m h_m + b``, BalanceMM's partial logits). With ``c^(j)_i = max_k
-softmax(z^(j)_i)_k`` the loss inside the modulation window is::
+epoch the modalities are put in a random order (the same on every rank: drawn from the epoch and
+``seed`` when given, otherwise the run seed: ``Method.draw_seed``). Starting from the full logits
+``z^(0) = z``, modalities are removed one at a time from the end of that order; a removed
+modality's *features* are replaced by zeros before the head, so ``z^(j)`` is the head's output on
+the remaining modalities (for ``concat`` exactly ``sum_{m remaining} W_m h_m + b``, BalanceMM's
+partial logits). With ``c^(j)_i = max_k softmax(z^(j)_i)_k`` the loss inside the modulation
+window is::
 
     L = (1/M) [CE(z^(0), y) + sum_{j=1}^{M-1} CE(z^(j), y)]
         + lam * sum_{j=1}^{M-1} sum_i relu(c^(j)_i - c^(j-1)_i) * mask_i
 
-with ``mask_i = 0`` where the larger set predicts the label and the smaller one does not (the
-reference code's "trick 1"). ``hinge='batch'`` applies the hinge to the batch sum instead and
-``mask=False`` drops the mask (BalanceMM's behaviour). Outside the window: ``CE(z, y)``.
+with ``mask_i = 0`` where the smaller set predicts the label and the larger one does not: a
+smaller set that is right may be the more confident (the official code's "trick 1",
+``rank_loss`` in ``cpm/CPM_Nets.py`` of ``QingyangZhang/CML``). ``hinge='batch'`` applies the hinge
+to the batch sum instead and ``mask=False`` drops the mask (BalanceMM's behaviour). Outside the
+window: ``CE(z, y)``.
 """
 
 from __future__ import annotations
 
-from typing import Literal, Mapping
+from collections.abc import Mapping
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
 
 from ..models.model import ModelOutput, MultimodalModel
-from ._training import check_param, world_size
 from .base import Method
-from .distributed import all_reduce_sum
-from .registry import register_method
+from .distributed import all_reduce_sum, world_size
+from .modulation import ModulationWindow
+from .registry import check_param, register_method
 
 
 def removal_order(modalities: tuple[str, ...], seed: int, epoch: int) -> list[str]:
@@ -47,8 +51,9 @@ def partial_logits(head, features: Mapping[str, torch.Tensor], order: list[str])
     return result
 
 
-def confidence_penalties(chain: list[torch.Tensor], labels: torch.Tensor, hinge: str = "sample",
-                         mask: bool = True, scale: float = 1.0) -> torch.Tensor:
+def confidence_penalties(
+    chain: list[torch.Tensor], labels: torch.Tensor, hinge: str = "sample", mask: bool = True, scale: float = 1.0
+) -> torch.Tensor:
     """``sum_j`` of the hinge on ``c^(j) - c^(j-1)`` along the chain of logits ``[z^(0), z^(1), ...]``.
 
     ``sample``: ``sum_i relu(delta_i * mask_i)``; ``batch``: ``relu(sum_i delta_i * mask_i)``, with
@@ -61,7 +66,7 @@ def confidence_penalties(chain: list[torch.Tensor], labels: torch.Tensor, hinge:
         conf_smaller, pred_smaller = smaller.max(dim=1)
         delta = conf_smaller - conf_larger
         if mask:
-            keep = ~((pred_larger == labels) & (pred_smaller != labels))
+            keep = ~((pred_smaller == labels) & (pred_larger != labels))
             delta = delta * keep
         if hinge == "sample":
             total = total + scale * F.relu(delta).sum()
@@ -73,12 +78,19 @@ def confidence_penalties(chain: list[torch.Tensor], labels: torch.Tensor, hinge:
 
 
 @register_method
-class CML(Method):
+class CML(ModulationWindow, Method):
     name = "cml"
     min_modalities = 2
 
-    def __init__(self, lam: float = 0.1, modulation_starts: int = 0, modulation_ends: int = 80,
-                 hinge: Literal["sample", "batch"] = "sample", mask: bool = True, seed: int = 0) -> None:
+    def __init__(
+        self,
+        lam: float = 0.1,
+        modulation_starts: int = 0,
+        modulation_ends: int = 80,
+        hinge: Literal["sample", "batch"] = "sample",
+        mask: bool = True,
+        seed: int | None = None,
+    ) -> None:
         super().__init__()
         check_param(lam >= 0, self.name, f"lam must be >= 0, got {lam}")
         self.lam, self.hinge, self.mask, self.seed = lam, hinge, mask, seed
@@ -89,16 +101,13 @@ class CML(Method):
     def setup(self, model: MultimodalModel, optimizer=None, data=None) -> None:
         super().setup(model, optimizer, data)
         self._head = model.head
-        self.order = removal_order(tuple(model.modalities), self.seed, self.epoch)
+        self.order = removal_order(tuple(model.modalities), self.draw_seed, self.epoch)
 
     def on_epoch_start(self, epoch: int, model=None, data=None) -> None:
         super().on_epoch_start(epoch, model, data)
         if model is not None:
             self._head = model.head
-            self.order = removal_order(tuple(model.modalities), self.seed, epoch)
-
-    def in_window(self) -> bool:
-        return self.modulation_starts <= self.epoch <= self.modulation_ends
+            self.order = removal_order(tuple(model.modalities), self.draw_seed, epoch)
 
     def loss(self, output: ModelOutput, batch: Mapping[str, torch.Tensor]) -> torch.Tensor:
         labels = batch["label"]
@@ -107,7 +116,7 @@ class CML(Method):
         head = self._head
         if head is None:
             raise RuntimeError("method 'cml' needs the model's head: call setup(model) before training")
-        order = self.order or removal_order(tuple(output.features), self.seed, self.epoch)
+        order = self.order or removal_order(tuple(output.features), self.draw_seed, self.epoch)
         chain = [output.logits, *partial_logits(head, output.features, order)]
         classification = torch.stack([F.cross_entropy(z, labels) for z in chain]).mean()
         penalty = confidence_penalties(chain, labels, self.hinge, self.mask, float(world_size()))
@@ -115,5 +124,7 @@ class CML(Method):
         return classification + self.lam * penalty
 
     def __repr__(self) -> str:
-        return (f"CML(lam={self.lam}, window=[{self.modulation_starts}, {self.modulation_ends}], "
-                f"hinge={self.hinge!r}, mask={self.mask})")
+        return (
+            f"CML(lam={self.lam}, window=[{self.modulation_starts}, {self.modulation_ends}], "
+            f"hinge={self.hinge!r}, mask={self.mask})"
+        )

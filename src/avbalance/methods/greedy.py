@@ -23,7 +23,8 @@ over all ranks, so every replica takes the same decisions.
 
 from __future__ import annotations
 
-from typing import Any, Literal, Mapping
+from collections.abc import Mapping
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
@@ -63,9 +64,15 @@ class Greedy(Method):
     min_modalities = 2
     max_modalities = 2
 
-    def __init__(self, threshold: float = 0.01, window: int = 5, starting_epoch: int = 2,
-                 loss_on: Literal["unimodal", "fused"] = "unimodal", stages: list[int] | None = None,
-                 ratio: int = 4) -> None:
+    def __init__(
+        self,
+        threshold: float = 0.01,
+        window: int = 5,
+        starting_epoch: int = 2,
+        loss_on: Literal["unimodal", "fused"] = "unimodal",
+        stages: list[int] | None = None,
+        ratio: int = 4,
+    ) -> None:
         super().__init__()
         if window < 1:
             raise ValueError(f"window must be >= 1, got {window}")
@@ -92,8 +99,10 @@ class Greedy(Method):
 
     def _state(self, device: torch.device) -> None:
         if self.speeds is None or self.speeds.device != device:
+
             def move(value, default):
                 return (default if value is None else value).to(device)
+
             self.speeds = move(self.speeds, torch.zeros(2, 2))
             self.curating = move(self.curating, torch.tensor(False))
             self.caring = move(self.caring, torch.tensor(0))
@@ -105,15 +114,21 @@ class Greedy(Method):
             return F.cross_entropy(output.logits, labels)
         return torch.stack([F.cross_entropy(z, labels) for z in output.unimodal_logits.values()]).sum()
 
-    def after_backward(self, model: MultimodalModel, output: ModelOutput | None = None,
-                       batch: Mapping[str, torch.Tensor] | None = None) -> None:
+    def after_backward(
+        self, model: MultimodalModel, output: ModelOutput | None = None, batch: Mapping[str, torch.Tensor] | None = None
+    ) -> None:
         if self._groups is None:
             self._groups = learning_speed_groups(model)
         device = next(model.parameters()).device
         self._state(device)
-        ratios = torch.stack([torch.stack([squared_norm_ratio(self._groups[m]["bypass"]),
-                                           squared_norm_ratio(self._groups[m]["main"])])
-                              for m in model.modalities])
+        ratios = torch.stack(
+            [
+                torch.stack(
+                    [squared_norm_ratio(self._groups[m]["bypass"]), squared_norm_ratio(self._groups[m]["main"])]
+                )
+                for m in model.modalities
+            ]
+        )
         unlocked = self.epoch >= self.starting_epoch
         accumulate = ~self.curating if unlocked else torch.ones((), dtype=torch.bool, device=device)
         self.speeds = self.speeds + torch.where(accumulate, ratios, torch.zeros_like(ratios))
@@ -132,8 +147,7 @@ class Greedy(Method):
         for block in model.blocks():
             block.care.copy_(care)
             self._update_running(block)
-        self._logs.update({"d_bdr": delta.detach(), "curation": self.curating.float(),
-                           "caring": self.caring.float()})
+        self._logs.update({"d_bdr": delta.detach(), "curation": self.curating.float(), "caring": self.caring.float()})
         for index, m in enumerate(model.modalities):
             self._logs[f"bdr/{m}"] = bdr[index].detach()
 
@@ -151,8 +165,12 @@ class Greedy(Method):
     def state_dict(self) -> dict[str, Any]:
         state = super().state_dict()
         if self.speeds is not None:
-            state.update(speeds=self.speeds.cpu(), curating=self.curating.cpu(), caring=self.caring.cpu(),
-                         curation_step=self.curation_step.cpu())
+            state.update(
+                speeds=self.speeds.cpu(),
+                curating=self.curating.cpu(),
+                caring=self.caring.cpu(),
+                curation_step=self.curation_step.cpu(),
+            )
         return state
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:

@@ -15,15 +15,17 @@ synchronisation. ``distill='balancemm'``, ``detach_weights=False`` and ``similar
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from itertools import combinations
-from typing import Any, Literal, Mapping
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
 
-from ..models.model import ModelOutput, MultimodalModel
-from ._training import require_split_head
+from ..models.model import ModelOutput
 from .base import Method
+from .heads import NeedsSplitHead
+from .modulation import ModulationWindow
 from .registry import register_method
 
 
@@ -36,9 +38,14 @@ def true_class_log_probs(logits: torch.Tensor, labels: torch.Tensor) -> tuple[to
     return log_p, log_not
 
 
-def pair_terms(z_a: torch.Tensor, z_b: torch.Tensor, labels: torch.Tensor,
-               similarity: str = "logits", distill: str = "bernoulli_kl",
-               detach_weights: bool = True) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def pair_terms(
+    z_a: torch.Tensor,
+    z_b: torch.Tensor,
+    labels: torch.Tensor,
+    similarity: str = "logits",
+    distill: str = "bernoulli_kl",
+    detach_weights: bool = True,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """``(w, RS, KL)`` per sample for one pair of modalities."""
     log_pa, log_not_a = true_class_log_probs(z_a, labels)
     log_pb, log_not_b = true_class_log_probs(z_b, labels)
@@ -66,44 +73,46 @@ def pair_terms(z_a: torch.Tensor, z_b: torch.Tensor, labels: torch.Tensor,
     return weights, rs, kl
 
 
-def mbsd_regulariser(unimodal_logits: Mapping[str, torch.Tensor], labels: torch.Tensor, similarity: str = "logits",
-                     distill: str = "bernoulli_kl", detach_weights: bool = True) -> dict[str, torch.Tensor]:
+def mbsd_regulariser(
+    unimodal_logits: Mapping[str, torch.Tensor],
+    labels: torch.Tensor,
+    similarity: str = "logits",
+    distill: str = "bernoulli_kl",
+    detach_weights: bool = True,
+) -> dict[str, torch.Tensor]:
     """``{"rs", "kl", "weight"}``: the weighted terms averaged over samples, then over pairs, and
     the mean sample weight."""
     rs_terms, kl_terms, weight_means = [], [], []
     for a, b in combinations(unimodal_logits, 2):
-        weights, rs, kl = pair_terms(unimodal_logits[a], unimodal_logits[b], labels, similarity, distill,
-                                     detach_weights)
+        weights, rs, kl = pair_terms(
+            unimodal_logits[a], unimodal_logits[b], labels, similarity, distill, detach_weights
+        )
         rs_terms.append((weights * rs).mean())
         kl_terms.append((weights * kl).mean())
         weight_means.append(weights.detach().mean())
-    return {"rs": torch.stack(rs_terms).mean(), "kl": torch.stack(kl_terms).mean(),
-            "weight": torch.stack(weight_means).mean()}
+    return {
+        "rs": torch.stack(rs_terms).mean(),
+        "kl": torch.stack(kl_terms).mean(),
+        "weight": torch.stack(weight_means).mean(),
+    }
 
 
 @register_method
-class MBSD(Method):
+class MBSD(NeedsSplitHead, ModulationWindow, Method):
     name = "mbsd"
     min_modalities = 2
 
-    def __init__(self, modulation_starts: int = 0, modulation_ends: int = 80,
-                 similarity: Literal["logits", "probs"] = "logits",
-                 distill: Literal["bernoulli_kl", "balancemm"] = "bernoulli_kl",
-                 detach_weights: bool = True) -> None:
+    def __init__(
+        self,
+        modulation_starts: int = 0,
+        modulation_ends: int = 80,
+        similarity: Literal["logits", "probs"] = "logits",
+        distill: Literal["bernoulli_kl", "balancemm"] = "bernoulli_kl",
+        detach_weights: bool = True,
+    ) -> None:
         super().__init__()
         self.modulation_starts, self.modulation_ends = modulation_starts, modulation_ends
         self.similarity, self.distill, self.detach_weights = similarity, distill, detach_weights
-
-    def adapt_model_spec(self, spec: dict[str, Any]) -> dict[str, Any]:
-        require_split_head(self.name, spec["fusion"])
-        return spec
-
-    def setup(self, model: MultimodalModel, optimizer=None, data=None) -> None:
-        super().setup(model, optimizer, data)
-        require_split_head(self.name, model.head.name)
-
-    def in_window(self) -> bool:
-        return self.modulation_starts <= self.epoch <= self.modulation_ends
 
     def loss(self, output: ModelOutput, batch: Mapping[str, torch.Tensor]) -> torch.Tensor:
         labels = batch["label"]
@@ -117,5 +126,7 @@ class MBSD(Method):
         return loss + terms["rs"] + terms["kl"]
 
     def __repr__(self) -> str:
-        return (f"MBSD(window=[{self.modulation_starts}, {self.modulation_ends}], similarity={self.similarity!r}, "
-                f"distill={self.distill!r}, detach_weights={self.detach_weights})")
+        return (
+            f"MBSD(window=[{self.modulation_starts}, {self.modulation_ends}], similarity={self.similarity!r}, "
+            f"distill={self.distill!r}, detach_weights={self.detach_weights})"
+        )

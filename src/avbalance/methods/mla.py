@@ -16,7 +16,8 @@ Under DDP ``r`` is averaged over all ranks, so every replica keeps the same proj
 
 from __future__ import annotations
 
-from typing import Any, Literal, Mapping
+from collections.abc import Mapping
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
@@ -24,7 +25,8 @@ import torch.nn.functional as F
 from ..models.model import MultimodalModel
 from ..models.shared_head import SharedHead
 from .base import Method, StepContext
-from ._shared_head import global_mean, require_shared_head, shared_head_spec
+from .distributed import global_mean
+from .heads import require_shared_head, shared_head_spec
 from .registry import register_method
 
 Projection = Literal["replace", "add", "none"]
@@ -71,10 +73,14 @@ class MLA(Method):
             projector = self.projector
             if projector is None or projector.device != grad.device:
                 size = head.fc_out.in_features
-                projector = (torch.eye(size, device=grad.device, dtype=grad.dtype) if projector is None
-                             else projector.to(grad.device))
-            projector = projector_update(projector, mean_input.to(projector.dtype),
-                                         mla_alpha(step.batch_idx, step.num_batches))
+                projector = (
+                    torch.eye(size, device=grad.device, dtype=grad.dtype)
+                    if projector is None
+                    else projector.to(grad.device)
+                )
+            projector = projector_update(
+                projector, mean_input.to(projector.dtype), mla_alpha(step.batch_idx, step.num_batches)
+            )
             self.projector = projector
             projected = grad @ projector.t()
             if self.projection == "replace":
@@ -83,8 +89,9 @@ class MLA(Method):
                 grad.add_(projected)
         self.updates += 1
 
-    def training_step(self, model: MultimodalModel, batch: Mapping[str, torch.Tensor],
-                      step: StepContext) -> torch.Tensor:
+    def training_step(
+        self, model: MultimodalModel, batch: Mapping[str, torch.Tensor], step: StepContext
+    ) -> torch.Tensor:
         head = model.head
         labels = batch["label"]
         losses = []

@@ -18,15 +18,16 @@ so every rank applies the same combination. Everything stays on the device.
 
 from __future__ import annotations
 
-from typing import Any, Mapping
+from collections.abc import Mapping
 
 import torch
 import torch.nn.functional as F
 
 from ..models.model import ModelOutput, MultimodalModel
-from ._training import average_across_ranks, check_param, require_split_head
 from .base import Method, StepContext
-from .registry import register_method
+from .distributed import all_reduce
+from .heads import NeedsSplitHead
+from .registry import check_param, register_method
 
 
 def min_norm_weight(uu: torch.Tensor, uv: torch.Tensor, vv: torch.Tensor) -> torch.Tensor:
@@ -47,43 +48,43 @@ def pareto_weight(u: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch
     return torch.where(cos > 0, torch.full_like(uu, 0.5), min_norm_weight(uu, uv, vv)), cos
 
 
-def pareto_gradients(summed: list[torch.Tensor], u: list[torch.Tensor], v: list[torch.Tensor],
-                     weight: torch.Tensor, gamma: float) -> list[torch.Tensor]:
+def pareto_gradients(
+    summed: list[torch.Tensor], u: list[torch.Tensor], v: list[torch.Tensor], weight: torch.Tensor, gamma: float
+) -> list[torch.Tensor]:
     """Per tensor: ``gamma * max(||g|| / ||g_hat||, 1) * g_hat`` with ``g_hat = 2 (a u + (1 - a) v)``."""
     result = []
     for g, gu, gv in zip(summed, u, v):
         g_hat = 2 * (weight * gu + (1 - weight) * gv)
         hat_norm = g_hat.norm()
-        ratio = torch.where(hat_norm > 0, g.norm() / torch.where(hat_norm > 0, hat_norm, torch.ones_like(hat_norm)),
-                            torch.ones_like(hat_norm))
+        ratio = torch.where(
+            hat_norm > 0,
+            g.norm() / torch.where(hat_norm > 0, hat_norm, torch.ones_like(hat_norm)),
+            torch.ones_like(hat_norm),
+        )
         result.append(gamma * torch.clamp(ratio, min=1.0) * g_hat)
     return result
 
 
 @register_method
-class MMPareto(Method):
+class MMPareto(NeedsSplitHead, Method):
     name = "mmpareto"
     min_modalities = 2
     overrides_step = True
+    split_head_need = "unimodal losses on per-modality logits of one modality each"
 
     def __init__(self, gamma: float = 1.5) -> None:
         super().__init__()
         check_param(gamma > 0, self.name, f"gamma must be > 0, got {gamma}")
         self.gamma = gamma
 
-    def adapt_model_spec(self, spec: dict[str, Any]) -> dict[str, Any]:
-        require_split_head(self.name, spec["fusion"], "unimodal losses on per-modality logits of one modality each")
-        return spec
-
-    def setup(self, model: MultimodalModel, optimizer=None, data=None) -> None:
-        super().setup(model, optimizer, data)
-        require_split_head(self.name, model.head.name, "unimodal losses on per-modality logits of one modality each")
-
-    def losses(self, output: ModelOutput,
-               batch: Mapping[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    def losses(
+        self, output: ModelOutput, batch: Mapping[str, torch.Tensor]
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         labels = batch["label"]
-        return (F.cross_entropy(output.logits, labels),
-                {m: F.cross_entropy(z, labels) for m, z in output.unimodal_logits.items()})
+        return (
+            F.cross_entropy(output.logits, labels),
+            {m: F.cross_entropy(z, labels) for m, z in output.unimodal_logits.items()},
+        )
 
     def loss(self, output: ModelOutput, batch: Mapping[str, torch.Tensor]) -> torch.Tensor:
         multimodal, unimodal = self.losses(output, batch)
@@ -97,19 +98,25 @@ class MMPareto(Method):
         params = {m: [p for p in model.encoders[m].parameters() if p.requires_grad] for m in model.modalities}
         flat = [p for m in model.modalities for p in params[m]]
         u = torch.autograd.grad(multimodal, flat, retain_graph=True, allow_unused=True, materialize_grads=True)
-        v = torch.autograd.grad(torch.stack(list(unimodal.values())).sum(), flat, retain_graph=True,
-                                allow_unused=True, materialize_grads=True)
-        averaged = average_across_ranks([*u, *v])
-        u, v = averaged[: len(flat)], averaged[len(flat):]
+        v = torch.autograd.grad(
+            torch.stack(list(unimodal.values())).sum(),
+            flat,
+            retain_graph=True,
+            allow_unused=True,
+            materialize_grads=True,
+        )
+        averaged = all_reduce([*u, *v], mean=True)
+        u, v = averaged[: len(flat)], averaged[len(flat) :]
         result, start = {}, 0
         for m in model.modalities:
             count = len(params[m])
-            result[m] = (params[m], u[start:start + count], v[start:start + count])
+            result[m] = (params[m], u[start : start + count], v[start : start + count])
             start += count
         return result
 
-    def training_step(self, model: MultimodalModel, batch: Mapping[str, torch.Tensor],
-                      step: StepContext) -> torch.Tensor:
+    def training_step(
+        self, model: MultimodalModel, batch: Mapping[str, torch.Tensor], step: StepContext
+    ) -> torch.Tensor:
         output = model(batch)
         multimodal, unimodal = self.losses(output, batch)
         total = multimodal + torch.stack(list(unimodal.values())).sum()
@@ -134,8 +141,9 @@ class MMPareto(Method):
             kept = [(p, gu, gv) for p, gu, gv in zip(params, u, v) if p.grad is not None]
             if not kept:
                 continue
-            new = pareto_gradients([p.grad for p, _, _ in kept], [gu for _, gu, _ in kept],
-                                   [gv for _, _, gv in kept], weight, self.gamma)
+            new = pareto_gradients(
+                [p.grad for p, _, _ in kept], [gu for _, gu, _ in kept], [gv for _, _, gv in kept], weight, self.gamma
+            )
             for (param, _, _), grad in zip(kept, new):
                 param.grad.copy_(grad)
 

@@ -17,15 +17,17 @@ are used.
 
 from __future__ import annotations
 
-from typing import Literal, Mapping
+import warnings
+from collections.abc import Mapping
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
-import warnings
 
 from ..models.model import ModelOutput, MultimodalModel
 from .base import Method
 from .distributed import all_reduce_sum
+from .modulation import ModulationWindow
 from .registry import register_method
 
 TensorSelection = Literal["conv", "weights", "all"]
@@ -33,10 +35,12 @@ TensorSelection = Literal["conv", "weights", "all"]
 
 def modality_scores(unimodal_logits: Mapping[str, torch.Tensor], labels: torch.Tensor) -> torch.Tensor:
     """``s_m = sum_i softmax(z_m)_i[y_i]`` for every modality, stacked in mapping order: ``(M,)``."""
-    return torch.stack([
-        F.softmax(logits.detach().float(), dim=1).gather(1, labels.view(-1, 1)).sum()
-        for logits in unimodal_logits.values()
-    ])
+    return torch.stack(
+        [
+            F.softmax(logits.detach().float(), dim=1).gather(1, labels.view(-1, 1)).sum()
+            for logits in unimodal_logits.values()
+        ]
+    )
 
 
 def score_ratios(scores: torch.Tensor) -> torch.Tensor:
@@ -50,8 +54,9 @@ def coefficients_from_ratios(ratios: torch.Tensor, alpha: float) -> torch.Tensor
     return torch.where(ratios > 1, 1 - torch.tanh(alpha * ratios), torch.ones_like(ratios))
 
 
-def ogm_coefficients(unimodal_logits: Mapping[str, torch.Tensor], labels: torch.Tensor,
-                     alpha: float) -> dict[str, torch.Tensor]:
+def ogm_coefficients(
+    unimodal_logits: Mapping[str, torch.Tensor], labels: torch.Tensor, alpha: float
+) -> dict[str, torch.Tensor]:
     """OGM's modulation coefficient of every modality (0-d device tensors), from one batch."""
     if len(unimodal_logits) < 2:
         raise ValueError("OGM needs at least two modalities")
@@ -67,14 +72,19 @@ def select_tensors(module: torch.nn.Module, selection: TensorSelection) -> list[
 
 
 @register_method
-class OGM(Method):
+class OGM(ModulationWindow, Method):
     name = "ogm"
     min_modalities = 2
     scales_gradients = True
     add_noise = False
 
-    def __init__(self, alpha: float = 0.1, modulation_starts: int = 0, modulation_ends: int = 50,
-                 modulate: TensorSelection = "conv") -> None:
+    def __init__(
+        self,
+        alpha: float = 0.1,
+        modulation_starts: int = 0,
+        modulation_ends: int = 50,
+        modulate: TensorSelection = "conv",
+    ) -> None:
         super().__init__()
         if alpha < 0:
             raise ValueError(f"alpha must be >= 0, got {alpha}")
@@ -84,9 +94,6 @@ class OGM(Method):
         self.modulate = modulate
         self._pending_scores: torch.Tensor | None = None
         self._groups: dict[str, list[torch.nn.Parameter]] | None = None
-
-    def in_window(self) -> bool:
-        return self.modulation_starts <= self.epoch <= self.modulation_ends
 
     def loss(self, output: ModelOutput, batch: Mapping[str, torch.Tensor]) -> torch.Tensor:
         scores = modality_scores(output.unimodal_logits, batch["label"])
@@ -101,12 +108,17 @@ class OGM(Method):
             self._groups = {m: select_tensors(model.encoders[m], self.modulate) for m in model.modalities}
             empty = [m for m, params in self._groups.items() if not params]
             if empty:
-                warnings.warn(f"{self.name}: the {', '.join(empty)} encoder has no tensors selected by "
-                              f"modulate={self.modulate!r}; use modulate='weights' or 'all'", UserWarning)
+                warnings.warn(
+                    f"{self.name}: the {', '.join(empty)} encoder has no tensors selected by "
+                    f"modulate={self.modulate!r}; use modulate='weights' or 'all'",
+                    UserWarning,
+                    stacklevel=3,
+                )
         return self._groups
 
-    def after_backward(self, model: MultimodalModel, output: ModelOutput | None = None,
-                       batch: Mapping[str, torch.Tensor] | None = None) -> None:
+    def after_backward(
+        self, model: MultimodalModel, output: ModelOutput | None = None, batch: Mapping[str, torch.Tensor] | None = None
+    ) -> None:
         scores = self._pending_scores
         self._pending_scores = None
         if scores is None:  # the loss was computed outside this method
@@ -119,7 +131,7 @@ class OGM(Method):
             self._logs[f"coeff/{modality}"] = coefficients[index]
         if not modulating:
             return
-        for index, (modality, params) in enumerate(self._tensor_groups(model).items()):
+        for index, params in enumerate(self._tensor_groups(model).values()):
             grads = [p.grad for p in params if p.grad is not None]
             if grads:
                 self.modulate_gradients(grads, coefficients[index])
@@ -131,5 +143,7 @@ class OGM(Method):
         return {**super().state_dict(), "alpha": self.alpha}
 
     def __repr__(self) -> str:
-        return (f"{type(self).__name__}(alpha={self.alpha}, window=[{self.modulation_starts}, "
-                f"{self.modulation_ends}], modulate={self.modulate!r})")
+        return (
+            f"{type(self).__name__}(alpha={self.alpha}, window=[{self.modulation_starts}, "
+            f"{self.modulation_ends}], modulate={self.modulate!r})"
+        )

@@ -6,8 +6,9 @@ deviation over the elements of the *unmodulated* gradient, one scalar per tensor
 modality's tensors including the one with ``k = 1``: exactly as the official code draws it, but
 without its per-tensor ``.item()`` host synchronisation.
 
-The noise comes from the method's own generator seeded with ``seed``: the same on every DDP rank,
-so all replicas add the same noise and stay identical.
+The noise comes from the method's own generator, seeded with ``seed`` when given and otherwise
+from the run seed (``Method.draw_seed``): the same on every DDP rank, so all replicas add the same
+noise and stay identical, and different for runs with different seeds.
 """
 
 from __future__ import annotations
@@ -15,24 +16,27 @@ from __future__ import annotations
 import torch
 
 from .ogm import OGM, TensorSelection
-from ._random import DeviceGenerator
+from .randomness import DrawsOnDevice
 from .registry import register_method
 
 
 @register_method
-class OGMGE(OGM):
+class OGMGE(DrawsOnDevice, OGM):
     name = "ogm_ge"
     add_noise = True
 
-    def __init__(self, alpha: float = 0.1, modulation_starts: int = 0, modulation_ends: int = 50,
-                 modulate: TensorSelection = "conv", seed: int = 0) -> None:
+    def __init__(
+        self,
+        alpha: float = 0.1,
+        modulation_starts: int = 0,
+        modulation_ends: int = 50,
+        modulate: TensorSelection = "conv",
+        seed: int | None = None,
+    ) -> None:
         super().__init__(alpha, modulation_starts, modulation_ends, modulate)
         self.seed = seed
-        self._random = DeviceGenerator(seed)
+        self.reset_generators()
         self._noise_buffer: torch.Tensor | None = None  # reused: no fresh allocation every step
-
-    def generator(self, device: torch.device) -> torch.Generator:
-        return self._random.on(device)
 
     def modulate_gradients(self, grads: list[torch.Tensor], coefficient: torch.Tensor) -> None:
         stds = [torch.nan_to_num(g.std(), nan=0.0) + 1e-8 for g in grads]  # before scaling
@@ -46,17 +50,11 @@ class OGMGE(OGM):
     def _buffer_for(self, grads: list[torch.Tensor]) -> torch.Tensor:
         size = max(g.numel() for g in grads)
         buffer = self._noise_buffer
-        if buffer is None or buffer.numel() < size or buffer.device != grads[0].device or buffer.dtype != grads[0].dtype:
+        if (
+            buffer is None
+            or buffer.numel() < size
+            or buffer.device != grads[0].device
+            or buffer.dtype != grads[0].dtype
+        ):
             buffer = self._noise_buffer = torch.empty(size, device=grads[0].device, dtype=grads[0].dtype)
         return buffer
-
-    def state_dict(self) -> dict:
-        state = super().state_dict()
-        if self._random.state() is not None:
-            state["generator"] = self._random.state()
-        return state
-
-    def load_state_dict(self, state) -> None:
-        super().load_state_dict(state)
-        if "generator" in state:
-            self._random.load(state["generator"])

@@ -11,25 +11,26 @@ the head is evaluated again on them, and the loss is the cross-entropy of these 
 samples that kept at least one modality. Outside the window (official: a warm-up of six epochs)
 the loss is the plain cross-entropy.
 
-The drop decisions come from the method's own generator seeded with ``seed``: the same decision
+The drop decisions come from the method's own generator, seeded with ``seed`` when given and
+otherwise from the run seed (``Method.draw_seed``): the same decision
 on every DDP rank, independent masks for each rank's samples; scores are summed over ranks. No
 sample is removed from the batch (kept samples are weighted), so nothing leaves the device.
 """
 
 from __future__ import annotations
 
-from typing import Mapping
+from collections.abc import Mapping
 
 import torch
 import torch.nn.functional as F
 
 from ..errors import ConfigError
 from ..models.model import ModelOutput, MultimodalModel
-from ._passes import rank_and_world
 from .base import Method
-from .distributed import all_reduce_sum
+from .distributed import all_reduce_sum, rank_and_world
+from .modulation import ModulationWindow
 from .ogm import modality_scores
-from ._random import DeviceGenerator
+from .randomness import DrawsOnDevice
 from .registry import register_method
 
 
@@ -43,8 +44,9 @@ def drop_probabilities(scores: torch.Tensor, q_base: float, lam: float) -> tuple
     return rho, q
 
 
-def modulated_features(features: Mapping[str, torch.Tensor], q: torch.Tensor, uniform: torch.Tensor
-                       ) -> tuple[dict[str, torch.Tensor], torch.Tensor, torch.Tensor]:
+def modulated_features(
+    features: Mapping[str, torch.Tensor], q: torch.Tensor, uniform: torch.Tensor
+) -> tuple[dict[str, torch.Tensor], torch.Tensor, torch.Tensor]:
     """Drop and rescale features: modality m of sample i is kept when ``uniform[i, m] < 1 - q_m``;
     kept features are divided by ``1 - theta``, ``theta = sum_m d_m q_m / sum_m d_m``.
     Returns the features, the keep mask ``(B, M)`` and theta."""
@@ -53,18 +55,27 @@ def modulated_features(features: Mapping[str, torch.Tensor], q: torch.Tensor, un
     theta = (dims * q).sum() / dims.sum()
     keep = uniform < (1 - q).unsqueeze(0)
     scale = 1 / (1 - theta).clamp_min(1e-6)
-    out = {m: features[m] * (keep[:, i:i + 1].to(features[m].dtype) * scale.to(features[m].dtype))
-           for i, m in enumerate(modalities)}
+    out = {
+        m: features[m] * (keep[:, i : i + 1].to(features[m].dtype) * scale.to(features[m].dtype))
+        for i, m in enumerate(modalities)
+    }
     return out, keep, theta
 
 
 @register_method
-class OPM(Method):
+class OPM(DrawsOnDevice, ModulationWindow, Method):
     name = "opm"
     min_modalities = 2
 
-    def __init__(self, q_base: float = 0.5, lam: float = 0.5, p_exe: float = 0.7, modulation_starts: int = 6,
-                 modulation_ends: int | None = None, seed: int = 0) -> None:
+    def __init__(
+        self,
+        q_base: float = 0.5,
+        lam: float = 0.5,
+        p_exe: float = 0.7,
+        modulation_starts: int = 6,
+        modulation_ends: int | None = None,
+        seed: int | None = None,
+    ) -> None:
         super().__init__()
         for key, value in (("q_base", q_base), ("p_exe", p_exe)):
             if not 0 <= value <= 1:
@@ -73,18 +84,11 @@ class OPM(Method):
         self.modulation_starts, self.modulation_ends = modulation_starts, modulation_ends
         self.seed = seed
         self._model: MultimodalModel | None = None
-        self._random = DeviceGenerator(seed)
-
-    def in_window(self) -> bool:
-        return self.modulation_starts <= self.epoch and (self.modulation_ends is None
-                                                          or self.epoch <= self.modulation_ends)
+        self.reset_generators()
 
     def setup(self, model: MultimodalModel, optimizer=None, data=None) -> None:
         super().setup(model, optimizer, data)
         self._model = model
-
-    def generator(self, device: torch.device) -> torch.Generator:
-        return self._random.on(device)
 
     def loss(self, output: ModelOutput, batch: Mapping[str, torch.Tensor]) -> torch.Tensor:
         labels = batch["label"]
@@ -105,7 +109,7 @@ class OPM(Method):
         generator = self.generator(labels.device)
         execute = torch.rand(1, generator=generator, device=labels.device) < self.p_exe
         uniform = torch.rand(world * size, len(modalities), generator=generator, device=labels.device)
-        uniform = uniform[rank * size:(rank + 1) * size]
+        uniform = uniform[rank * size : (rank + 1) * size]
         q_step = torch.where(execute, q, torch.zeros_like(q))
         features, keep, theta = modulated_features(output.features, q_step, uniform)
         logits = self._model.head(features).logits
@@ -117,17 +121,6 @@ class OPM(Method):
         self._logs["kept"] = kept.mean()
         self._logs["theta"] = theta
         return (per_sample * kept).sum() / kept.sum().clamp_min(1)
-
-    def state_dict(self) -> dict:
-        state = super().state_dict()
-        if self._random.state() is not None:
-            state["generator"] = self._random.state()
-        return state
-
-    def load_state_dict(self, state) -> None:
-        super().load_state_dict(state)
-        if "generator" in state:
-            self._random.load(state["generator"])
 
     def __repr__(self) -> str:
         return f"OPM(q_base={self.q_base}, lam={self.lam}, p_exe={self.p_exe})"

@@ -23,14 +23,15 @@ pure function of the epoch (:func:`reconboost_schedule`), so a resumed run conti
 
 from __future__ import annotations
 
-from typing import Any, Literal, Mapping, NamedTuple, Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any, Literal, NamedTuple
 
 import torch
 import torch.nn.functional as F
 
 from ..models.model import MultimodalModel
 from .base import Method, StepContext
-from ._shared_head import require_shared_head, shared_head_spec
+from .heads import require_shared_head, shared_head_spec
 from .registry import register_method
 
 
@@ -51,8 +52,9 @@ def reconboost_schedule(epoch: int, modalities: Sequence[str], stage_epochs: int
     return Phase(stage, modalities[stage % count], "modality" if within < stage_epochs else "ensemble", trained)
 
 
-def boosting_loss(logits: torch.Tensor, ensemble_label_prob: torch.Tensor, labels: torch.Tensor,
-                  weight1: float, weight2: float) -> torch.Tensor:
+def boosting_loss(
+    logits: torch.Tensor, ensemble_label_prob: torch.Tensor, labels: torch.Tensor, weight1: float, weight2: float
+) -> torch.Tensor:
     """``mean_i -(w1 - w2 q_i) log softmax(logits)_i[y_i] / C`` (the official one-hot form)."""
     log_p = F.log_softmax(logits, dim=1).gather(1, labels.view(-1, 1)).squeeze(1)
     return (-(weight1 - weight2 * ensemble_label_prob) * log_p / logits.shape[1]).mean()
@@ -64,10 +66,18 @@ class ReconBoost(Method):
     min_modalities = 2
     overrides_step = True
 
-    def __init__(self, alpha: float = 0.5, weight1: float = 5.0, weight2: float = 1.0, stage_epochs: int = 4,
-                 correct_epochs: int = 4, boost_rate: float = 1.0, head_hidden: int | None = 256,
-                 reconcile: Literal["gradient", "detached", "none"] = "gradient",
-                 reset_optimizer: bool = True) -> None:
+    def __init__(
+        self,
+        alpha: float = 0.5,
+        weight1: float = 5.0,
+        weight2: float = 1.0,
+        stage_epochs: int = 4,
+        correct_epochs: int = 4,
+        boost_rate: float = 1.0,
+        head_hidden: int | None = 256,
+        reconcile: Literal["gradient", "detached", "none"] = "gradient",
+        reset_optimizer: bool = True,
+    ) -> None:
         super().__init__()
         if stage_epochs < 1 or correct_epochs < 0:
             raise ValueError("stage_epochs must be >= 1 and correct_epochs >= 0")
@@ -85,14 +95,16 @@ class ReconBoost(Method):
         require_shared_head(model, self.name, "boost")
 
     def schedule(self, modalities: Sequence[str], epoch: int | None = None) -> Phase:
-        return reconboost_schedule(self.epoch if epoch is None else epoch, tuple(modalities),
-                                   self.stage_epochs, self.correct_epochs)
+        return reconboost_schedule(
+            self.epoch if epoch is None else epoch, tuple(modalities), self.stage_epochs, self.correct_epochs
+        )
 
     def _learner(self, model: MultimodalModel, batch: Mapping[str, torch.Tensor], modality: str) -> torch.Tensor:
         return model.head.classify(model.encoders[modality](batch[modality]))
 
-    def training_step(self, model: MultimodalModel, batch: Mapping[str, torch.Tensor],
-                      step: StepContext) -> torch.Tensor:
+    def training_step(
+        self, model: MultimodalModel, batch: Mapping[str, torch.Tensor], step: StepContext
+    ) -> torch.Tensor:
         phase = self.schedule(model.modalities, step.epoch)
         if self.reset_optimizer and self._phase_started != (phase.stage, phase.phase):
             for parameter in model.parameters():
@@ -108,7 +120,8 @@ class ReconBoost(Method):
         else:
             members = set(phase.trained) | {phase.modality}
             logits = head.boost_rate * torch.stack(
-                [self._learner(model, batch, m) for m in model.modalities if m in members]).sum(0)
+                [self._learner(model, batch, m) for m in model.modalities if m in members]
+            ).sum(0)
             loss = F.cross_entropy(logits, labels)
             self._logs["loss/ensemble"] = loss.detach()
         step.backward(loss)
@@ -117,8 +130,9 @@ class ReconBoost(Method):
         self._logs["boost_rate"] = head.boost_rate.detach().clone()
         return loss.detach()
 
-    def _modality_loss(self, model: MultimodalModel, batch: Mapping[str, torch.Tensor], phase: Phase,
-                       labels: torch.Tensor) -> torch.Tensor:
+    def _modality_loss(
+        self, model: MultimodalModel, batch: Mapping[str, torch.Tensor], phase: Phase, labels: torch.Tensor
+    ) -> torch.Tensor:
         others = [m for m in phase.trained if m != phase.modality]
         with torch.no_grad():
             if others:
@@ -151,5 +165,7 @@ class ReconBoost(Method):
         self._phase_started = (int(started[0]), str(started[1])) if started else None
 
     def __repr__(self) -> str:
-        return (f"ReconBoost(alpha={self.alpha}, stage_epochs={self.stage_epochs}, "
-                f"correct_epochs={self.correct_epochs}, reconcile={self.reconcile!r})")
+        return (
+            f"ReconBoost(alpha={self.alpha}, stage_epochs={self.stage_epochs}, "
+            f"correct_epochs={self.correct_epochs}, reconcile={self.reconcile!r})"
+        )

@@ -18,8 +18,9 @@ BatchNorm statistics are averaged over ranks, so every rank has the same teacher
 from __future__ import annotations
 
 import copy
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -27,15 +28,15 @@ from torch import nn
 
 from ..errors import ConfigError
 from ..models.model import ModelOutput, MultimodalModel
-from ._passes import average_buffers
-from ._training import in_lockstep, optimizer_recipe
 from .base import EpochData, Method
-from .distributed import average_gradients
+from .distributed import average_buffers, average_gradients, in_lockstep
+from .pretraining import optimizer_recipe
 from .registry import register_method
 
 
-def distillation_terms(features: Mapping[str, torch.Tensor], teacher_features: Mapping[str, torch.Tensor]
-                       ) -> dict[str, torch.Tensor]:
+def distillation_terms(
+    features: Mapping[str, torch.Tensor], teacher_features: Mapping[str, torch.Tensor]
+) -> dict[str, torch.Tensor]:
     """``MSE(h_m^teacher, h_m)`` per modality (mean over batch and features)."""
     return {m: F.mse_loss(features[m], teacher_features[m].to(features[m].dtype)) for m in teacher_features}
 
@@ -45,8 +46,9 @@ def _teacher_encoder(path: str, modality: str) -> nn.Module:
 
     source = load_model(path)
     if modality not in source.encoders:
-        raise ConfigError(f"method 'umt': teacher {path} has no {modality} encoder "
-                          f"(its modalities: {', '.join(source.modalities)})")
+        raise ConfigError(
+            f"method 'umt': teacher {path} has no {modality} encoder (its modalities: {', '.join(source.modalities)})"
+        )
     return source.encoders[modality]
 
 
@@ -82,19 +84,25 @@ class UMT(Method):
 
         unknown = [m for m in self.teacher_paths if m not in spec["encoders"]]
         if unknown:
-            raise ValueError(f"method 'umt': a teacher is given for {unknown[0]!r}, which the model does not have "
-                             f"(its modalities: {', '.join(spec['encoders'])})")
+            raise ValueError(
+                f"method 'umt': a teacher is given for {unknown[0]!r}, which the model does not have "
+                f"(its modalities: {', '.join(spec['encoders'])})"
+            )
         for modality, path in self.teacher_paths.items():
             teacher_spec = read_checkpoint(path).get("avbalance", {}).get("model_spec")
             if teacher_spec is None:
                 raise ValueError(f"method 'umt': teacher {path} is not an avbalance checkpoint (no model spec)")
             if modality not in teacher_spec.get("encoders", {}):
-                raise ValueError(f"method 'umt': teacher {path} has no {modality} encoder "
-                                 f"(its modalities: {', '.join(teacher_spec.get('encoders', {}))})")
+                raise ValueError(
+                    f"method 'umt': teacher {path} has no {modality} encoder "
+                    f"(its modalities: {', '.join(teacher_spec.get('encoders', {}))})"
+                )
             have, want = _encoder_dim(teacher_spec["encoders"][modality]), _encoder_dim(spec["encoders"][modality])
             if have != want:
-                raise ValueError(f"method 'umt': the {modality} teacher in {path} gives {have}-d features, the "
-                                 f"model's encoder {want}-d (match model.width / model.layers)")
+                raise ValueError(
+                    f"method 'umt': the {modality} teacher in {path} gives {have}-d features, the "
+                    f"model's encoder {want}-d (match model.width / model.layers)"
+                )
         return spec
 
     def setup(self, model: MultimodalModel, optimizer=None, data: EpochData | None = None) -> None:
@@ -105,8 +113,10 @@ class UMT(Method):
         for modality, path in self.teacher_paths.items():
             teacher = _teacher_encoder(path, modality)
             if getattr(teacher, "out_dim", model.head.dims[modality]) != model.head.dims[modality]:
-                raise ConfigError(f"method 'umt': the {modality} teacher in {path} gives {teacher.out_dim}-d "
-                                  f"features, the model's encoder {model.head.dims[modality]}-d")
+                raise ConfigError(
+                    f"method 'umt': the {modality} teacher in {path} gives {teacher.out_dim}-d "
+                    f"features, the model's encoder {model.head.dims[modality]}-d"
+                )
             self.teachers[modality] = teacher
         if missing:
             if self._pretrained_states is not None and all(m in self._pretrained_states for m in missing):
@@ -116,17 +126,22 @@ class UMT(Method):
                     self.teachers[m] = teacher
             else:
                 if data is None or self.pretrain_epochs == 0:
-                    raise ConfigError(f"method 'umt' needs a teacher for {', '.join(missing)}: give "
-                                      f"teachers.<modality>=<checkpoint> or pre-train (pretrain_epochs > 0 and "
-                                      f"training data)")
+                    raise ConfigError(
+                        f"method 'umt' needs a teacher for {', '.join(missing)}: give "
+                        f"teachers.<modality>=<checkpoint> or pre-train (pretrain_epochs > 0 and "
+                        f"training data)"
+                    )
                 self.teachers.update(self.pretrain(model, missing, optimizer, data))
-                self._pretrained_states = {m: {k: v.detach().cpu().clone() for k, v in self.teachers[m].state_dict().items()}
-                                           for m in missing}
+                self._pretrained_states = {
+                    m: {k: v.detach().cpu().clone() for k, v in self.teachers[m].state_dict().items()} for m in missing
+                }
         for teacher in self.teachers.values():
             teacher.to(device).eval()
             teacher.requires_grad_(False)
 
-    def pretrain(self, model: MultimodalModel, modalities: list[str], optimizer, data: EpochData) -> dict[str, nn.Module]:
+    def pretrain(
+        self, model: MultimodalModel, modalities: list[str], optimizer, data: EpochData
+    ) -> dict[str, nn.Module]:
         """Train a copy of each encoder with a linear classifier on its modality alone."""
         num_classes = model.head.num_classes
         encoders = {m: copy.deepcopy(model.encoders[m]).to(data.device) for m in modalities}

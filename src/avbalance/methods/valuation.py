@@ -12,7 +12,8 @@ The next epoch trains on the whole training set plus extra copies in which every
 is removed, so that only the low-contribution modality is trained on them:
 
 * ``level="sample"``: per sample and modality, ``1`` copy if ``0.4 < phi < upper``, ``2`` if
-  ``-0.1 < phi < 0.4``, ``3`` if ``phi < -0.1`` (``upper`` 0.9 official, 1.0 BalanceMM);
+  ``-0.1 < phi < 0.4``, ``3`` if ``phi < -0.1`` (``upper`` 1.0, as the official
+  ``AV_KS_Dataset_sample_level`` in ``code/datasets/dataloader.py`` and BalanceMM);
 * ``level="modality"``: ``gap_m = 1 - mean phi_m`` over ``part_ratio * N`` samples drawn with
   replacement; ``D = 2/3 * alpha * mean_{m<n} |gap_m - gap_n|`` (for two modalities the official
   ``2/3 * alpha * |gap_a - gap_v|``); ``floor(D N)`` samples drawn with replacement get one copy
@@ -22,15 +23,16 @@ The loss is plain cross-entropy on the fused logits; the balancing happens throu
 training, a copy's removed modalities arrive as all-zero inputs (the engine's resampling zeroes
 inputs); with ``removal="feature"`` the step zeroes the encoder features of such inputs, as the
 official code drops features. Under DDP each rank values its shard, the values are summed into
-one global table, and the draws come from the method's seeded generator, so every rank builds the
-same training set.
+one global table, and the draws come from the method's generator (seeded with ``seed`` when given,
+otherwise from the run seed: ``Method.draw_seed``), so every rank builds the same training set.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from itertools import combinations
 from math import factorial
-from typing import Any, Literal, Mapping, Sequence
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
@@ -65,7 +67,7 @@ def shapley_from_values(values: Mapping[frozenset[str], torch.Tensor], modalitie
     return torch.stack(phi, dim=1)
 
 
-def sample_copies(phi: torch.Tensor, upper: float = 0.9) -> torch.Tensor:
+def sample_copies(phi: torch.Tensor, upper: float = 1.0) -> torch.Tensor:
     """Copies per (sample, modality): 1 if ``0.4 < phi < upper``, 2 if ``-0.1 < phi < 0.4``,
     3 if ``phi < -0.1``, else 0."""
     phi = phi.double()  # thresholds compared in double precision, as Python floats
@@ -91,10 +93,17 @@ class Valuation(Method):
     overrides_step = True
     resamples_data = True
 
-    def __init__(self, level: Literal["sample", "modality"] = "sample", warmup: int = 5,
-                 removal: Literal["feature", "input"] = "feature",
-                 value_scale: Literal["official", "shapley"] = "official", upper: float = 0.9,
-                 part_ratio: float = 0.2, alpha: float = 1.0, seed: int = 0) -> None:
+    def __init__(
+        self,
+        level: Literal["sample", "modality"] = "sample",
+        warmup: int = 5,
+        removal: Literal["feature", "input"] = "feature",
+        value_scale: Literal["official", "shapley"] = "official",
+        upper: float = 1.0,
+        part_ratio: float = 0.2,
+        alpha: float = 1.0,
+        seed: int | None = None,
+    ) -> None:
         super().__init__()
         if warmup < 1:
             raise ValueError(f"warmup must be >= 1 (the first epoch trains on the plain set), got {warmup}")
@@ -102,17 +111,21 @@ class Valuation(Method):
             raise ValueError(f"part_ratio must be in (0, 1], got {part_ratio}")
         self.level, self.warmup, self.removal, self.value_scale = level, warmup, removal, value_scale
         self.upper, self.part_ratio, self.alpha, self.seed = upper, part_ratio, alpha, seed
-        self.generator = torch.Generator().manual_seed(seed)
+        self.generator = torch.Generator().manual_seed(self.draw_seed)
         self._entries: list[tuple[int, tuple[str, ...]]] | None = None
         self._modalities: tuple[str, ...] = ()
+
+    def reset_generators(self) -> None:
+        self.generator = torch.Generator().manual_seed(self.draw_seed)
 
     # -- valuation ----------------------------------------------------------------------------------
     def _scale(self, coalition: frozenset[str]) -> float:
         return float(len(coalition)) if self.value_scale == "official" else 1.0
 
     @torch.no_grad()
-    def coalition_correct(self, model: MultimodalModel, batch: Mapping[str, torch.Tensor]
-                          ) -> dict[frozenset[str], torch.Tensor]:
+    def coalition_correct(
+        self, model: MultimodalModel, batch: Mapping[str, torch.Tensor]
+    ) -> dict[frozenset[str], torch.Tensor]:
         """``[argmax z^(S) = y]`` per sample for every non-empty coalition, in one batched call."""
         modalities, labels = model.modalities, batch["label"]
         sets = coalitions(modalities)
@@ -121,8 +134,9 @@ class Valuation(Method):
             stacked = {m: torch.cat([f if m in s else torch.zeros_like(f) for s in sets]) for m, f in features.items()}
             logits = model.head(stacked).logits
         else:
-            stacked = {m: torch.cat([batch[m] if m in s else torch.zeros_like(batch[m]) for s in sets])
-                       for m in modalities}
+            stacked = {
+                m: torch.cat([batch[m] if m in s else torch.zeros_like(batch[m]) for s in sets]) for m in modalities
+            }
             logits = model(stacked).logits
         correct = (logits.argmax(dim=1) == labels.repeat(len(sets))).float()
         return dict(zip(sets, correct.split(len(labels))))
@@ -180,8 +194,9 @@ class Valuation(Method):
         return self._entries
 
     # -- training -----------------------------------------------------------------------------------
-    def training_step(self, model: MultimodalModel, batch: Mapping[str, torch.Tensor],
-                      step: StepContext) -> torch.Tensor:
+    def training_step(
+        self, model: MultimodalModel, batch: Mapping[str, torch.Tensor], step: StepContext
+    ) -> torch.Tensor:
         if self.removal == "input":
             return super().training_step(model, batch, step)
         features = model.encode(batch)
@@ -202,8 +217,9 @@ class Valuation(Method):
             state["entries"] = {
                 "index": torch.tensor([index for index, _ in self._entries], dtype=torch.long),
                 "modalities": names,
-                "zeroed": torch.tensor([[m in zeroed for m in names] for _, zeroed in self._entries],
-                                       dtype=torch.bool).view(len(self._entries), len(names)),
+                "zeroed": torch.tensor(
+                    [[m in zeroed for m in names] for _, zeroed in self._entries], dtype=torch.bool
+                ).view(len(self._entries), len(names)),
             }
         return state
 
@@ -215,8 +231,10 @@ class Valuation(Method):
         if entries is not None:
             names = list(entries["modalities"])
             self._modalities = tuple(names)
-            self._entries = [(int(index), tuple(n for n, z in zip(names, row.tolist()) if z))
-                             for index, row in zip(entries["index"], entries["zeroed"])]
+            self._entries = [
+                (int(index), tuple(n for n, z in zip(names, row.tolist()) if z))
+                for index, row in zip(entries["index"], entries["zeroed"])
+            ]
 
     def __repr__(self) -> str:
         return f"Valuation(level={self.level!r}, warmup={self.warmup}, removal={self.removal!r})"

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from typing import Any
+
 import torch
 
 
@@ -28,3 +31,28 @@ class DeviceGenerator:
 
     def load(self, state: torch.Tensor | None) -> None:
         self._generator, self._saved_state = None, state
+
+
+class DrawsOnDevice:
+    """Mixin for a :class:`~avbalance.methods.base.Method` drawing on the device of its tensors:
+    one :class:`DeviceGenerator` seeded with ``draw_seed``, re-seeded by ``reset_generators`` and
+    kept in the method's state as ``"generator"``. Call ``reset_generators()`` in ``__init__``."""
+
+    draw_seed: int
+
+    def reset_generators(self) -> None:
+        self.device_generator = DeviceGenerator(self.draw_seed)
+
+    def generator(self, device: torch.device) -> torch.Generator:
+        return self.device_generator.on(device)
+
+    def state_dict(self) -> dict[str, Any]:
+        state = super().state_dict()  # type: ignore[misc]
+        if self.device_generator.state() is not None:
+            state["generator"] = self.device_generator.state()
+        return state
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        super().load_state_dict(state)  # type: ignore[misc]
+        if "generator" in state:
+            self.device_generator.load(state["generator"])
