@@ -1,10 +1,13 @@
 """Encoders: official ResNet-18 layout, clip pooling, small variants."""
 
+import pytest
 import torch
 import torchvision
 
-from avbalance.models import ClipEncoder, ResNetEncoder, build_model
 from avb_testing import tiny_spec
+from avbalance.errors import ConfigError
+from avbalance.models import ENCODERS, ClipEncoder, ResNetEncoder, build_encoder, build_model, model_spec
+from avbalance.models.encoders import encoder_kind
 
 
 def test_resnet18_layout_matches_torchvision_without_fc():
@@ -41,11 +44,70 @@ def test_clip_encoder_is_the_mean_over_frames_of_per_frame_features():
 
 def test_small_variant_and_model_output_shapes():
     model = build_model(tiny_spec(num_classes=7, modalities=("audio", "visual", "flow")))
-    batch = {"audio": torch.randn(3, 1, 16, 16), "visual": torch.randn(3, 3, 2, 16, 16),
-             "flow": torch.randn(3, 2, 2, 16, 16)}
+    batch = {
+        "audio": torch.randn(3, 1, 16, 16),
+        "visual": torch.randn(3, 3, 2, 16, 16),
+        "flow": torch.randn(3, 2, 2, 16, 16),
+    }
     out = model(batch)
     assert out.logits.shape == (3, 7)
     assert {m: f.shape for m, f in out.features.items()} == {m: (3, 8) for m in ("audio", "visual", "flow")}
     assert model.encoders["flow"].conv1.weight.shape[1] == 2
     encoder_params = {id(p) for m in model.modalities for p in model.encoders[m].parameters()}
     assert encoder_params | {id(p) for p in model.head.parameters()} == {id(p) for p in model.parameters()}
+
+
+class Flatten(torch.nn.Module):
+    """An encoder defined outside the package: a linear map of the flattened input."""
+
+    def __init__(self, in_channels: int, out_dim: int = 3, pixels: int = 256):
+        super().__init__()
+        self.out_dim = out_dim
+        self.linear = torch.nn.Linear(in_channels * pixels, out_dim)
+
+    def forward(self, x):
+        return self.linear(x.flatten(1))
+
+
+@pytest.fixture
+def flatten_encoder():
+    ENCODERS.register("test_flatten")(Flatten)
+    yield Flatten
+    ENCODERS.remove("test_flatten")
+
+
+def test_a_registered_encoder_is_built_by_name_through_the_model_spec(flatten_encoder):
+    spec = model_spec(
+        {"audio": (1, 16, 16), "visual": (3, 2, 16, 16)},
+        4,
+        width=4,
+        layers=[1, 1],
+        encoders={"audio": {"kind": "test_flatten", "out_dim": "6"}},
+    )
+    model = build_model(spec)
+    audio = model.encoders["audio"]
+    assert isinstance(audio, flatten_encoder) and audio.out_dim == 6  # model-wide width/layers left out
+    assert isinstance(model.encoders["visual"], ClipEncoder) and model.head.dims == {"audio": 6, "visual": 8}
+    x = torch.randn(2, 1, 16, 16)
+    torch.testing.assert_close(audio(x), x.flatten(1) @ audio.linear.weight.t() + audio.linear.bias)
+
+
+def test_encoder_kind_and_options_are_checked():
+    with pytest.raises(ConfigError, match="^unknown encoder 'transformer'; choose one of: clip, mlp, resnet$"):
+        build_encoder("transformer", 3)
+    with pytest.raises(ConfigError, match="^encoder 'resnet' has no option 'hidden'; its options are: width, layers$"):
+        build_encoder("resnet", 3, hidden=16)
+    with pytest.raises(ConfigError, match="^encoder 'mlp': hidden: Input should be a valid integer"):
+        build_encoder("mlp", 10, hidden="wide")
+
+
+def test_mlp_encoder_ignores_model_wide_sizes_and_has_hidden_width_output():
+    encoder = build_encoder("mlp", 10, hidden=12, width=64, layers=[2, 2])
+    assert encoder.out_dim == 12 and encoder(torch.randn(5, 10)).shape == (5, 12)
+    assert [layer.weight.shape for layer in encoder.net if isinstance(layer, torch.nn.Linear)] == [(12, 10), (12, 12)]
+
+
+def test_default_encoder_kind_follows_the_per_sample_shape():
+    assert [encoder_kind(shape) for shape in [(40,), (1, 64, 64), (3, 4, 32, 32)]] == ["mlp", "resnet", "clip"]
+    with pytest.raises(ValueError, match=r"no default encoder for inputs of per-sample shape \(2, 3\)"):
+        encoder_kind((2, 3))

@@ -1,12 +1,12 @@
 """Fusion heads: decompositions, cosine logits, modality-count checks."""
 
-from itertools import permutations
-
 import pytest
 import torch
-import torch.nn.functional as F
 
-from avbalance.models import FUSIONS, build_head, shapley_split
+from avb_testing import tiny_spec
+from avbalance.errors import ConfigError
+from avbalance.models import HEADS, FusionHead, HeadOutput, build_head, build_model, register_head, shapley_split
+from avbalance.registry import RegistryError
 
 DIMS = {"audio": 6, "visual": 6}
 
@@ -122,16 +122,20 @@ def test_symmetric_heads_follow_mmcosine_formulas():
 
 @pytest.mark.parametrize("name", ["film", "gated", "film_sym", "gated_sym"])
 def test_two_modality_heads_refuse_three(name):
-    with pytest.raises(ValueError, match=f"fusion '{name}' supports exactly 2 modalities, got 3"):
+    with pytest.raises(ConfigError, match=f"^fusion '{name}' supports exactly 2 modalities, got 3"):
         build_head(name, {"audio": 4, "visual": 4, "flow": 4}, 3)
 
 
 def test_unknown_fusion_lists_choices():
-    with pytest.raises(ValueError, match="unknown fusion 'mlp'; choose one of: sum, concat"):
+    with pytest.raises(
+        ConfigError,
+        match="unknown fusion 'mlp'; choose one of: sum, concat, cosine, film, gated, "
+        "film_sym, gated_sym, amco, shared$",
+    ):
         build_head("mlp", DIMS, 3)
 
 
-@pytest.mark.parametrize("name", sorted(FUSIONS))
+@pytest.mark.parametrize("name", HEADS.names())
 def test_every_head_is_consistent_between_train_and_eval(name):
     torch.manual_seed(0)
     head = build_head(name, DIMS, 3)
@@ -140,3 +144,55 @@ def test_every_head_is_consistent_between_train_and_eval(name):
     eval_out = head.eval()(x)
     for m in DIMS:
         torch.testing.assert_close(train_out.unimodal_logits[m], eval_out.unimodal_logits[m])
+
+
+def test_head_options_are_checked_and_converted():
+    assert build_head("cosine", DIMS, 3, scale="4").cosine_scale == 4.0
+    with pytest.raises(ConfigError, match="^fusion 'cosine' has no option 'scaling'; its options are: scale$"):
+        build_head("cosine", DIMS, 3, scaling=4.0)
+    with pytest.raises(ConfigError, match="^fusion 'sum' has no option 'scale'; it takes no options$"):
+        build_head("sum", DIMS, 3, scale=4.0)
+    with pytest.raises(ConfigError, match="^fusion 'cosine': scale: Input should be a valid number"):
+        build_head("cosine", DIMS, 3, scale="wide")
+
+
+class MeanHead(FusionHead):
+    """A head defined outside the package: the mean of per-modality linear logits, times ``gain``."""
+
+    name = "test_mean"
+
+    def __init__(self, dims, num_classes, gain: float = 1.0):
+        super().__init__(dims, num_classes)
+        self.gain = gain
+        self.fc = torch.nn.ModuleDict({m: torch.nn.Linear(d, num_classes) for m, d in dims.items()})
+
+    def forward(self, features):
+        unimodal = {m: self.gain * self.fc[m](features[m]) / len(self.modalities) for m in self.modalities}
+        return HeadOutput(sum(unimodal.values()), unimodal)
+
+
+@pytest.fixture
+def mean_head():
+    register_head(MeanHead)
+    yield MeanHead
+    HEADS.remove(MeanHead.name)
+
+
+def test_a_registered_head_is_built_by_name_in_a_model(mean_head):
+    model = build_model(tiny_spec("test_mean", gain=3))
+    assert isinstance(model.head, mean_head) and model.head.gain == 3.0
+    assert "test_mean" in HEADS.names()
+    batch = {"audio": torch.randn(2, 1, 16, 16), "visual": torch.randn(2, 3, 2, 16, 16)}
+    out = model(batch)
+    features = model.encode(batch)
+    expected = sum(3.0 * model.head.fc[m](features[m]) / 2 for m in ("audio", "visual"))
+    torch.testing.assert_close(out.logits, expected)
+
+
+def test_a_second_head_under_a_taken_name_is_refused():
+    class OtherConcat(FusionHead):
+        name = "concat"
+
+    with pytest.raises(RegistryError, match="fusion name 'concat' is taken by avbalance.models.fusion.ConcatFusion"):
+        register_head(OtherConcat)
+    assert HEADS.get("concat").__name__ == "ConcatFusion"

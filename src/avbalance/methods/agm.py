@@ -14,6 +14,12 @@ instead runs them without gradients and multiplies encoder m's gradients by ``k_
 backward (BalanceMM). When an entry of a head weight gradient leaves ``[-clip_grad, clip_grad]``
 the global gradient norm is clipped to ``clip_grad``.
 
+``modulate_via``: ``grad`` is the rule above; ``lr`` applies ``k_m`` to the update of encoder m's
+selected tensors instead (:mod:`.update_scaling`), whatever ``apply`` says -- with every ``k = 1``
+the shares add up to the fused logits, so the loss is then the plain cross-entropy and the
+coalition passes run without gradients. ``auto`` (default): ``grad`` for SGD, ``lr`` for adaptive
+optimizers (Adam, AdamW, ...), which cancel most of a gradient scale.
+
 ``preset`` fills the values not given: ``official`` is the audio-visual script of the authors'
 release (lihong2303/AGM_ICCV2023, ``run/CREMAD_main.py``: ``alpha`` 1.0, the default of
 ``utils/config.py``; ``clip`` 10; head-gradient trigger and ``max_norm`` 1.0; shares), ``balancemm``
@@ -43,6 +49,7 @@ from .modes import model_mode
 from .modulation import ModulationWindow
 from .ogm import TensorSelection, select_tensors
 from .registry import register_method
+from .update_scaling import ModulateVia, ModulationTarget
 
 
 class _ScaleGradient(torch.autograd.Function):
@@ -132,7 +139,7 @@ def agm_coefficients(
 
 
 @register_method
-class AGM(ModulationWindow, Method):
+class AGM(ModulationTarget, ModulationWindow, Method):
     name = "agm"
     min_modalities = 2
     scales_gradients = True
@@ -147,8 +154,10 @@ class AGM(ModulationWindow, Method):
         modulate: TensorSelection | None = None,
         modulation_starts: int = 0,
         modulation_ends: int | None = None,
+        modulate_via: ModulateVia = "auto",
     ) -> None:
         super().__init__()
+        self.init_target(modulate_via)
         given = {"alpha": alpha, "clip": clip, "clip_grad": clip_grad, "apply": apply, "modulate": modulate}
         values = {key: PRESETS[preset][key] if value is None else value for key, value in given.items()}
         if values["alpha"] < 0:
@@ -164,8 +173,11 @@ class AGM(ModulationWindow, Method):
         self._pending: torch.Tensor | None = None  # coefficients awaiting after_backward (encoders)
 
     def setup(self, model: MultimodalModel, optimizer=None, data=None) -> None:
+        self.choose_target(optimizer)
         super().setup(model, optimizer, data)
         self._model = model
+        groups = {m: select_tensors(model.encoders[m], self.modulate) for m in model.modalities}
+        self.attach_updates(optimizer, groups, self.in_window)
 
     def loss(self, output: ModelOutput, batch: Mapping[str, torch.Tensor]) -> torch.Tensor:
         model = self._model
@@ -174,7 +186,8 @@ class AGM(ModulationWindow, Method):
         modalities = list(model.modalities)
         labels = batch["label"]
         modulating = self.in_window()
-        carry_gradients = modulating and self.apply == "shares"
+        scales_updates = self.scales_updates
+        carry_gradients = modulating and self.apply == "shares" and not scales_updates
         with model_mode(model, False), torch.set_grad_enabled(carry_gradients and torch.is_grad_enabled()):
             partial = coalition_logits(model, batch)
         full = output.logits if carry_gradients else output.logits.detach()
@@ -201,7 +214,7 @@ class AGM(ModulationWindow, Method):
             fused = sum(scale_gradient(responses[m], coefficients[i]) for i, m in enumerate(modalities))
             self._pending = None
             return F.cross_entropy(fused, labels)
-        self._pending = coefficients if (modulating and self.apply == "encoders") else None
+        self._pending = coefficients if (modulating and (self.apply == "encoders" or scales_updates)) else None
         return F.cross_entropy(output.logits, labels)
 
     def _reference_on(self, device: torch.device, count: int) -> torch.Tensor:
@@ -213,13 +226,19 @@ class AGM(ModulationWindow, Method):
         self, model: MultimodalModel, output: ModelOutput | None = None, batch: Mapping[str, torch.Tensor] | None = None
     ) -> None:
         coefficients, self._pending = self._pending, None
-        if coefficients is not None:
+        scales_updates = coefficients is not None and self.scales_updates
+        self.update_scaler.scale_next_step(dict(zip(model.modalities, coefficients)) if scales_updates else None)
+        if coefficients is not None and not scales_updates:
             for index, m in enumerate(model.modalities):
                 grads = [p.grad for p in select_tensors(model.encoders[m], self.modulate) if p.grad is not None]
                 if grads:
                     torch._foreach_mul_(grads, coefficients[index])
         if self.clip_grad > 0:
             clip_if_head_gradient_large(model, self.clip_grad)
+
+    def discard_step(self) -> None:
+        self._pending = None
+        self.update_scaler.scale_next_step(None)
 
     def state_dict(self) -> dict:
         state = {**super().state_dict(), "steps": self._steps}
@@ -236,7 +255,7 @@ class AGM(ModulationWindow, Method):
     def __repr__(self) -> str:
         return (
             f"AGM(preset={self.preset!r}, alpha={self.alpha}, clip={self.clip}, clip_grad={self.clip_grad}, "
-            f"apply={self.apply!r})"
+            f"apply={self.apply!r}, modulate_via={self.modulate_via!r})"
         )
 
 

@@ -7,7 +7,10 @@ official ``s_a / s_v``), the modality ahead is slowed::
     k_m = 1 - tanh(alpha * rho_m)   if rho_m > 1   else 1
 
 and inside the modulation window ``[modulation_starts, modulation_ends]`` (epochs, inclusive) the
-gradient of every selected tensor of encoder m is multiplied by ``k_m`` after backward.
+gradient of every selected tensor of encoder m is multiplied by ``k_m`` after backward
+(``modulate_via="grad"``), or that tensor's parameter update is (``"lr"``: Adam-like optimizers
+cancel a gradient scale; see :mod:`.update_scaling`). ``"auto"`` (default): ``grad`` for SGD, ``lr``
+for adaptive optimizers.
 
 Everything stays on the device (no ``.item()``, no Python loop over the batch). Under DDP the
 scores are summed over all ranks before the coefficients are derived, so every replica applies
@@ -29,6 +32,7 @@ from .base import Method
 from .distributed import all_reduce_sum
 from .modulation import ModulationWindow
 from .registry import register_method
+from .update_scaling import ModulateVia, ModulationTarget
 
 TensorSelection = Literal["conv", "weights", "all"]
 
@@ -72,7 +76,7 @@ def select_tensors(module: torch.nn.Module, selection: TensorSelection) -> list[
 
 
 @register_method
-class OGM(ModulationWindow, Method):
+class OGM(ModulationTarget, ModulationWindow, Method):
     name = "ogm"
     min_modalities = 2
     scales_gradients = True
@@ -84,8 +88,10 @@ class OGM(ModulationWindow, Method):
         modulation_starts: int = 0,
         modulation_ends: int = 50,
         modulate: TensorSelection = "conv",
+        modulate_via: ModulateVia = "auto",
     ) -> None:
         super().__init__()
+        self.init_target(modulate_via)
         if alpha < 0:
             raise ValueError(f"alpha must be >= 0, got {alpha}")
         self.alpha = alpha
@@ -102,6 +108,13 @@ class OGM(ModulationWindow, Method):
 
     def discard_step(self) -> None:
         self._pending_scores = None
+        self.update_scaler.scale_next_step(None)
+
+    def setup(self, model: MultimodalModel, optimizer=None, data=None) -> None:
+        self.choose_target(optimizer)
+        super().setup(model, optimizer, data)
+        self._groups = None  # selected afresh for this model
+        self.attach_updates(optimizer, self._tensor_groups(model), self.in_window)
 
     def _tensor_groups(self, model: MultimodalModel) -> dict[str, list[torch.nn.Parameter]]:
         if self._groups is None:
@@ -129,15 +142,24 @@ class OGM(ModulationWindow, Method):
         for index, modality in enumerate(model.modalities):
             self._logs[f"ratio/{modality}"] = ratios[index]
             self._logs[f"coeff/{modality}"] = coefficients[index]
+        scales_updates = self.scales_updates
+        self.update_scaler.scale_next_step(
+            dict(zip(model.modalities, coefficients)) if modulating and scales_updates else None
+        )
         if not modulating:
             return
         for index, params in enumerate(self._tensor_groups(model).values()):
             grads = [p.grad for p in params if p.grad is not None]
-            if grads:
+            if grads and scales_updates:
+                self.perturb_gradients(grads)
+            elif grads:
                 self.modulate_gradients(grads, coefficients[index])
 
     def modulate_gradients(self, grads: list[torch.Tensor], coefficient: torch.Tensor) -> None:
         torch._foreach_mul_(grads, coefficient)
+
+    def perturb_gradients(self, grads: list[torch.Tensor]) -> None:
+        """What is left on the gradients when the coefficient goes to the update: nothing for OGM."""
 
     def state_dict(self) -> dict:
         return {**super().state_dict(), "alpha": self.alpha}
@@ -145,5 +167,5 @@ class OGM(ModulationWindow, Method):
     def __repr__(self) -> str:
         return (
             f"{type(self).__name__}(alpha={self.alpha}, window=[{self.modulation_starts}, "
-            f"{self.modulation_ends}], modulate={self.modulate!r})"
+            f"{self.modulation_ends}], modulate={self.modulate!r}, modulate_via={self.modulate_via!r})"
         )

@@ -9,6 +9,9 @@ without its per-tensor ``.item()`` host synchronisation.
 The noise comes from the method's own generator, seeded with ``seed`` when given and otherwise
 from the run seed (``Method.draw_seed``): the same on every DDP rank, so all replicas add the same
 noise and stay identical, and different for runs with different seeds.
+
+With ``modulate_via="lr"`` the coefficient scales the parameter update and the noise stays on the
+gradient: ``g <- g + eps`` (the same ``sigma``).
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ import torch
 from .ogm import OGM, TensorSelection
 from .randomness import DrawsOnDevice
 from .registry import register_method
+from .update_scaling import ModulateVia
 
 
 @register_method
@@ -32,15 +36,22 @@ class OGMGE(DrawsOnDevice, OGM):
         modulation_ends: int = 50,
         modulate: TensorSelection = "conv",
         seed: int | None = None,
+        modulate_via: ModulateVia = "auto",
     ) -> None:
-        super().__init__(alpha, modulation_starts, modulation_ends, modulate)
+        super().__init__(alpha, modulation_starts, modulation_ends, modulate, modulate_via)
         self.seed = seed
         self.reset_generators()
         self._noise_buffer: torch.Tensor | None = None  # reused: no fresh allocation every step
 
     def modulate_gradients(self, grads: list[torch.Tensor], coefficient: torch.Tensor) -> None:
-        stds = [torch.nan_to_num(g.std(), nan=0.0) + 1e-8 for g in grads]  # before scaling
+        stds = gradient_stds(grads)  # before scaling
         super().modulate_gradients(grads, coefficient)
+        self._add_noise(grads, stds)
+
+    def perturb_gradients(self, grads: list[torch.Tensor]) -> None:
+        self._add_noise(grads, gradient_stds(grads))
+
+    def _add_noise(self, grads: list[torch.Tensor], stds: list[torch.Tensor]) -> None:
         generator = self.generator(grads[0].device)
         buffer = self._buffer_for(grads)
         for grad, std in zip(grads, stds):
@@ -58,3 +69,8 @@ class OGMGE(DrawsOnDevice, OGM):
         ):
             buffer = self._noise_buffer = torch.empty(size, device=grads[0].device, dtype=grads[0].dtype)
         return buffer
+
+
+def gradient_stds(grads: list[torch.Tensor]) -> list[torch.Tensor]:
+    """``sigma = std(g) + 1e-8`` of every tensor (0 for a one-element tensor)."""
+    return [torch.nan_to_num(g.std(), nan=0.0) + 1e-8 for g in grads]

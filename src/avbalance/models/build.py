@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 from .encoders import build_encoder, encoder_kind
 from .fusion import build_head
@@ -14,10 +15,15 @@ from .model import MultimodalModel
 MODEL_VARIANTS: dict[str, type[MultimodalModel]] = {"mmtm": MMTMModel}
 
 
-def model_spec(input_shapes: Mapping[str, tuple[int, ...]], num_classes: int, fusion: str = "concat",
-               fusion_options: Mapping[str, Any] | None = None, width: int = 64,
-               layers: list[int] | tuple[int, ...] = (2, 2, 2, 2),
-               encoders: Mapping[str, Mapping[str, Any]] | None = None) -> dict[str, Any]:
+def model_spec(
+    input_shapes: Mapping[str, tuple[int, ...]],
+    num_classes: int,
+    fusion: str = "concat",
+    fusion_options: Mapping[str, Any] | None = None,
+    width: int = 64,
+    layers: list[int] | tuple[int, ...] = (2, 2, 2, 2),
+    encoders: Mapping[str, Mapping[str, Any]] | None = None,
+) -> dict[str, Any]:
     """A spec for :func:`build_model`: one encoder entry per modality (kind, input channels, width,
     layers), the fusion name and options and the class count. ``encoders[m]`` overrides defaults."""
     specs = {}

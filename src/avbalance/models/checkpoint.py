@@ -11,8 +11,9 @@ from __future__ import annotations
 import os
 import pickle
 import tempfile
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import torch
 
@@ -33,8 +34,7 @@ def read_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
     except pickle.UnpicklingError as error:
         first_line = str(error).strip().splitlines()[0] if str(error).strip() else "unsupported content"
         raise CheckpointError(
-            f"{path}: refused to load: it contains objects that only arbitrary code could rebuild "
-            f"({first_line[:160]})"
+            f"{path}: refused to load: it contains objects that only arbitrary code could rebuild ({first_line[:160]})"
         ) from None
     except Exception as error:  # torch.load fails on foreign files with many exception types
         detail = (str(error).strip().splitlines() or [type(error).__name__])[0][:160]
@@ -45,7 +45,7 @@ def read_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
 
 
 def model_state(checkpoint: Mapping[str, Any]) -> dict[str, torch.Tensor]:
-    return {k[len(MODEL_PREFIX):]: v for k, v in checkpoint["state_dict"].items() if k.startswith(MODEL_PREFIX)}
+    return {k[len(MODEL_PREFIX) :]: v for k, v in checkpoint["state_dict"].items() if k.startswith(MODEL_PREFIX)}
 
 
 def load_model(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> MultimodalModel:
@@ -62,30 +62,37 @@ def load_model(path: str | os.PathLike, map_location: str | torch.device = "cpu"
     return model.to(map_location).eval()
 
 
-def load_state(model: torch.nn.Module, state: Mapping[str, torch.Tensor], path: str | os.PathLike) -> None:
-    """``load_state_dict`` with one-line, per-tensor reports of missing, unexpected or misshapen keys."""
-    expected = model.state_dict()
-    missing = [k for k in expected if k not in state]
-    unexpected = [k for k in state if k not in expected]
+def state_mismatches(expected: Mapping[str, torch.Tensor], state: Mapping[str, torch.Tensor]) -> list[str]:
+    """What keeps ``state`` from loading where ``expected`` is: tensors with another shape, missing
+    and unexpected keys, each as ``"N <problem> (e.g. keys)"``; empty when it fits."""
     misshapen = [
-        f"{k} {tuple(state[k].shape)} vs model {tuple(v.shape)}"
+        f"{k} {tuple(state[k].shape)} vs {tuple(v.shape)}"
         for k, v in expected.items()
         if k in state and tuple(state[k].shape) != tuple(v.shape)
     ]
+    missing = [k for k in expected if k not in state]
+    unexpected = [k for k in state if k not in expected]
     problems = []
-    if missing:
-        problems.append(f"{len(missing)} missing (e.g. {missing[0]})")
-    if unexpected:
-        problems.append(f"{len(unexpected)} unexpected (e.g. {unexpected[0]})")
     if misshapen:
-        problems.append(f"{len(misshapen)} with another shape: {'; '.join(misshapen[:3])}")
+        problems.append(f"{len(misshapen)} with another shape: " + "; ".join(misshapen[:3]))
+    if missing:
+        problems.append(f"{len(missing)} missing (e.g. {', '.join(missing[:3])})")
+    if unexpected:
+        problems.append(f"{len(unexpected)} unexpected (e.g. {', '.join(unexpected[:3])})")
+    return problems
+
+
+def load_state(model: torch.nn.Module, state: Mapping[str, torch.Tensor], path: str | os.PathLike) -> None:
+    """``load_state_dict`` with one-line, per-tensor reports of missing, unexpected or misshapen keys."""
+    problems = state_mismatches(model.state_dict(), state)
     if problems:
         raise CheckpointError(f"{path}: does not match the model: " + ", ".join(problems))
     model.load_state_dict(state)
 
 
-def save_model_checkpoint(spec: Mapping[str, Any], state: Mapping[str, torch.Tensor], path: str | os.PathLike,
-                          **extra: Any) -> None:
+def save_model_checkpoint(
+    spec: Mapping[str, Any], state: Mapping[str, torch.Tensor], path: str | os.PathLike, **extra: Any
+) -> None:
     """Write an avbalance checkpoint atomically (temporary file in the same folder, then rename)."""
     checkpoint = {
         "avbalance": {"model_spec": dict(spec), **extra},

@@ -18,7 +18,8 @@ from __future__ import annotations
 
 import os
 import re
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 import torch
 
@@ -31,7 +32,7 @@ ENCODER_KIND = {"audio": "resnet", "visual": "clip"}
 
 
 def _strip_prefix(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    return {(k[len("module."):] if k.startswith("module.") else k): v for k, v in state.items()}
+    return {(k[len("module.") :] if k.startswith("module.") else k): v for k, v in state.items()}
 
 
 def _official_state(checkpoint: Mapping[str, Any], path) -> dict[str, torch.Tensor]:
@@ -87,8 +88,9 @@ def _head_state(fusion: str, fusion_state: Mapping[str, torch.Tensor]) -> dict[s
     return dict(fusion_state)
 
 
-def convert_official(path: str | os.PathLike, fusion: str | None = None, num_classes: int | None = None,
-                     **fusion_options: Any) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
+def convert_official(
+    path: str | os.PathLike, fusion: str | None = None, num_classes: int | None = None, **fusion_options: Any
+) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
     """Return ``(model_spec, state_dict)`` for an official checkpoint file."""
     state = _official_state(read_checkpoint(path), path)
     encoders = {}
@@ -97,10 +99,11 @@ def convert_official(path: str | os.PathLike, fusion: str | None = None, num_cla
         if f"{prefix}.conv1.weight" not in state:
             raise CheckpointError(f"{path}: no '{prefix}.conv1.weight': not an official audio-visual ResNet model")
         encoders[modality] = _encoder_spec(state, prefix, ENCODER_KIND[modality])
-        new_state.update({f"encoders.{modality}." + k[len(prefix) + 1:]: v
-                          for k, v in state.items() if k.startswith(prefix + ".")})
+        new_state.update(
+            {f"encoders.{modality}." + k[len(prefix) + 1 :]: v for k, v in state.items() if k.startswith(prefix + ".")}
+        )
     dims = {m: spec["width"] * 2 ** (len(spec["layers"]) - 1) for m, spec in encoders.items()}
-    fusion_state = {k[len("fusion_module."):]: v for k, v in state.items() if k.startswith("fusion_module.")}
+    fusion_state = {k[len("fusion_module.") :]: v for k, v in state.items() if k.startswith("fusion_module.")}
     inferred = infer_fusion(fusion_state, dims)
     fusion = fusion or inferred
     if fusion == "cosine" and inferred != "concat" or fusion != "cosine" and fusion != inferred:
@@ -110,15 +113,22 @@ def convert_official(path: str | os.PathLike, fusion: str | None = None, num_cla
     out_key = "fc.audio.weight" if inferred == "sum" else "fc_out.weight"
     found_classes = int(head_state[out_key].shape[0])
     if num_classes is not None and num_classes != found_classes:
-        raise CheckpointError(f"{path}: --num-classes {num_classes} but the checkpoint's head has {found_classes} classes")
+        raise CheckpointError(
+            f"{path}: --num-classes {num_classes} but the checkpoint's head has {found_classes} classes"
+        )
     if fusion == "gated" or fusion == "gated_sym":
         fusion_options.setdefault("hidden", int(fusion_state["fc_x.weight"].shape[0]))
     spec = {"encoders": encoders, "fusion": fusion, "fusion_options": fusion_options, "num_classes": found_classes}
     return spec, new_state
 
 
-def convert_checkpoint(source: str | os.PathLike, target: str | os.PathLike, fusion: str | None = None,
-                       num_classes: int | None = None, **fusion_options: Any) -> dict[str, Any]:
+def convert_checkpoint(
+    source: str | os.PathLike,
+    target: str | os.PathLike,
+    fusion: str | None = None,
+    num_classes: int | None = None,
+    **fusion_options: Any,
+) -> dict[str, Any]:
     """Convert ``source`` (official) into the avbalance checkpoint ``target``; returns the model spec."""
     spec, state = convert_official(source, fusion, num_classes, **fusion_options)
     model = build_model(spec)

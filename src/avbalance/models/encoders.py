@@ -8,13 +8,27 @@ variants for CPU work and tests (``width=64, layers=(2, 2, 2, 2)`` is ResNet-18)
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import torch
 from torch import nn
 from torchvision.models.resnet import BasicBlock, conv1x1
 
+from ..registry import Registry
 
+#: Encoders by kind: ``builder(in_channels, **options)`` returns a module mapping one modality's
+#: input to ``(B, out_dim)`` features and exposing ``out_dim``. Every module of
+#: :mod:`avbalance.models` is imported on the first look-up, so an encoder in its own file that
+#: registers itself is found.
+ENCODERS: Registry[Callable[..., nn.Module]] = Registry("encoder", package="avbalance.models")
+
+#: Sizes every encoder spec carries from the model-wide settings (``model.width``,
+#: ``model.layers``); an encoder without such an option ignores them.
+MODEL_WIDE_OPTIONS = ("width", "layers")
+
+
+@ENCODERS.register("resnet")
 class ResNetEncoder(nn.Module):
     """A BasicBlock ResNet trunk for 2-D inputs ``(B, C, H, W)`` -> features ``(B, D)``.
 
@@ -67,6 +81,7 @@ class ResNetEncoder(nn.Module):
         return self.feature_map(x).mean(dim=(-2, -1))
 
 
+@ENCODERS.register("clip")
 class ClipEncoder(ResNetEncoder):
     """Clips ``(B, C, T, H, W)`` -> ``(B, D)``: frames are folded into the batch, encoded by one 2-D
     ResNet, and average-pooled over time and space (the official OGM-GE visual path)."""
@@ -78,13 +93,16 @@ class ClipEncoder(ResNetEncoder):
         return maps.view(batch, frames, *maps.shape[1:]).mean(dim=(1, 3, 4))
 
 
+@ENCODERS.register("mlp")
 class MLPEncoder(nn.Module):
-    """Feature vectors ``(B, D_in)`` -> ``(B, D)`` through a small MLP."""
+    """Feature vectors ``(B, D_in)`` -> ``(B, D)`` through a small MLP (``D = out_dim``, by default
+    the hidden width)."""
 
-    def __init__(self, in_features: int, hidden: int = 256, out_dim: int = 256, depth: int = 2):
+    def __init__(self, in_channels: int, hidden: int = 256, out_dim: int | None = None, depth: int = 2):
         super().__init__()
+        out_dim = out_dim or hidden
         layers: list[nn.Module] = []
-        features = in_features
+        features = in_channels
         for _ in range(depth - 1):
             layers += [nn.Linear(features, hidden), nn.ReLU(inplace=True)]
             features = hidden
@@ -104,13 +122,9 @@ def encoder_kind(input_shape: Sequence[int]) -> str:
     return kinds[len(input_shape)]
 
 
-def build_encoder(kind: str, in_channels: int, width: int = 64, layers: Sequence[int] = (2, 2, 2, 2),
-                  hidden: int = 256) -> nn.Module:
-    """Build an encoder by kind: ``resnet`` (2-D input), ``clip`` (frames) or ``mlp`` (vectors)."""
-    if kind == "resnet":
-        return ResNetEncoder(in_channels, width, layers)
-    if kind == "clip":
-        return ClipEncoder(in_channels, width, layers)
-    if kind == "mlp":
-        return MLPEncoder(in_channels, hidden=hidden, out_dim=hidden)
-    raise ValueError(f"unknown encoder kind {kind!r}; choose resnet, clip or mlp")
+def build_encoder(kind: str, in_channels: int, **options: Any) -> nn.Module:
+    """Build the encoder ``kind`` (see :data:`ENCODERS`) for inputs with ``in_channels`` channels
+    (features, for ``mlp``); model-wide sizes the encoder does not take are left out."""
+    accepted = ENCODERS.defaults(kind, skip=1)
+    options = {key: value for key, value in options.items() if key in accepted or key not in MODEL_WIDE_OPTIONS}
+    return ENCODERS.build(kind, in_channels, **options)

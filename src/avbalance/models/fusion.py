@@ -32,14 +32,17 @@ modality, ``fc``) so official checkpoints convert by renaming only.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from itertools import combinations
 from math import factorial
-from typing import Callable, ClassVar, Mapping
+from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from ..registry import Registry
 
 
 @dataclass
@@ -48,11 +51,23 @@ class HeadOutput:
     unimodal_logits: dict[str, torch.Tensor]
 
 
-def _xavier(linear: nn.Linear) -> nn.Linear:
+def xavier_linear(linear: nn.Linear) -> nn.Linear:
     # The official OGM-GE scripts' global init for linear layers.
     nn.init.xavier_normal_(linear.weight)
     nn.init.zeros_(linear.bias)
     return linear
+
+
+#: Fusion heads by name, listed in registration order (this module's general heads first). Every
+#: module of :mod:`avbalance.models` is imported on the first look-up, so a head in its own file
+#: decorated with :func:`register_head` is found.
+HEADS: Registry[type[FusionHead]] = Registry("fusion", package="avbalance.models", sorted_names=False)
+
+
+def register_head(cls: type[FusionHead]) -> type[FusionHead]:
+    """Class decorator: register a :class:`FusionHead` subclass under ``cls.name`` (a taken name raises)."""
+    HEADS.add(cls.name, cls)
+    return cls
 
 
 class FusionHead(nn.Module):
@@ -83,15 +98,36 @@ class FusionHead(nn.Module):
         raise NotImplementedError
 
 
+@register_head
+class SumFusion(FusionHead):
+    """``z = sum_m (W_m h_m + b_m)``; ``z_m`` is modality m's own linear output (full bias, in
+    training and evaluation alike -- official OGM-GE halves the bias only when validating)."""
+
+    name = "sum"
+
+    def __init__(self, dims: Mapping[str, int], num_classes: int):
+        super().__init__(dims, num_classes)
+        self.fc = nn.ModuleDict({m: xavier_linear(nn.Linear(d, num_classes)) for m, d in dims.items()})
+
+    def forward(self, features: Mapping[str, torch.Tensor]) -> HeadOutput:
+        unimodal = {m: self.fc[m](features[m]) for m in self.modalities}
+        return HeadOutput(torch.stack(list(unimodal.values())).sum(0), unimodal)
+
+
 class SplitLinearHead(FusionHead):
     """A final linear layer ``fc_out`` over concatenated per-modality *streams*, split in column
     blocks: ``z_m = W_m s_m + b / M`` (or ``s * cos(s_m, W_m)`` in cosine mode), ``z = sum_m z_m``."""
 
-    def __init__(self, dims: Mapping[str, int], num_classes: int, stream_dims: Mapping[str, int],
-                 cosine_scale: float | None = None):
+    def __init__(
+        self,
+        dims: Mapping[str, int],
+        num_classes: int,
+        stream_dims: Mapping[str, int],
+        cosine_scale: float | None = None,
+    ):
         super().__init__(dims, num_classes)
         self.stream_dims = dict(stream_dims)
-        self.fc_out = _xavier(nn.Linear(sum(self.stream_dims.values()), num_classes))
+        self.fc_out = xavier_linear(nn.Linear(sum(self.stream_dims.values()), num_classes))
         self.cosine_scale = cosine_scale
 
     def streams(self, features: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -115,6 +151,7 @@ class SplitLinearHead(FusionHead):
         return HeadOutput(torch.stack(list(unimodal.values())).sum(0), unimodal)
 
 
+@register_head
 class ConcatFusion(SplitLinearHead):
     name = "concat"
 
@@ -122,6 +159,7 @@ class ConcatFusion(SplitLinearHead):
         super().__init__(dims, num_classes, dims, cosine_scale)
 
 
+@register_head
 class CosineFusion(ConcatFusion):
     """The MMCosine head: per-modality scaled cosines between features and class weights."""
 
@@ -131,23 +169,9 @@ class CosineFusion(ConcatFusion):
         super().__init__(dims, num_classes, cosine_scale=scale)
 
 
-class SumFusion(FusionHead):
-    """``z = sum_m (W_m h_m + b_m)``; ``z_m`` is modality m's own linear output (full bias, in
-    training and evaluation alike -- official OGM-GE halves the bias only when validating)."""
-
-    name = "sum"
-
-    def __init__(self, dims: Mapping[str, int], num_classes: int):
-        super().__init__(dims, num_classes)
-        self.fc = nn.ModuleDict({m: _xavier(nn.Linear(d, num_classes)) for m, d in dims.items()})
-
-    def forward(self, features: Mapping[str, torch.Tensor]) -> HeadOutput:
-        unimodal = {m: self.fc[m](features[m]) for m in self.modalities}
-        return HeadOutput(torch.stack(list(unimodal.values())).sum(0), unimodal)
-
-
-def shapley_split(head: Callable[[dict[str, torch.Tensor]], torch.Tensor],
-                  features: Mapping[str, torch.Tensor]) -> HeadOutput:
+def shapley_split(
+    head: Callable[[dict[str, torch.Tensor]], torch.Tensor], features: Mapping[str, torch.Tensor]
+) -> HeadOutput:
     """Split ``head(features)`` into per-modality Shapley shares with zero features as reference.
 
     All ``2^M`` coalitions are evaluated in one call on a stacked batch; the reference output
@@ -157,8 +181,7 @@ def shapley_split(head: Callable[[dict[str, torch.Tensor]], torch.Tensor],
     count, batch = len(modalities), next(iter(features.values())).shape[0]
     coalitions = [frozenset(c) for size in range(count + 1) for c in combinations(modalities, size)]
     stacked = {
-        m: torch.cat([features[m] if m in c else torch.zeros_like(features[m]) for c in coalitions])
-        for m in modalities
+        m: torch.cat([features[m] if m in c else torch.zeros_like(features[m]) for c in coalitions]) for m in modalities
     }
     values = dict(zip(coalitions, head(stacked).split(batch)))
     full, empty = values[frozenset(modalities)], values[frozenset()]
@@ -174,6 +197,7 @@ def shapley_split(head: Callable[[dict[str, torch.Tensor]], torch.Tensor],
     return HeadOutput(full, unimodal)
 
 
+@register_head
 class FiLMFusion(FusionHead):
     """Original FiLM (OGM-GE code): ``(gamma, beta) = fc(h_c)``, ``z = fc_out(gamma * h_t + beta)``
     where ``c`` is the conditioning modality (``condition``, default the first) and ``t`` the other."""
@@ -188,8 +212,8 @@ class FiLMFusion(FusionHead):
             raise ValueError(f"film: condition {self.condition!r} is not one of {', '.join(dims)}")
         self.target = next(m for m in self.modalities if m != self.condition)
         target_dim = dims[self.target]
-        self.fc = _xavier(nn.Linear(dims[self.condition], 2 * target_dim))
-        self.fc_out = _xavier(nn.Linear(target_dim, num_classes))
+        self.fc = xavier_linear(nn.Linear(dims[self.condition], 2 * target_dim))
+        self.fc_out = xavier_linear(nn.Linear(target_dim, num_classes))
 
     def fused(self, features: Mapping[str, torch.Tensor]) -> torch.Tensor:
         gamma, beta = self.fc(features[self.condition]).chunk(2, dim=1)
@@ -199,6 +223,7 @@ class FiLMFusion(FusionHead):
         return shapley_split(self.fused, {m: features[m] for m in self.modalities})
 
 
+@register_head
 class GatedFusion(FusionHead):
     """Original gated fusion (OGM-GE code): ``o_x = fc_x(h_x)``, ``o_y = fc_y(h_y)``,
     ``z = fc_out(sigmoid(o_gate) * o_other)`` where ``gate`` (default the first modality) gates."""
@@ -206,17 +231,16 @@ class GatedFusion(FusionHead):
     name = "gated"
     exact_modalities = 2
 
-    def __init__(self, dims: Mapping[str, int], num_classes: int, hidden: int | None = None,
-                 gate: str | None = None):
+    def __init__(self, dims: Mapping[str, int], num_classes: int, hidden: int | None = None, gate: str | None = None):
         super().__init__(dims, num_classes)
         hidden = hidden or max(dims.values())
         self.gate = gate or self.modalities[0]
         if self.gate not in dims:
             raise ValueError(f"gated: gate {self.gate!r} is not one of {', '.join(dims)}")
         first, second = self.modalities
-        self.fc_x = _xavier(nn.Linear(dims[first], hidden))
-        self.fc_y = _xavier(nn.Linear(dims[second], hidden))
-        self.fc_out = _xavier(nn.Linear(hidden, num_classes))
+        self.fc_x = xavier_linear(nn.Linear(dims[first], hidden))
+        self.fc_y = xavier_linear(nn.Linear(dims[second], hidden))
+        self.fc_out = xavier_linear(nn.Linear(hidden, num_classes))
 
     def fused(self, features: Mapping[str, torch.Tensor]) -> torch.Tensor:
         first, second = self.modalities
@@ -228,6 +252,7 @@ class GatedFusion(FusionHead):
         return shapley_split(self.fused, {m: features[m] for m in self.modalities})
 
 
+@register_head
 class SymmetricFiLMFusion(SplitLinearHead):
     """MMCosine's revised FiLM: each modality's stream is FiLM-modulated by the other,
     ``x' = gamma_y * x + beta_y``, ``y' = gamma_x * y + beta_x``, then a concat-style split head."""
@@ -239,8 +264,8 @@ class SymmetricFiLMFusion(SplitLinearHead):
         self.check_count(dims)
         first, second = list(dims)
         super().__init__(dims, num_classes, dims, cosine_scale)
-        self.fc_x = _xavier(nn.Linear(dims[first], 2 * dims[second]))
-        self.fc_y = _xavier(nn.Linear(dims[second], 2 * dims[first]))
+        self.fc_x = xavier_linear(nn.Linear(dims[first], 2 * dims[second]))
+        self.fc_y = xavier_linear(nn.Linear(dims[second], 2 * dims[first]))
 
     def streams(self, features: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         first, second = self.modalities
@@ -250,6 +275,7 @@ class SymmetricFiLMFusion(SplitLinearHead):
         return {first: gamma_y * x + beta_y, second: gamma_x * y + beta_x}
 
 
+@register_head
 class SymmetricGatedFusion(SplitLinearHead):
     """MMCosine's revised gated fusion: ``x' = sigmoid(o_y) * o_x``, ``y' = sigmoid(o_x) * o_y``,
     then a concat-style split head over ``[x'; y']``."""
@@ -257,14 +283,15 @@ class SymmetricGatedFusion(SplitLinearHead):
     name = "gated_sym"
     exact_modalities = 2
 
-    def __init__(self, dims: Mapping[str, int], num_classes: int, hidden: int | None = None,
-                 cosine_scale: float | None = None):
+    def __init__(
+        self, dims: Mapping[str, int], num_classes: int, hidden: int | None = None, cosine_scale: float | None = None
+    ):
         self.check_count(dims)
         hidden = hidden or max(dims.values())
         first, second = list(dims)
         super().__init__(dims, num_classes, {first: hidden, second: hidden}, cosine_scale)
-        self.fc_x = _xavier(nn.Linear(dims[first], hidden))
-        self.fc_y = _xavier(nn.Linear(dims[second], hidden))
+        self.fc_x = xavier_linear(nn.Linear(dims[first], hidden))
+        self.fc_y = xavier_linear(nn.Linear(dims[second], hidden))
 
     def streams(self, features: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         first, second = self.modalities
@@ -272,25 +299,6 @@ class SymmetricGatedFusion(SplitLinearHead):
         return {first: torch.sigmoid(out_y) * out_x, second: torch.sigmoid(out_x) * out_y}
 
 
-FUSIONS: dict[str, type[FusionHead]] = {
-    head.name: head
-    for head in (SumFusion, ConcatFusion, CosineFusion, FiLMFusion, GatedFusion,
-                 SymmetricFiLMFusion, SymmetricGatedFusion)
-}
-
-
 def build_head(name: str, dims: Mapping[str, int], num_classes: int, **options) -> FusionHead:
-    """Build the fusion head ``name`` (see :data:`FUSIONS`) for features of sizes ``dims``."""
-    if name not in FUSIONS:
-        raise ValueError(f"unknown fusion {name!r}; choose one of: {', '.join(FUSIONS)}")
-    try:
-        return FUSIONS[name](dims, num_classes, **options)
-    except TypeError as error:
-        raise ValueError(f"fusion {name!r}: {error}") from None
-
-
-# Heads defined in their own modules (imported last: they build on the classes above).
-from .amco_head import AMCoHead  # noqa: E402
-from .shared_head import SharedHead  # noqa: E402
-
-FUSIONS.update({head.name: head for head in (SharedHead, AMCoHead)})
+    """Build the fusion head ``name`` (see :data:`HEADS`) for features of sizes ``dims``."""
+    return HEADS.build(name, dims, num_classes, **options)

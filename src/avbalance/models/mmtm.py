@@ -24,7 +24,7 @@ BalanceMM after stages 1-4.
 
 from __future__ import annotations
 
-from typing import Mapping, Sequence
+from collections.abc import Mapping, Sequence
 
 import torch
 from torch import nn
@@ -65,8 +65,10 @@ class MMTM(nn.Module):
                 sums = {m: self._gate_sums[m] + sums[m] for m in sums}
                 count = self._gate_count + count
             self._gate_sums, self._gate_count = sums, count
-            gates = {m: torch.where(self.care == index, self.running(m).expand_as(g), g)
-                     for index, (m, g) in enumerate(gates.items())}
+            gates = {
+                m: torch.where(self.care == index, self.running(m).expand_as(g), g)
+                for index, (m, g) in enumerate(gates.items())
+            }
         return gates
 
     def take_gate_sums(self) -> tuple[dict[str, torch.Tensor], torch.Tensor] | None:
@@ -95,13 +97,16 @@ def _stage_channels(encoder: ResNetEncoder, stage: int) -> int:
 class MMTMModel(MultimodalModel):
     """Encoders that exchange MMTM-gated feature maps after the stages in ``stages`` (1-based)."""
 
-    def __init__(self, encoders: Mapping[str, nn.Module], head: FusionHead, stages: Sequence[int] | None = None,
-                 ratio: int = 4):
+    def __init__(
+        self, encoders: Mapping[str, nn.Module], head: FusionHead, stages: Sequence[int] | None = None, ratio: int = 4
+    ):
         super().__init__(encoders, head)
         for m, encoder in self.encoders.items():
             if not isinstance(encoder, ResNetEncoder):
-                raise ValueError(f"MMTM blocks need ResNet encoders (2-D inputs or clips); the {m!r} encoder "
-                                 f"is {type(encoder).__name__}")
+                raise ValueError(
+                    f"MMTM blocks need ResNet encoders (2-D inputs or clips); the {m!r} encoder "
+                    f"is {type(encoder).__name__}"
+                )
         depths = {encoder.num_stages for encoder in self.encoders.values()}
         if len(depths) != 1:
             raise ValueError("MMTM blocks need encoders with the same number of stages")
@@ -111,10 +116,12 @@ class MMTMModel(MultimodalModel):
         if bad or not stages:
             raise ValueError(f"MMTM stages must be a non-empty subset of 1..{num_stages}, got {stages}")
         self.num_stages = num_stages
-        self.mmtm = nn.ModuleDict({
-            f"layer{s}": MMTM({m: _stage_channels(e, s) for m, e in self.encoders.items()}, ratio)
-            for s in sorted(set(stages))
-        })
+        self.mmtm = nn.ModuleDict(
+            {
+                f"layer{s}": MMTM({m: _stage_channels(e, s) for m, e in self.encoders.items()}, ratio)
+                for s in sorted(set(stages))
+            }
+        )
 
     def blocks(self) -> list[MMTM]:
         return list(self.mmtm.values())

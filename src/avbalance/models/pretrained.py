@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from ..errors import CheckpointError
-from .checkpoint import read_checkpoint
+from .checkpoint import read_checkpoint, state_mismatches
 
 IGNORED_PREFIXES = ("fc.",)
 
@@ -33,7 +33,8 @@ def read_weights(path: str | os.PathLike) -> dict[str, torch.Tensor]:
         try:
             return load_file(str(path))
         except Exception as error:  # safetensors raises its own error types
-            raise CheckpointError(f"{path}: not a readable safetensors file ({str(error).splitlines()[0][:120]})") from None
+            detail = str(error).splitlines()[0][:120]
+            raise CheckpointError(f"{path}: not a readable safetensors file ({detail})") from None
     checkpoint = read_checkpoint(path)
     for key in ("state_dict", "model"):
         if isinstance(checkpoint.get(key), dict):
@@ -43,9 +44,9 @@ def read_weights(path: str | os.PathLike) -> dict[str, torch.Tensor]:
 
 def encoder_state(weights: dict[str, torch.Tensor], modality: str) -> dict[str, torch.Tensor]:
     """The entries of ``weights`` that belong to ``modality``'s encoder, prefixes removed."""
-    weights = {(k[len("module."):] if k.startswith("module.") else k): v for k, v in weights.items()}
+    weights = {(k[len("module.") :] if k.startswith("module.") else k): v for k, v in weights.items()}
     for prefix in (f"model.encoders.{modality}.", f"encoders.{modality}.", f"{modality}_net."):
-        selected = {k[len(prefix):]: v for k, v in weights.items() if k.startswith(prefix)}
+        selected = {k[len(prefix) :]: v for k, v in weights.items() if k.startswith(prefix)}
         if selected:
             return selected
     return {k: v for k, v in weights.items() if not k.startswith(IGNORED_PREFIXES)}
@@ -58,22 +59,16 @@ def load_pretrained_encoder(encoder: nn.Module, path: str | os.PathLike, modalit
     expected = encoder.state_dict()
     notes = []
     stem = "conv1.weight"
-    if stem in state and stem in expected and state[stem].shape[1] != expected[stem].shape[1] \
-            and state[stem].shape[0] == expected[stem].shape[0]:
-        channels = expected[stem].shape[1]
+    if (
+        stem in state
+        and stem in expected
+        and state[stem].shape[1] != expected[stem].shape[1]
+        and state[stem].shape[0] == expected[stem].shape[0]
+    ):
+        given, channels = state[stem].shape[1], expected[stem].shape[1]
         state[stem] = state[stem].mean(dim=1, keepdim=True).repeat(1, channels, 1, 1)
-        notes.append(f"{modality}: conv1 adapted from {tuple(state[stem].shape)[1]} averaged input channels")
-    missing = [k for k in expected if k not in state]
-    unexpected = [k for k in state if k not in expected]
-    misshapen = [f"{k} {tuple(state[k].shape)} vs {tuple(v.shape)}" for k, v in expected.items()
-                 if k in state and state[k].shape != v.shape]
-    problems = []
-    if misshapen:
-        problems.append(f"{len(misshapen)} with another shape: " + "; ".join(misshapen[:3]))
-    if missing:
-        problems.append(f"{len(missing)} missing (e.g. {', '.join(missing[:3])})")
-    if unexpected:
-        problems.append(f"{len(unexpected)} unexpected (e.g. {', '.join(unexpected[:3])})")
+        notes.append(f"{modality}: conv1 adapted from {given} averaged input channels")
+    problems = state_mismatches(expected, state)
     if problems:
         raise CheckpointError(f"{path}: pretrained weights do not fit the {modality} encoder: " + ", ".join(problems))
     encoder.load_state_dict(state)

@@ -17,13 +17,14 @@ There is no fused head; the fused logits combine the per-modality logits (``comb
 
 from __future__ import annotations
 
-from typing import Literal, Mapping
+from collections.abc import Mapping
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .fusion import FusionHead, HeadOutput, _xavier
+from .fusion import FusionHead, HeadOutput, register_head, xavier_linear
 
 Combine = Literal["entropy", "boost", "sum"]
 
@@ -37,21 +38,28 @@ def entropy_weights(unimodal_logits: Mapping[str, torch.Tensor]) -> torch.Tensor
     return torch.softmax(-torch.stack(entropies), dim=0)
 
 
+@register_head
 class SharedHead(FusionHead):
     """One classifier shared by all modalities; see the module docstring."""
 
     name = "shared"
 
-    def __init__(self, dims: Mapping[str, int], num_classes: int, hidden: int | None = None,
-                 combine: Combine = "entropy", boost_rate: float = 1.0):
+    def __init__(
+        self,
+        dims: Mapping[str, int],
+        num_classes: int,
+        hidden: int | None = None,
+        combine: Combine = "entropy",
+        boost_rate: float = 1.0,
+    ):
         super().__init__(dims, num_classes)
         if combine not in ("entropy", "boost", "sum"):
-            raise ValueError(f"shared: combine must be entropy, boost or sum, not {combine!r}")
+            raise ValueError(f"combine must be entropy, boost or sum, not {combine!r}")
         self.in_dim = max(dims.values())
         self.hidden = hidden
         self.combine = combine
-        self.fc_hidden = _xavier(nn.Linear(self.in_dim, hidden)) if hidden else None
-        self.fc_out = _xavier(nn.Linear(hidden or self.in_dim, num_classes))
+        self.fc_hidden = xavier_linear(nn.Linear(self.in_dim, hidden)) if hidden else None
+        self.fc_out = xavier_linear(nn.Linear(hidden or self.in_dim, num_classes))
         if combine == "boost":
             self.boost_rate = nn.Parameter(torch.tensor(float(boost_rate)))
 
