@@ -1,6 +1,7 @@
-"""Small shared helpers for the tests (tiny models and batches, paths)."""
+"""Small shared helpers for the tests (tiny models and batches, epoch data, plain training loops, paths)."""
 
 from pathlib import Path
+from unittest import mock
 
 import torch
 
@@ -9,18 +10,95 @@ from avbalance.models import model_spec
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data"
 SHAPES = {"audio": (1, 16, 16), "visual": (3, 2, 16, 16), "flow": (2, 2, 16, 16)}
+TWO, THREE = ("audio", "visual"), ("audio", "visual", "flow")
+
+# Hyperparameters that move a method's schedule (a start epoch, a warm-up, a stage length) into the
+# first epochs, so that short runs exercise what the method does; a method not listed runs with its
+# defaults.
+EARLY_SCHEDULES = {
+    "gblending": {"super_epoch": 1, "estimate_batches": 2},
+    "greedy": {"starting_epoch": 0},
+    "opm": {"modulation_starts": 0},
+    "reconboost": {"stage_epochs": 1, "correct_epochs": 1},
+    "relearning": {"reinit_epoch": 1},
+    "umt": {"pretrain_epochs": 1},
+    "valuation": {"warmup": 1},
+}
 
 
-def tiny_spec(fusion: str = "concat", num_classes: int = 5, modalities=("audio", "visual"), **fusion_options):
-    return model_spec({m: SHAPES[m] for m in modalities}, num_classes, fusion=fusion,
-                      fusion_options=fusion_options, width=4, layers=[1, 1])
+def tiny_spec(fusion: str = "concat", num_classes: int = 5, modalities=TWO, **fusion_options):
+    return model_spec(
+        {m: SHAPES[m] for m in modalities},
+        num_classes,
+        fusion=fusion,
+        fusion_options=fusion_options,
+        width=4,
+        layers=[1, 1],
+    )
 
 
-def tiny_batch(batch_size: int = 6, num_classes: int = 5, modalities=("audio", "visual"), seed: int = 0):
+def tiny_batch(batch_size: int = 6, num_classes: int = 5, modalities=TWO, seed: int = 0):
     generator = torch.Generator().manual_seed(seed)
     batch = {m: torch.randn(batch_size, *SHAPES[m], generator=generator) for m in modalities}
     batch["label"] = torch.randint(0, num_classes, (batch_size,), generator=generator)
     return batch
+
+
+def indexed_batches(count: int, batch_size: int, modalities=TWO, seed: int = 0) -> list[dict[str, torch.Tensor]]:
+    """``count`` tiny batches whose ``index`` entries number the samples 0, 1, ... across the batches."""
+    batches = []
+    for number in range(count):
+        batch = tiny_batch(batch_size, modalities=modalities, seed=seed + number)
+        batch["index"] = torch.arange(number * batch_size, (number + 1) * batch_size)
+        batches.append(batch)
+    return batches
+
+
+class ListData:
+    """:class:`~avbalance.methods.base.EpochData` over fixed lists of batches (one process)."""
+
+    device = torch.device("cpu")
+
+    def __init__(self, batches, val=None):
+        self.batches, self.val = batches, val or batches
+
+    def train_batches(self, limit=None, shuffle=False):
+        return iter(self.batches[:limit])
+
+    def val_batches(self, limit=None):
+        return iter(self.val[:limit])
+
+    def num_train_samples(self):
+        return sum(len(b["label"]) for b in self.batches)
+
+
+def assert_same_state(got, expected, where="state"):
+    assert type(got) is type(expected), where
+    if isinstance(expected, torch.Tensor):
+        assert torch.equal(got, expected), where
+    elif isinstance(expected, dict):
+        assert got.keys() == expected.keys(), where
+        for key in expected:
+            assert_same_state(got[key], expected[key], f"{where}.{key}")
+    elif isinstance(expected, (list, tuple)):
+        assert len(got) == len(expected), where
+        for index, (a, b) in enumerate(zip(got, expected)):
+            assert_same_state(a, b, f"{where}[{index}]")
+    else:
+        assert got == expected, where
+
+
+#: Tensor -> Python conversions: each waits for the device (a host synchronisation).
+HOST_CONVERSIONS = ("item", "tolist", "__bool__", "__float__", "__int__")
+
+
+def refuse_conversion(*args, **kwargs):
+    raise AssertionError("host synchronisation (.item / .tolist / bool / float / int of a tensor)")
+
+
+def forbid_host_sync():
+    """A context manager inside which every tensor -> Python conversion raises."""
+    return mock.patch.multiple(torch.Tensor, **dict.fromkeys(HOST_CONVERSIONS, refuse_conversion))
 
 
 def train_on_synthetic(method: str, out, *extra: str, **data_options) -> int:
@@ -29,5 +107,5 @@ def train_on_synthetic(method: str, out, *extra: str, **data_options) -> int:
     from avbalance.cli import main  # imported here: DDP worker processes need not load the engine
 
     sets = [arg for key, value in data_options.items() for arg in ("--set", f"data.options.{key}={value}")]
-    return main(["train", "--method", method, "--epochs", "2", "--batch-size", "32", "--out", str(out), *sets,
-                 "--set", "trainer.progress_bar=false", *extra])
+    command = ["train", "--method", method, "--epochs", "2", "--batch-size", "32", "--out", str(out)]
+    return main([*command, *sets, "--set", "trainer.progress_bar=false", *extra])

@@ -1,7 +1,6 @@
 """AGM against independent computations: the official audio-visual step, Shapley responses,
 coefficients, gradients, clipping, presets."""
 
-import json
 import math
 from copy import deepcopy
 from itertools import combinations
@@ -10,7 +9,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from avb_testing import tiny_batch, tiny_spec, train_on_synthetic
+from avb_testing import tiny_batch, tiny_spec
 from avbalance.errors import ConfigError
 from avbalance.methods import get_method
 from avbalance.methods.agm import agm_coefficients, clip_if_head_gradient_large, coalition_logits, shapley_responses
@@ -309,79 +308,3 @@ def test_head_gradient_clipping_follows_clip_grad_norm(tiny_model):
         clip_if_head_gradient_large(tiny_model, 5.0)
         for p, copy in zip(tiny_model.parameters(), copies):
             torch.testing.assert_close(p.grad, copy.grad)
-
-
-def test_no_host_synchronisation_in_a_step(tiny_model, monkeypatch):
-    batch = tiny_batch(seed=5)
-    method = get_method("agm")
-    method.setup(tiny_model)
-
-    def forbidden(*args, **kwargs):
-        raise AssertionError("host synchronisation")
-
-    for name in ("item", "__bool__", "__float__", "tolist"):
-        monkeypatch.setattr(torch.Tensor, name, forbidden)
-    _step(method, tiny_model, batch)
-
-
-SMALL_DATA = dict(train_size=96, test_size=32, image_size=16, freq_bins=16, time_steps=16)
-
-
-def _train(tmp_path, name, *extra):
-    return train_on_synthetic("agm", tmp_path / name, *extra, **SMALL_DATA)
-
-
-def test_cli_two_and_three_modalities(tmp_path):
-    assert _train(tmp_path, "two") == 0
-    assert (tmp_path / "two" / "metrics.json").is_file()
-    assert (
-        _train(tmp_path, "three", "--set", "data.options.flow_strength=0.3", "--set", "method.params.apply=encoders")
-        == 0
-    )
-    metrics = json.loads((tmp_path / "three" / "metrics.json").read_text())
-    assert "acc_flow" in metrics["test"]
-
-
-def test_cli_refuses_one_modality(tmp_path, capsys):
-    assert _train(tmp_path, "one", "--modalities", "audio") == 2
-    err = capsys.readouterr().err.strip()
-    assert "method 'agm' needs 2+ modalities, got 1 (audio)" in err and "\n" not in err
-
-
-def agm_worker(rank, world, apply="shares", steps=2):
-    """``steps`` AGM steps on this rank's half of each global batch (a model without BatchNorm)."""
-    from torch.nn.parallel import DistributedDataParallel
-
-    from ddp_workers import flat_parameters, no_norm_model
-
-    model = no_norm_model()
-    method = get_method("agm", alpha=0.8, apply=apply)
-    method.setup(model)
-    forward = DistributedDataParallel(model) if world > 1 else model
-    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
-    logs = []
-    for step in range(steps):
-        batch = tiny_batch(8, seed=step)
-        local = {k: v[rank * 8 // world : (rank + 1) * 8 // world] for k, v in batch.items()}
-        output = forward(local)
-        optimizer.zero_grad(set_to_none=True)
-        method.loss(output, local).backward()
-        method.after_backward(model, output, local)
-        optimizer.step()
-        logs.append({k: v.detach().clone() for k, v in method.logs().items()})
-    return flat_parameters(model), logs
-
-
-def test_ddp_two_ranks_equal_one_process(tmp_path):
-    """Global scores: two ranks with half batches give the coefficients and parameters of one
-    process with the whole batches, and the replicas stay identical."""
-    from ddp_workers import run_workers
-
-    (params0, logs0), (params1, logs1) = run_workers(agm_worker, 2, tmp_path)
-    single, logs = agm_worker(0, 1)
-    assert torch.equal(params0, params1)
-    torch.testing.assert_close(params0, single, rtol=1e-5, atol=1e-6)
-    for step in range(2):
-        for key in logs[step]:
-            torch.testing.assert_close(logs0[step][key], logs[step][key], rtol=1e-5, atol=1e-6)
-            assert torch.equal(logs0[step][key], logs1[step][key])

@@ -8,7 +8,6 @@ import torch
 import torch.nn.functional as F
 
 from avb_testing import tiny_batch, tiny_spec
-from avbalance.cli import main
 from avbalance.engine.epoch_data import LoaderEpochData
 from avbalance.methods import get_method
 from avbalance.methods.gblending import blending_weights, mean_losses
@@ -231,37 +230,3 @@ def test_schedule_and_resume(tiny_model, monkeypatch, mode, expected):
 def test_refuses_heads_without_per_modality_logits():
     with pytest.raises(ValueError, match="method 'gblending' needs .*use fusion sum, concat or cosine"):
         get_method("gblending").adapt_model_spec(tiny_spec("film"))
-
-
-SMALL = [
-    "--epochs",
-    "2",
-    "--batch-size",
-    "32",
-    "--set",
-    "data.options.train_size=160",
-    "--set",
-    "data.options.test_size=40",
-    "--set",
-    "trainer.progress_bar=false",
-    "--set",
-    "method.params.super_epoch=1",
-    "--set",
-    "method.params.estimate_batches=2",
-]
-
-
-@pytest.mark.parametrize("three", [False, True], ids=["two_modalities", "three_modalities"])
-def test_cli_trains(tmp_path, three):
-    extra = ["--set", "data.options.flow_strength=0.3"] if three else ["--fusion", "sum"]
-    out = tmp_path / "run"
-    assert main(["train", "--method", "gblending", "--out", str(out), *SMALL, *extra]) == 0
-    assert (out / "metrics.json").is_file()
-    assert "method/weight/fused" in (out / "metrics.csv").read_text().splitlines()[0]
-
-
-def test_cli_refuses_gated(tmp_path, capsys):
-    code = main(["train", "--method", "gblending", "--fusion", "gated", "--out", str(tmp_path / "r"), *SMALL])
-    assert code == 2
-    err = capsys.readouterr().err.strip()
-    assert len(err.splitlines()) == 1 and "method 'gblending' needs" in err and "'gated'" in err

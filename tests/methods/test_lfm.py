@@ -9,7 +9,6 @@ import torch
 import torch.nn.functional as F
 
 from avb_testing import tiny_batch, tiny_spec
-from avbalance.cli import main
 from avbalance.errors import ConfigError
 from avbalance.methods import get_method
 from avbalance.methods.lfm import info_nce, prediction_divergence
@@ -296,32 +295,3 @@ def test_refusals():
     get_method("lfm").adapt_model_spec(spec)  # the prediction alignment compares logits
     with pytest.raises(ConfigError, match="method 'lfm': scale must be > 0, got 0.0"):
         get_method("lfm", scale=0)
-
-
-SMALL = [
-    "--epochs",
-    "2",
-    "--batch-size",
-    "32",
-    "--set",
-    "data.options.train_size=160",
-    "--set",
-    "data.options.test_size=40",
-    "--set",
-    "trainer.progress_bar=false",
-]
-
-
-@pytest.mark.parametrize("three", [False, True], ids=["two_modalities", "three_modalities"])
-def test_cli_trains(tmp_path, three):
-    extra = ["--set", "data.options.flow_strength=0.3"] if three else []
-    out = tmp_path / "run"
-    assert main(["train", "--method", "lfm", "--out", str(out), *SMALL, *extra]) == 0
-    assert (out / "metrics.json").is_file()
-
-
-def test_cli_refuses_gated_with_unimodal_losses(tmp_path, capsys):
-    code = main(["train", "--method", "lfm", "--fusion", "gated", "--out", str(tmp_path / "r"), *SMALL])
-    assert code == 2
-    err = capsys.readouterr().err.strip()
-    assert len(err.splitlines()) == 1 and "method 'lfm' with classification='mean'" in err

@@ -8,7 +8,6 @@ import torch
 import torch.nn.functional as F
 
 from avb_testing import tiny_batch, tiny_spec
-from avbalance.cli import main
 from avbalance.methods import get_method
 from avbalance.methods.mbsd import mbsd_regulariser
 
@@ -101,8 +100,7 @@ def test_loss_inside_and_outside_the_window(tiny_model):
     labels = batch["label"]
     terms = mbsd_regulariser(out.unimodal_logits, labels)
     unimodal = sum(F.cross_entropy(z, labels) for z in out.unimodal_logits.values())
-    expected = (F.cross_entropy(out.logits, labels) + unimodal
-                + terms["rs"] + terms["kl"])
+    expected = F.cross_entropy(out.logits, labels) + unimodal + terms["rs"] + terms["kl"]
     assert float(method.loss(out, batch)) == pytest.approx(float(expected), rel=1e-6)
     assert set(method.logs()) == {"rs", "kl", "weight"}
 
@@ -112,22 +110,3 @@ def test_refuses_heads_without_per_modality_logits():
         get_method("mbsd").adapt_model_spec(tiny_spec("gated_sym"))
     for fusion in ("sum", "concat", "cosine"):
         get_method("mbsd").adapt_model_spec(tiny_spec(fusion))
-
-
-SMALL = ["--epochs", "2", "--batch-size", "32", "--set", "data.options.train_size=160",
-         "--set", "data.options.test_size=40", "--set", "trainer.progress_bar=false"]
-
-
-@pytest.mark.parametrize("three", [False, True], ids=["two_modalities", "three_modalities"])
-def test_cli_trains(tmp_path, three):
-    extra = ["--set", "data.options.flow_strength=0.3", "--fusion", "sum"] if three else []
-    out = tmp_path / "run"
-    assert main(["train", "--method", "mbsd", "--out", str(out), *SMALL, *extra]) == 0
-    assert (out / "metrics.json").is_file()
-
-
-def test_cli_refuses_one_modality(tmp_path, capsys):
-    code = main(["train", "--method", "mbsd", "--modalities", "audio", "--out", str(tmp_path / "r"), *SMALL])
-    assert code == 2
-    err = capsys.readouterr().err.strip()
-    assert len(err.splitlines()) == 1 and "method 'mbsd' needs 2+ modalities" in err

@@ -1,14 +1,13 @@
 """MLA: alternating unimodal updates through the shared head, OWM gradient projection, entropy fusion."""
 
 import copy
-import json
 
 import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
 
-from avb_testing import tiny_batch, tiny_spec, train_on_synthetic
+from avb_testing import tiny_batch, tiny_spec
 from avbalance.methods import get_method
 from avbalance.methods.base import PlainStep
 from avbalance.models import build_model
@@ -123,49 +122,6 @@ def test_entropy_fusion_and_padding():
     assert np.allclose(out.logits.detach().double().numpy(), expected, atol=1e-5)
 
 
-def test_three_modalities_and_no_host_synchronisation(monkeypatch):
-    method, model = mla_model(modalities=("audio", "visual", "flow"))
-    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
-    batch = tiny_batch(modalities=("audio", "visual", "flow"))
-
-    def forbidden(*args, **kwargs):
-        raise AssertionError("host synchronisation")
-
-    for name in ("item", "__bool__", "__float__", "tolist"):
-        monkeypatch.setattr(torch.Tensor, name, forbidden)
-    for index in range(2):
-        method.training_step(model, batch, PlainStep(optimizer, batch_idx=index, num_batches=2))
-
-
-def test_state_round_trip():
-    method, model = mla_model()
-    method.training_step(model, tiny_batch(), PlainStep(torch.optim.SGD(model.parameters(), lr=0.1)))
-    restored = get_method("mla")
-    restored.load_state_dict(method.state_dict())
-    assert restored.updates == 2 and torch.equal(restored.projector, method.projector.cpu())
-
-
 def test_refuses_heads_without_a_shared_form():
     with pytest.raises(ValueError, match="use fusion concat or shared"):
         get_method("mla").adapt_model_spec(tiny_spec("film"))
-
-
-SMALL_DATA = dict(train_size=160, test_size=40, image_size=16)
-
-
-def _train(out, *extra):
-    return train_on_synthetic("mla", out, *extra, **SMALL_DATA)
-
-
-def test_cli_two_and_three_modalities(tmp_path):
-    assert _train(tmp_path / "two") == 0
-    assert (tmp_path / "two" / "metrics.json").is_file()
-    assert _train(tmp_path / "three", "--set", "data.options.flow_strength=0.3") == 0
-    metrics = json.loads((tmp_path / "three" / "metrics.json").read_text())
-    assert {"acc_audio", "acc_visual", "acc_flow"} <= set(metrics["test"])
-
-
-def test_cli_refuses_film(tmp_path, capsys):
-    assert _train(tmp_path / "bad", "--fusion", "film") == 2
-    err = capsys.readouterr().err.strip()
-    assert err.startswith("avbalance: error: method 'mla' trains one head shared by all modalities") and "\n" not in err

@@ -5,30 +5,12 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from avb_testing import SHAPES, tiny_batch, tiny_spec, train_on_synthetic
+from avb_testing import SHAPES, ListData, tiny_batch, tiny_spec
 from avbalance.engine.epoch_data import LoaderEpochData
 from avbalance.errors import ConfigError
 from avbalance.methods import get_method
 from avbalance.methods.pmr import pmr_weights, prototype_logits
 from avbalance.models import build_model
-
-
-class ListData:
-    """EpochData over fixed batches (one process)."""
-
-    device = torch.device("cpu")
-
-    def __init__(self, batches, val=None):
-        self.batches, self.val = batches, val or batches
-
-    def train_batches(self, limit=None, shuffle=False):
-        return iter(self.batches[:limit])
-
-    def val_batches(self, limit=None):
-        return iter(self.val[:limit])
-
-    def num_train_samples(self):
-        return sum(len(b["label"]) for b in self.batches)
 
 
 def official_distances(x1, x2):
@@ -291,90 +273,3 @@ def test_absent_class_keeps_its_previous_prototype(tiny_model):
     method.prototypes = {m: torch.full((5, tiny_model.head.dims[m]), 7.0) for m in ("audio", "visual")}
     method.on_epoch_start(1, tiny_model, ListData([batch]))
     assert torch.all(method.prototypes["audio"][4] == 7.0) and torch.isfinite(method.prototypes["visual"]).all()
-
-
-def test_no_host_synchronisation_in_loss(monkeypatch):
-    model, prototypes = _model_and_prototypes()
-    method = get_method("pmr")
-    method.prototypes = prototypes
-    batch = tiny_batch(seed=4)
-    output = model(batch)
-
-    def forbidden(*args, **kwargs):
-        raise AssertionError("host synchronisation")
-
-    for name in ("item", "__bool__", "__float__", "tolist"):
-        monkeypatch.setattr(torch.Tensor, name, forbidden)
-    method.loss(output, batch).backward()
-
-
-SMALL_DATA = dict(train_size=96, test_size=32, image_size=16, freq_bins=16, time_steps=16)
-
-
-def _train(tmp_path, name, *extra):
-    return train_on_synthetic("pmr", tmp_path / name, *extra, **SMALL_DATA)
-
-
-def test_cli_two_and_three_modalities(tmp_path):
-    assert _train(tmp_path, "two", "--fusion", "film") == 0
-    assert (tmp_path / "two" / "metrics.json").is_file()
-    assert _train(tmp_path, "three", "--set", "data.options.flow_strength=0.3") == 0
-    assert (tmp_path / "three" / "metrics.json").is_file()
-
-
-def test_cli_refuses_one_modality(tmp_path, capsys):
-    assert _train(tmp_path, "one", "--modalities", "visual") == 2
-    err = capsys.readouterr().err.strip()
-    assert "method 'pmr' needs 2+ modalities, got 1 (visual)" in err and "\n" not in err
-
-
-class ShardData(ListData):
-    """This rank's shard (samples r, r + world, ...) of a global set, in batches of 4, with indices."""
-
-    def __init__(self, batch, rank, world):
-        index = torch.arange(rank, len(batch["label"]), world)
-        local = {**{k: v[index] for k, v in batch.items()}, "index": index}
-        super().__init__([{k: v[i : i + 4] for k, v in local.items()} for i in range(0, len(index), 4)])
-        self.total = len(batch["label"])
-
-    def num_train_samples(self):
-        return self.total
-
-
-def pmr_worker(rank, world, steps=2):
-    from torch.nn.parallel import DistributedDataParallel
-
-    from ddp_workers import flat_parameters, no_norm_model
-
-    model = no_norm_model()
-    everything = tiny_batch(24, seed=9)
-    everything["label"] = torch.arange(24) % 5
-    method = get_method("pmr", subset_fraction=1.0, alpha=2.0, mu=0.5)
-    method.setup(model)
-    method.on_epoch_start(0, model, ShardData(everything, rank, world))
-    forward = DistributedDataParallel(model) if world > 1 else model
-    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
-    logs = []
-    for step in range(steps):
-        batch = tiny_batch(8, seed=step)
-        local = {k: v[rank * 8 // world : (rank + 1) * 8 // world] for k, v in batch.items()}
-        optimizer.zero_grad(set_to_none=True)
-        method.loss(forward(local), local).backward()
-        optimizer.step()
-        logs.append({k: v.detach().clone() for k, v in method.logs().items()})
-    return method.prototypes, logs, flat_parameters(model)
-
-
-def test_ddp_prototypes_and_weights_are_global(tmp_path):
-    from ddp_workers import run_workers
-
-    (proto0, logs0, params0), (proto1, logs1, params1) = run_workers(pmr_worker, 2, tmp_path)
-    proto, logs, params = pmr_worker(0, 1)
-    assert torch.equal(params0, params1)
-    torch.testing.assert_close(params0, params, rtol=1e-5, atol=1e-6)
-    for m in proto:
-        assert torch.equal(proto0[m], proto1[m])
-        torch.testing.assert_close(proto0[m], proto[m], rtol=1e-5, atol=1e-6)
-    for key in logs[0]:
-        if not key.startswith("proto_acc"):  # the accuracy is of this rank's batch only
-            torch.testing.assert_close(logs0[0][key], logs[0][key], rtol=1e-5, atol=1e-6)

@@ -7,26 +7,9 @@ import numpy as np
 import pytest
 import torch
 
-from avb_testing import tiny_batch, tiny_spec, train_on_synthetic
+from avb_testing import ListData, tiny_batch
 from avbalance.methods import get_method
 from avbalance.methods.relearning import cluster_purity, purity
-from avbalance.models import build_model
-
-
-class ListData:
-    device = torch.device("cpu")
-
-    def __init__(self, batches, val):
-        self.batches, self.val = batches, val
-
-    def train_batches(self, limit=None, shuffle=False):
-        return iter(self.batches[:limit])
-
-    def val_batches(self, limit=None):
-        return iter(self.val[:limit])
-
-    def num_train_samples(self):
-        return sum(len(b["label"]) for b in self.batches)
 
 
 def brute_purity(labels, clusters):
@@ -206,63 +189,3 @@ def test_schedule_and_resume(tiny_model):
         tiny_model.encoders["audio"].conv1.weight.add_(1.0)
     restored.setup(tiny_model)  # a resumed run keeps the initial weights of the checkpoint
     torch.testing.assert_close(restored.initial["audio"][0], method.initial["audio"][0])
-
-
-SMALL_DATA = dict(train_size=96, test_size=32, image_size=16, freq_bins=16, time_steps=16)
-
-
-def _train(tmp_path, name, *extra):
-    return train_on_synthetic(
-        "relearning", tmp_path / name, "--set", "method.params.reinit_epoch=1", *extra, **SMALL_DATA
-    )
-
-
-def test_cli_two_and_three_modalities(tmp_path):
-    assert _train(tmp_path, "two", "--fusion", "gated") == 0
-    assert (tmp_path / "two" / "metrics.json").is_file()
-    assert _train(tmp_path, "three", "--set", "data.options.flow_strength=0.3") == 0
-    assert (tmp_path / "three" / "metrics.json").is_file()
-
-
-def test_cli_refuses_bad_settings(tmp_path, capsys):
-    assert _train(tmp_path, "one", "--modalities", "audio") == 2
-    err = capsys.readouterr().err.strip()
-    assert "method 'relearning' needs 2+ modalities, got 1 (audio)" in err and "\n" not in err
-
-
-class ShardData(ListData):
-    """Rank r's samples r, r + world, ... of global train / val sets, in batches of 4, with indices."""
-
-    def __init__(self, train, val, rank, world):
-        def shard(batch):
-            index = torch.arange(rank, len(batch["label"]), world)
-            local = {**{k: v[index] for k, v in batch.items()}, "index": index}
-            return [{k: v[i : i + 4] for k, v in local.items()} for i in range(0, len(index), 4)]
-
-        super().__init__(shard(train), shard(val))
-
-
-def relearning_worker(rank, world):
-    from ddp_workers import flat_parameters
-
-    torch.manual_seed(0)
-    model = build_model(tiny_spec())
-    method = get_method("relearning", reinit_epoch=1, move_lambda=5.0)
-    method.setup(model)
-    with torch.no_grad():
-        for p in model.parameters():
-            p.add_(0.5 * torch.randn(p.shape, generator=torch.Generator().manual_seed(p.numel())))
-    data = ShardData(tiny_batch(30, seed=1), tiny_batch(22, seed=2), rank, world)
-    method.on_epoch_end(1, model, data)
-    return flat_parameters(model), {k: v.clone() for k, v in method.logs().items()}
-
-
-def test_ddp_diagnosis_uses_every_sample_once_and_is_shared(tmp_path):
-    from ddp_workers import run_workers
-
-    (params0, logs0), (params1, logs1) = run_workers(relearning_worker, 2, tmp_path)
-    params, logs = relearning_worker(0, 1)
-    assert torch.equal(params0, params1)
-    torch.testing.assert_close(params0, params)
-    for key in logs:
-        assert logs0[key].item() == pytest.approx(logs[key].item(), abs=1e-6), key
