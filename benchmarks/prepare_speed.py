@@ -22,8 +22,8 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
 from avbalance.data import build_dataset
-from avbalance.data.prepare.cli import add_parser, run
 from avbalance.models import build_model, model_spec
+from avbalance.prepare_cli import add_parser, run
 
 GRID = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "grid"
 

@@ -161,6 +161,18 @@ def make_voxceleb(root: Path) -> Path:
     return root
 
 
+def make_voxceleb_eval(root: Path) -> Path:
+    """A VoxCeleb1-test-style evaluation set: wav + face frames of two speakers, two videos each,
+    with an identification split file that the evaluation set must ignore."""
+    for index, speaker in enumerate(["id10270", "id10271"]):
+        for video in ("5r0dWxy17C8", "8jEAjG6SegY"):
+            for utt in ("00001", "00002"):
+                write_wav(root / "wav" / speaker / video / f"{utt}.wav", tone(1.0, 16000, frequency(index)), 16000)
+                write_frame_folder(root / "frames" / speaker / video / utt, count=10, size=16)
+    (root / "iden_split.txt").write_text("1 id10270/5r0dWxy17C8/00001.wav\n3 id10271/5r0dWxy17C8/00001.wav\n")
+    return root
+
+
 def make_ucf101(root: Path, flow: bool = True) -> Path:
     classes = ["ApplyEyeMakeup", "Archery"]
     lists = root / "ucfTrainTestlist"
@@ -231,6 +243,17 @@ def make_avmnist(root: Path, recordings_per_digit: int = 8, speakers=("george", 
                     tone(0.4, 8000, frequency(digit)),
                     8000,
                 )
+    return root
+
+
+def make_manifest(root: Path) -> Path:
+    """manifest.csv of six clips in three splits, each with a wav file and an mp4 video."""
+    rows = ["id,label,split,audio,visual"]
+    for index, split in enumerate(["train", "train", "train", "val", "test", "test"]):
+        write_wav(root / "wav" / f"c{index}.wav", tone(1.0, 16000, frequency(index % 2)), 16000)
+        write_video(root / "video" / f"c{index}.mp4", seconds=1.0, fps=10)
+        rows.append(f"c{index},{['cat', 'dog'][index % 2]},{split},wav/c{index}.wav,video/c{index}.mp4")
+    (root / "manifest.csv").write_text("\n".join(rows) + "\n")
     return root
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from avbalance.data.prepare.cli import add_parser, main, run
+from avbalance.prepare_cli import add_parser, main, run
 
 REAL_DATA = Path(__file__).resolve().parents[2] / ".." / "shared" / "data"
 

@@ -9,7 +9,7 @@ from pathlib import Path
 from fixture_datasets import make_esc50
 from prep_helpers import prepare_main
 
-from avbalance.data.prepare.plan import preparers
+from avbalance.data import dataset_names, prepared_datasets
 
 ROOT = Path(__file__).resolve().parents[2]
 DATASETS = [
@@ -28,7 +28,8 @@ DATASETS = [
 
 
 def test_every_dataset_can_be_prepared():
-    assert list(preparers()) == DATASETS
+    assert list(prepared_datasets()) == DATASETS
+    assert dataset_names() == sorted([*DATASETS, "synthetic"])  # synthetic is generated, not prepared
 
 
 def show_help(argv: list[str]) -> None:

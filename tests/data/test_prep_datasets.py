@@ -208,7 +208,8 @@ def test_voxceleb_identities_from_mp4_and_frame_folders(tmp_path):
     assert splits.info.input_shapes == {"audio": (1, 128, 148), "visual": (3, 3, 16, 16)}
 
     (raw / "iden_split.txt").write_text(
-        "1 id00012/aaaa/00001.wav\n1 id00015/aaaa/00001.wav\n3 id00012/bbbb/00001.wav\n3 id00015/bbbb/00001.wav\n2 id10001/dddd/00001.wav\n"
+        "1 id00012/aaaa/00001.wav\n1 id00015/aaaa/00001.wav\n3 id00012/bbbb/00001.wav\n"
+        "3 id00015/bbbb/00001.wav\n2 id10001/dddd/00001.wav\n"
     )
     official = tmp_path / "official"
     assert prepare("voxceleb", raw, official, "--size", "16", "--seconds", "1.5") == 0

@@ -169,13 +169,12 @@ def test_crop_of_image_folders(tmp_path):
 
 
 def test_crop_option_and_saved_settings():
-    import argparse
-
-    from avbalance.data.prepare.plan import PrepareSettings, parse_crop
+    from avbalance.data.prepare.options import parse_crop
+    from avbalance.data.prepare.plan import PrepareSettings
 
     assert parse_crop("105,178,90,72") == (105, 178, 90, 72)
     for bad in ("1,2,3", "a,b,c,d", "0,0,0,10", "-1,0,5,5"):
-        with pytest.raises(argparse.ArgumentTypeError):
+        with pytest.raises(ValueError, match="X,Y,W,H|W, H >= 1"):
             parse_crop(bad)
     # no crop: the saved settings keep their old form, so caches prepared without the option resume
     assert "crop" not in PrepareSettings().to_dict()

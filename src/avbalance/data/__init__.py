@@ -1,6 +1,18 @@
 """Datasets, the data contract and the dataset registry."""
 
 from .base import DatasetInfo, DatasetSplits, TensorDictDataset
-from .registry import build_dataset, dataset_names, register_dataset
+from .declaration import DatasetDeclaration
+from .registry import DATASETS, build_dataset, dataset_names, get_dataset, prepared_datasets, register_dataset
 
-__all__ = ["DatasetInfo", "DatasetSplits", "TensorDictDataset", "build_dataset", "dataset_names", "register_dataset"]
+__all__ = [
+    "DATASETS",
+    "DatasetDeclaration",
+    "DatasetInfo",
+    "DatasetSplits",
+    "TensorDictDataset",
+    "build_dataset",
+    "dataset_names",
+    "get_dataset",
+    "prepared_datasets",
+    "register_dataset",
+]

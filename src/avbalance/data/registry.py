@@ -1,55 +1,40 @@
-"""Datasets registered by name; ``avbalance train --dataset NAME`` looks them up here."""
+"""The datasets by name: ``avbalance train --dataset NAME`` and ``avbalance prepare NAME`` look
+them up here. Every module of ``avbalance.data.datasets`` is imported on the first look-up, so a
+new dataset is one new file there with a :func:`register_dataset` class."""
 
 from __future__ import annotations
 
-import inspect
-from typing import Callable
+from typing import TypeVar
 
-from ..errors import ConfigError
+from ..registry import Registry
 from .base import DatasetSplits
+from .declaration import DatasetDeclaration
 
-DatasetBuilder = Callable[..., DatasetSplits]
-_DATASETS: dict[str, DatasetBuilder] = {}
+DATASETS: Registry = Registry("dataset", package="avbalance.data.datasets", builder_attribute="load")
+Declaration = TypeVar("Declaration", bound=type[DatasetDeclaration])
 
 
-def register_dataset(name: str) -> Callable[[DatasetBuilder], DatasetBuilder]:
-    """Register ``builder(root, **options) -> DatasetSplits`` under ``name``."""
-
-    def decorator(builder: DatasetBuilder) -> DatasetBuilder:
-        _DATASETS[name] = builder
-        return builder
-
-    return decorator
+def register_dataset(declaration: Declaration) -> Declaration:
+    """Class decorator: register ``declaration`` under its ``name``; a taken name raises."""
+    DATASETS.add(declaration.name, declaration)
+    return declaration
 
 
 def dataset_names() -> list[str]:
-    _import_builtin_datasets()
-    return sorted(_DATASETS)
+    return DATASETS.names()
+
+
+def get_dataset(name: str) -> type[DatasetDeclaration]:
+    """The declaration of ``name``; an unknown name is a one-line ConfigError."""
+    return DATASETS.get(name)
+
+
+def prepared_datasets() -> dict[str, type[DatasetDeclaration]]:
+    """The datasets ``avbalance prepare`` makes caches of, by name."""
+    return {name: DATASETS.get(name) for name in DATASETS.names() if DATASETS.get(name).Options is not None}
 
 
 def build_dataset(name: str, root: str | None = None, **options) -> DatasetSplits:
-    """Build the splits of dataset ``name`` from the prepared data at ``root``."""
-    _import_builtin_datasets()
-    if name not in _DATASETS:
-        raise ConfigError(f"unknown dataset {name!r}; choose one of: {', '.join(sorted(_DATASETS))}")
-    builder = _DATASETS[name]
-    accepted = inspect.signature(builder).parameters
-    if not any(p.kind is p.VAR_KEYWORD for p in accepted.values()):
-        unknown = sorted(set(options) - set(accepted))
-        if unknown:
-            valid = sorted(k for k in accepted if k != "root")
-            raise ConfigError(
-                f"dataset {name!r} has no option {unknown[0]!r}; its options are: {', '.join(valid) or 'none'}"
-            )
-    return builder(root=root, **options)
-
-
-def _import_builtin_datasets() -> None:
-    # Importing the modules runs their @register_dataset decorators.
-    from . import synthetic  # noqa: F401
-
-    import importlib
-    import importlib.util
-
-    if importlib.util.find_spec(f"{__package__}.datasets") is not None:
-        importlib.import_module(f"{__package__}.datasets")  # the prepared real datasets
+    """The splits of dataset ``name`` from the prepared data at ``root``; ``options`` are checked
+    against the dataset's ``load`` (one-line ConfigError for an unknown name or a bad value)."""
+    return DATASETS.build(name, root, **options)

@@ -1,16 +1,4 @@
-"""Prepared datasets. Importing this package registers every dataset (``build_dataset``) and its
-``avbalance prepare`` command. Each module reads one raw layout; ``cached`` reads the caches."""
-
-from . import (  # noqa: F401
-    ave,
-    avmnist,
-    cremad,
-    esc50,
-    grid,
-    kinetics_sounds,
-    manifest,
-    ssw60,
-    ucf101,
-    vggsound,
-    voxceleb,
-)
+"""The datasets, one module each: a :func:`~avbalance.data.registry.register_dataset` class that
+says how ``avbalance prepare`` reads the raw layout and how training loads the cache. The registry
+imports every module of this package on its first look-up; ``cached`` and ``layout`` hold what
+the datasets share."""

@@ -14,29 +14,49 @@ annotated event segment [StartTime, EndTime) instead of the whole clip.
 
 from __future__ import annotations
 
-import argparse
 from pathlib import Path
 
 from ...errors import DataError
-from ..prepare.plan import (
-    AUDIO,
-    VIDEO,
-    ClipTask,
-    Listing,
-    Preparer,
-    Source,
-    mark_duplicates,
-    register_preparer,
-)
+from ..prepare.options import PrepareOptions, option
+from ..prepare.plan import ClipTask, Listing, mark_duplicates
 from ..registry import register_dataset
-from .cached import LoaderOptions, build_splits, open_cache
-from .layout import read_text_lines, require_dir, require_file, sorted_labels
+from .cached import PreparedDataset
+from .layout import audio_visual, read_text_lines, require_dir, require_file, sorted_labels
 
 SPLIT_FILES = {"train": "trainSet.txt", "val": "valSet.txt", "test": "testSet.txt"}
 
 
-def _add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--event-only", action="store_true", help="keep only the annotated event segment of each clip")
+class AveOptions(PrepareOptions):
+    event_only: bool = option(False, "keep only the annotated event segment of each clip")
+
+
+@register_dataset
+class Ave(PreparedDataset):
+    """AVE events (28 classes): AVE/*.mp4 + Annotations.txt and the official split lists
+
+    Loader: the official train / val / test splits; ``frames`` per clip (default 3, as OGM-GE),
+    ``image_size``, ``augment``. Audio: ``(1, 257, 625)`` for the default 10 s OGM-GE recipe."""
+
+    examples = "  avbalance prepare ave --root ~/data/AVE_Dataset --out ~/cache/ave\n"
+    Options = AveOptions
+    prepare_defaults = {"seconds": 10.0}
+
+    @staticmethod
+    def list_clips(root: Path, options: AveOptions) -> Listing:
+        video_dir = require_dir(root / "AVE", "the AVE .mp4 videos")
+        annotations = require_file(root / "Annotations.txt", "AVE annotations")
+        listing = Listing(clips=[], class_names=sorted_labels(fields[0] for _, fields in _read_rows(annotations)))
+        for split, name in SPLIT_FILES.items():
+            for _, (category, video_id, _quality, start, end) in _read_rows(
+                require_file(root / name, f"AVE {split} split")
+            ):
+                clip = ClipTask(video_id, category, split, audio_visual(video_dir / f"{video_id}.mp4"))
+                clip.columns = {"event_start": start, "event_end": end}
+                if options.event_only:
+                    clip.start, clip.end = float(start), float(end)
+                listing.clips.append(clip)
+        listing.clips = mark_duplicates(listing.clips, listing.failures)
+        return listing
 
 
 def _read_rows(path: Path) -> list[tuple[int, list[str]]]:
@@ -53,52 +73,3 @@ def _read_rows(path: Path) -> list[tuple[int, list[str]]]:
             raise DataError(f"{path}: line {number} has non-numeric start/end times: {line!r}") from None
         rows.append((number, fields))
     return rows
-
-
-def list_clips(root: Path, args: argparse.Namespace) -> Listing:
-    video_dir = require_dir(root / "AVE", "the AVE .mp4 videos")
-    annotations = require_file(root / "Annotations.txt", "AVE annotations")
-    class_names = sorted_labels(fields[0] for _, fields in _read_rows(annotations))
-    listing = Listing(clips=[], class_names=class_names)
-    for split, name in SPLIT_FILES.items():
-        for _, (category, video_id, _quality, start, end) in _read_rows(
-            require_file(root / name, f"AVE {split} split")
-        ):
-            path = str(video_dir / f"{video_id}.mp4")
-            listing.clips.append(
-                ClipTask(
-                    id=video_id,
-                    label=category,
-                    split=split,
-                    sources={"audio": Source(AUDIO, path), "visual": Source(VIDEO, path)},
-                    start=float(start) if args.event_only else None,
-                    end=float(end) if args.event_only else None,
-                    columns={"event_start": start, "event_end": end},
-                )
-            )
-    listing.clips = mark_duplicates(listing.clips, listing.failures)
-    return listing
-
-
-register_preparer(
-    Preparer(
-        name="ave",
-        summary="AVE events (28 classes): AVE/*.mp4 + Annotations.txt and the official split lists",
-        add_arguments=_add_arguments,
-        list_clips=list_clips,
-        audio="ogm",
-        defaults={"fps": 1.0, "size": 224, "seconds": 10.0},
-        examples="  avbalance prepare ave --root ~/data/AVE_Dataset --out ~/cache/ave\n",
-    )
-)
-
-
-@register_dataset("ave")
-def build_ave(root: str | None = None, frames: int = 3, image_size: int | None = None, augment: bool = True):
-    """AVE from a cache made by ``avbalance prepare ave``: the official train / val / test splits.
-
-    Options: ``frames`` per clip (default 3, as OGM-GE), ``image_size`` (default: stored size),
-    ``augment`` (train split). Audio: ``(1, 257, 625)`` for the default 10 s OGM-GE recipe.
-    """
-    cache = open_cache(root, "ave")
-    return build_splits(cache, LoaderOptions(frames=frames, image_size=image_size, augment=augment))

@@ -16,7 +16,6 @@ test images for test recordings), drawn without replacement with ``--seed``.
 
 from __future__ import annotations
 
-import argparse
 import gzip
 import random
 import re
@@ -25,18 +24,10 @@ from pathlib import Path
 import numpy as np
 
 from ...errors import DataError
-from ..prepare.plan import (
-    AUDIO,
-    IMAGE,
-    ClipTask,
-    Failure,
-    Listing,
-    Preparer,
-    Source,
-    register_preparer,
-)
+from ..prepare.options import PrepareOptions, option
+from ..prepare.plan import AUDIO, IMAGE, ClipTask, Failure, Listing, Source
 from ..registry import register_dataset
-from .cached import GREY_STATS, LoaderOptions, build_splits, open_cache
+from .cached import GREY_STATS, LoaderOptions, PreparedDataset, build_splits
 from .layout import require_dir
 
 DIGITS = [str(d) for d in range(10)]
@@ -49,15 +40,10 @@ MNIST_FILES = {
 SMALL_ENCODER = {"width": 16, "layers": [1, 1, 1]}
 
 
-def _add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--mnist", type=Path, help="folder of the MNIST IDX files (default: ROOT/mnist)")
-    parser.add_argument("--fsdd", type=Path, help="FSDD folder holding recordings/ (default: ROOT/fsdd)")
-    parser.add_argument(
-        "--images-per-recording",
-        type=int,
-        default=1,
-        help="MNIST images paired with each recording (default: %(default)s)",
-    )
+class AvmnistOptions(PrepareOptions):
+    mnist: Path | None = option(None, "folder of the MNIST IDX files (default: ROOT/mnist)")
+    fsdd: Path | None = option(None, "FSDD folder holding recordings/ (default: ROOT/fsdd)")
+    images_per_recording: int = option(1, "MNIST images paired with each recording", ge=1)
 
 
 def read_idx(path: Path) -> np.ndarray:
@@ -93,12 +79,49 @@ def _load_mnist(folder: Path, split: str) -> tuple[np.ndarray, np.ndarray]:
     return images, labels
 
 
-def list_clips(root: Path, args: argparse.Namespace) -> Listing:
-    mnist_dir = require_dir(args.mnist or root / "mnist", "MNIST IDX files")
-    recordings = require_dir(
-        (args.fsdd or root / "fsdd") / "recordings", "FSDD recordings <digit>_<speaker>_<index>.wav"
+@register_dataset
+class Avmnist(PreparedDataset):
+    """AV-MNIST: MNIST images paired by class with FSDD spoken digits (10 classes)"""
+
+    examples = (
+        "  avbalance prepare avmnist --root ~/data --out ~/cache/avmnist   (reads ~/data/mnist and ~/data/fsdd)\n"
     )
-    failures: list[Failure] = []
+    Options = AvmnistOptions
+    audio = "fbank"
+    prepare_defaults = {"size": 28, "seconds": 1.0, "sample_rate": 8000, "mel_bins": 40}
+
+    @staticmethod
+    def list_clips(root: Path, options: AvmnistOptions) -> Listing:
+        mnist_dir = require_dir(options.mnist or root / "mnist", "MNIST IDX files")
+        recordings = require_dir(
+            (options.fsdd or root / "fsdd") / "recordings", "FSDD recordings <digit>_<speaker>_<index>.wav"
+        )
+        listing = Listing(clips=[], class_names=list(DIGITS))
+        rng = random.Random(options.seed)
+        for split, items in _recordings_by_split(recordings, listing.failures).items():
+            images, labels = _load_mnist(mnist_dir, split)
+            pools = {
+                digit: rng.sample(list(np.flatnonzero(labels == int(digit))), k=int((labels == int(digit)).sum()))
+                for digit in DIGITS
+            }
+            for digit, path in items:
+                _pair(path, digit, split, pools[digit], images, options.images_per_recording, listing)
+        return listing
+
+    @classmethod
+    def load(cls, root: str | None = None, image_size: int | None = None, augment: bool = False):
+        """AV-MNIST from a cache made by ``avbalance prepare avmnist``.
+
+        A sample: ``audio`` ``(1, 40, 98)`` log-mel filterbank of 1 s at 8 kHz, ``visual``
+        ``(3, 1, 28, 28)`` (the grey digit repeated to 3 channels, MNIST normalisation).
+        Options: ``image_size`` (default 28), ``augment`` (default false: flips change digits).
+        """
+        options = LoaderOptions(frames=1, image_size=image_size, augment=augment, stats={"visual": GREY_STATS})
+        return build_splits(cls.open(root), options, recommended_encoder=SMALL_ENCODER)
+
+
+def _recordings_by_split(recordings: Path, failures: list[Failure]) -> dict[str, list[tuple[str, Path]]]:
+    """(digit, file) of the FSDD recordings, by split; a file of another name is a failure."""
     by_split: dict[str, list[tuple[str, Path]]] = {"train": [], "test": []}
     for path in sorted(recordings.glob("*.wav")):
         match = FSDD_NAME.fullmatch(path.stem)
@@ -107,56 +130,17 @@ def list_clips(root: Path, args: argparse.Namespace) -> Listing:
             continue
         split = "test" if int(match.group(3)) in FSDD_TEST_INDICES else "train"
         by_split[split].append((match.group(1), path))
-
-    rng = random.Random(args.seed)
-    clips = []
-    for split, items in by_split.items():
-        images, labels = _load_mnist(mnist_dir, split)
-        pools = {
-            digit: rng.sample(list(np.flatnonzero(labels == int(digit))), k=int((labels == int(digit)).sum()))
-            for digit in DIGITS
-        }
-        for digit, path in items:
-            for _ in range(args.images_per_recording):
-                if not pools[digit]:
-                    failures.append(
-                        Failure(path.stem, f"no MNIST {split} image of digit {digit} left to pair", str(path))
-                    )
-                    break
-                image_index = int(pools[digit].pop())
-                clips.append(
-                    ClipTask(
-                        id=f"{path.stem}/{image_index}",
-                        label=digit,
-                        split=split,
-                        sources={"audio": Source(AUDIO, str(path)), "visual": Source(IMAGE, data=images[image_index])},
-                        columns={"recording": path.stem, "mnist_index": str(image_index)},
-                    )
-                )
-    return Listing(clips=clips, class_names=list(DIGITS), failures=failures)
+    return by_split
 
 
-register_preparer(
-    Preparer(
-        name="avmnist",
-        summary="AV-MNIST: MNIST images paired by class with FSDD spoken digits (10 classes)",
-        add_arguments=_add_arguments,
-        list_clips=list_clips,
-        audio="fbank",
-        defaults={"size": 28, "seconds": 1.0, "sample_rate": 8000, "mel_bins": 40},
-        examples="  avbalance prepare avmnist --root ~/data --out ~/cache/avmnist   (reads ~/data/mnist and ~/data/fsdd)\n",
-    )
-)
-
-
-@register_dataset("avmnist")
-def build_avmnist(root: str | None = None, image_size: int | None = None, augment: bool = False):
-    """AV-MNIST from a cache made by ``avbalance prepare avmnist``.
-
-    A sample: ``audio`` ``(1, 40, 98)`` log-mel filterbank of 1 s at 8 kHz, ``visual``
-    ``(3, 1, 28, 28)`` (the grey digit repeated to 3 channels, MNIST normalisation).
-    Options: ``image_size`` (default 28), ``augment`` (default false: flips change digits).
-    """
-    cache = open_cache(root, "avmnist")
-    options = LoaderOptions(frames=1, image_size=image_size, augment=augment, stats={"visual": GREY_STATS})
-    return build_splits(cache, options, recommended_encoder=SMALL_ENCODER)
+def _pair(path: Path, digit: str, split: str, pool: list, images: np.ndarray, count: int, listing: Listing) -> None:
+    """Clips of recording ``path`` with ``count`` images of its digit drawn from ``pool``."""
+    for _ in range(count):
+        if not pool:
+            problem = f"no MNIST {split} image of digit {digit} left to pair"
+            listing.failures.append(Failure(path.stem, problem, str(path)))
+            return
+        image_index = int(pool.pop())
+        sources = {"audio": Source(AUDIO, str(path)), "visual": Source(IMAGE, data=images[image_index])}
+        columns = {"recording": path.stem, "mnist_index": str(image_index)}
+        listing.clips.append(ClipTask(f"{path.stem}/{image_index}", digit, split, sources, columns=columns))

@@ -27,7 +27,10 @@ from torchvision.transforms import RandomResizedCrop
 
 from ...errors import ConfigError, DataError
 from ..base import DatasetInfo, DatasetSplits
+from ..declaration import DatasetDeclaration
 from ..prepare.cache import MANIFEST, META, PreparedCache
+from ..prepare.features import AudioRecipe
+from ..prepare.options import PrepareOptions
 
 IMAGENET_STATS = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
 GREY_STATS = ((0.1307,), (0.3081,))  # MNIST's statistics; BalanceMM also uses them for flow
@@ -48,6 +51,13 @@ def open_cache(root, dataset: str) -> PreparedCache:
     if cache.dataset != dataset:
         raise DataError(f"{cache.root / META}: this cache holds {cache.dataset!r}, not {dataset!r}")
     return cache
+
+
+def audio_window(cache: PreparedCache, seconds: float | None) -> int | None:
+    """How many audio feature columns ``seconds`` of sound give with the cache's recipe (None: all)."""
+    if not seconds or not cache.settings.get("audio"):
+        return None
+    return AudioRecipe(**{**cache.settings["audio"], "seconds": seconds}).shape()[1]
 
 
 @dataclass
@@ -264,3 +274,21 @@ def build_splits(
         recommended_encoder=dict(recommended_encoder or {}),
     )
     return DatasetSplits(info=info, train=train, val=make("val", False), test=make("test", False))
+
+
+class PreparedDataset(DatasetDeclaration):
+    """A dataset prepared from raw files and loaded from its cache. The default loader reads
+    ``frames`` frames per clip (random segment positions in training), resized to ``image_size``
+    (default: the stored size), with ``augment`` (crop + flip) on the train split."""
+
+    Options = PrepareOptions
+
+    @classmethod
+    def open(cls, root: str | None) -> PreparedCache:
+        return open_cache(root, cls.name)
+
+    @classmethod
+    def load(
+        cls, root: str | None = None, frames: int = 3, image_size: int | None = None, augment: bool = True
+    ) -> DatasetSplits:
+        return build_splits(cls.open(root), LoaderOptions(frames=frames, image_size=image_size, augment=augment))

@@ -19,29 +19,18 @@ GRID has no official split: a seeded split by clip (``--test-fraction``, ``--val
 
 from __future__ import annotations
 
-import argparse
 import re
 import string
 from pathlib import Path
+from typing import Literal
 
 from ...errors import ConfigError
 from ..prepare.features import make_recipe
-from ..prepare.plan import (
-    AUDIO,
-    VIDEO,
-    ClipTask,
-    Failure,
-    Listing,
-    Preparer,
-    Source,
-    add_split_arguments,
-    register_preparer,
-    settings_from_args,
-    split_rule_from_args,
-)
+from ..prepare.options import SplitOptions, option, settings_from_options, split_rule
+from ..prepare.plan import ClipTask, Failure, Listing, PrepareSettings
 from ..registry import register_dataset
-from .cached import LoaderOptions, build_splits, open_cache
-from .layout import read_text_lines, require_dir
+from .cached import LoaderOptions, PreparedDataset, build_splits
+from .layout import audio_visual, read_text_lines, require_dir
 
 # The GRID grammar: every sentence has one word of each position, in this order.
 WORDS = {
@@ -58,28 +47,96 @@ SMALL_ENCODER = {"width": 16, "layers": [1, 1, 1]}
 TASK_DEFAULTS = {"digit": {"fps": 25.0, "seconds": 1.0}, "sentence": {"fps": 5.0, "seconds": 3.0}}
 
 
-def _add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--task",
-        choices=["digit", "sentence"],
-        default="digit",
-        help="digit: the digit word cut out of each clip; sentence: whole clips (default: %(default)s)",
+class GridOptions(SplitOptions):
+    task: Literal["digit", "sentence"] = option(
+        "digit", "digit: the digit word cut out of each clip; sentence: whole clips"
     )
-    parser.add_argument(
-        "--speakers", help="comma-separated speakers to prepare, e.g. s1,s2 (default: every s<k> folder)"
+    speakers: str | None = option(None, "comma-separated speakers to prepare, e.g. s1,s2 (default: every s<k> folder)")
+
+
+@register_dataset
+class Grid(PreparedDataset):
+    """GRID talking faces: s<k>/*.mpg|mp4 + alignments (word-level digits or sentence labels)"""
+
+    examples = (
+        "  avbalance prepare grid --root ~/data/grid --out ~/cache/grid-digit --task digit\n"
+        "  avbalance prepare grid --root ~/data/grid --out ~/cache/grid-sentence --task sentence --speakers s1,s2\n"
     )
-    add_split_arguments(parser, test=0.2, val=0.1)
+    Options = GridOptions
+    audio = "fbank"
+    prepare_defaults = {"fps": None, "size": 96}
+
+    @staticmethod
+    def list_clips(root: Path, options: GridOptions) -> Listing:
+        alignments = require_dir(root / "alignments", "GRID word alignments, alignments/s<k>/<id>.align")
+        failures: list[Failure] = []
+        clips = []
+        for speaker in _speakers(root, options.speakers):
+            videos = {}
+            for path in sorted((root / speaker).iterdir()):
+                if path.suffix.lower() in (".mpg", ".mp4"):
+                    videos.setdefault(path.stem, path)
+            for stem, video in videos.items():
+                clip = _clip(speaker, stem, video, alignments / speaker / f"{stem}.align", options.task, failures)
+                if clip is not None:
+                    clips.append(clip)
+        label_sets = dict(WORDS) if options.task == "sentence" else {"digit": WORDS["digit"]}
+        listing = Listing(clips, WORDS["digit"], failures, label_sets=label_sets, info={"task": options.task})
+        listing.split_rule = split_rule(options)
+        return listing
+
+    @classmethod
+    def settings(cls, options: GridOptions) -> PrepareSettings:
+        """The frame rate and audio length suit the task unless ``--fps`` / ``--seconds`` say otherwise."""
+        defaults = TASK_DEFAULTS[options.task]
+        seconds = options.seconds or defaults["seconds"]
+        recipe = make_recipe(options.audio, sample_rate=options.sample_rate, seconds=seconds, mel_bins=options.mel_bins)
+        return settings_from_options(options, has_audio=True, fps=options.fps or defaults["fps"], audio=recipe)
+
+    @classmethod
+    def load(
+        cls,
+        root: str | None = None,
+        task: str = "digit",
+        frames: int = 3,
+        image_size: int | None = None,
+        augment: bool = True,
+    ):
+        """GRID from a cache made by ``avbalance prepare grid``.
+
+        Options: ``task`` -- the label: ``digit`` (on a ``--task digit`` cache: the word-level
+        spoken-digit task; on a sentence cache: the sentence's digit) or another sentence word:
+        ``command``, ``colour``, ``preposition``, ``letter``, ``adverb`` (sentence caches only);
+        ``frames`` per clip (default 3), ``image_size`` (default: stored size, 96), ``augment``
+        (train split). Audio: ``(1, 128, 98)`` fbank for the 1 s word task, ``(1, 128, 298)`` for
+        3 s sentences. Validation: the generated val split.
+        """
+        if task not in WORDS:
+            raise ConfigError(f"option task must be one of {', '.join(WORDS)}, got {task!r}")
+        cache = cls.open(root)
+        prepared = cache.info.get("task", "sentence")
+        if prepared == "digit" and task != "digit":
+            raise ConfigError(
+                f"{cache.root} holds the word-level digit task; prepare with --task sentence to train on {task!r}"
+            )
+        options = LoaderOptions(frames=frames, image_size=image_size, augment=augment)
+        return build_splits(
+            cache,
+            options,
+            label_column="label" if task == "digit" else task,
+            class_names=WORDS[task],
+            recommended_encoder=SMALL_ENCODER if prepared == "digit" else {},
+        )
 
 
-def _settings(args: argparse.Namespace, preparer: Preparer):
-    defaults = TASK_DEFAULTS[args.task]
-    return settings_from_args(args, preparer, fps=args.fps or defaults["fps"], audio=_recipe(args, defaults["seconds"]))
-
-
-def _recipe(args: argparse.Namespace, seconds: float):
-    return make_recipe(
-        args.audio, sample_rate=args.sample_rate, seconds=args.seconds or seconds, mel_bins=args.mel_bins
-    )
+def _speakers(root: Path, wanted: str | None) -> list[str]:
+    """The s<k> speaker folders, or the ``wanted`` ones (comma-separated; each must exist)."""
+    speakers = sorted(p.name for p in root.iterdir() if p.is_dir() and re.fullmatch(r"s\d+", p.name))
+    if not wanted:
+        return speakers
+    for speaker in wanted.split(","):
+        require_dir(root / speaker, f"videos of speaker {speaker}")
+    return [s for s in speakers if s in wanted.split(",")]
 
 
 def read_alignment(path: Path) -> list[tuple[float, float, str]]:
@@ -92,33 +149,6 @@ def read_alignment(path: Path) -> list[tuple[float, float, str]]:
         if parts[2] not in SILENCE:
             words.append((int(parts[0]) / ALIGN_UNITS_PER_SECOND, int(parts[1]) / ALIGN_UNITS_PER_SECOND, parts[2]))
     return words
-
-
-def list_clips(root: Path, args: argparse.Namespace) -> Listing:
-    alignments = require_dir(root / "alignments", "GRID word alignments, alignments/s<k>/<id>.align")
-    speakers = sorted(p.name for p in root.iterdir() if p.is_dir() and re.fullmatch(r"s\d+", p.name))
-    if args.speakers:
-        wanted = args.speakers.split(",")
-        for speaker in wanted:
-            require_dir(root / speaker, f"videos of speaker {speaker}")
-        speakers = [s for s in speakers if s in wanted]
-    failures: list[Failure] = []
-    clips = []
-    for speaker in speakers:
-        videos = {}
-        for path in sorted((root / speaker).iterdir()):
-            if path.suffix.lower() in (".mpg", ".mp4"):
-                videos.setdefault(path.stem, path)
-        for stem, video in videos.items():
-            clip = _clip(speaker, stem, video, alignments / speaker / f"{stem}.align", args.task, failures)
-            if clip is not None:
-                clips.append(clip)
-    label_sets = dict(WORDS) if args.task == "sentence" else {"digit": WORDS["digit"]}
-    listing = Listing(
-        clips=clips, class_names=WORDS["digit"], failures=failures, label_sets=label_sets, info={"task": args.task}
-    )
-    listing.split_rule = split_rule_from_args(args)
-    return listing
 
 
 def _clip(speaker: str, stem: str, video: Path, align: Path, task: str, failures: list[Failure]) -> ClipTask | None:
@@ -146,56 +176,8 @@ def _clip(speaker: str, stem: str, video: Path, align: Path, task: str, failures
         id=clip_id,
         label=digit,
         split="",
-        sources={"audio": Source(AUDIO, str(video)), "visual": Source(VIDEO, str(video))},
+        sources=audio_visual(video),
         start=start if cut else None,
         end=end if cut else None,
         columns=columns,
-    )
-
-
-register_preparer(
-    Preparer(
-        name="grid",
-        summary="GRID talking faces: s<k>/*.mpg|mp4 + alignments (word-level digits or sentence labels)",
-        add_arguments=_add_arguments,
-        list_clips=list_clips,
-        audio="fbank",
-        defaults={"fps": None, "size": 96, "seconds": None},
-        make_settings=_settings,
-        examples=(
-            "  avbalance prepare grid --root ~/data/grid --out ~/cache/grid-digit --task digit\n"
-            "  avbalance prepare grid --root ~/data/grid --out ~/cache/grid-sentence --task sentence --speakers s1,s2\n"
-        ),
-    )
-)
-
-
-@register_dataset("grid")
-def build_grid(
-    root: str | None = None, task: str = "digit", frames: int = 3, image_size: int | None = None, augment: bool = True
-):
-    """GRID from a cache made by ``avbalance prepare grid``.
-
-    Options: ``task`` -- the label: ``digit`` (on a ``--task digit`` cache: the word-level
-    spoken-digit task; on a sentence cache: the sentence's digit) or another sentence word:
-    ``command``, ``colour``, ``preposition``, ``letter``, ``adverb`` (sentence caches only);
-    ``frames`` per clip (default 3), ``image_size`` (default: stored size, 96), ``augment``
-    (train split). Audio: ``(1, 128, 98)`` fbank for the 1 s word task, ``(1, 128, 298)`` for 3 s
-    sentences. Validation: the generated val split.
-    """
-    if task not in WORDS:
-        raise ConfigError(f"option task must be one of {', '.join(WORDS)}, got {task!r}")
-    cache = open_cache(root, "grid")
-    prepared = cache.info.get("task", "sentence")
-    if prepared == "digit" and task != "digit":
-        raise ConfigError(
-            f"{cache.root} holds the word-level digit task; prepare with --task sentence to train on {task!r}"
-        )
-    options = LoaderOptions(frames=frames, image_size=image_size, augment=augment)
-    return build_splits(
-        cache,
-        options,
-        label_column="label" if task == "digit" else task,
-        class_names=WORDS[task],
-        recommended_encoder=SMALL_ENCODER if prepared == "digit" else {},
     )

@@ -17,37 +17,59 @@ are left out. The classes are saved in the cache (``classes.txt``, ``meta.json``
 
 from __future__ import annotations
 
-import argparse
 from pathlib import Path
 
 from ...errors import DataError
-from ..prepare.plan import (
-    AUDIO,
-    VIDEO,
-    ClipTask,
-    Failure,
-    Listing,
-    Preparer,
-    Source,
-    mark_duplicates,
-    register_preparer,
-)
+from ..prepare.options import PrepareOptions, option
+from ..prepare.plan import ClipTask, Failure, Listing, mark_duplicates
 from ..registry import register_dataset
-from .cached import LoaderOptions, build_splits, open_cache
-from .layout import MediaIndex, read_csv_dicts, read_text_lines, sorted_labels
+from .cached import PreparedDataset
+from .layout import MediaIndex, audio_visual, read_csv_dicts, read_text_lines, sorted_labels
 
 COLUMNS = ["label", "youtube_id", "time_start", "time_end"]
 
 
-def _add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--annotations", type=Path, help="folder of train.csv / validate.csv / test.csv (default: ROOT/annotations)"
+class KineticsSoundsOptions(PrepareOptions):
+    annotations: Path | None = option(None, "folder of train.csv / validate.csv / test.csv (default: ROOT/annotations)")
+    classes: Path | None = option(
+        None, "the class list, one per line (default: ROOT/classes.txt if present, else every label)"
     )
-    parser.add_argument(
-        "--classes",
-        type=Path,
-        help="the class list, one per line (default: ROOT/classes.txt if present, else every label)",
-    )
+
+
+@register_dataset
+class KineticsSounds(PreparedDataset):
+    """Kinetics-Sounds: Kinetics CSV annotations + video folders (classes from the CSVs or a class list)
+
+    Loader options: ``frames`` per clip (default 3, as BalanceMM), ``image_size``, ``augment``.
+    Audio: ``(1, 128, 998)`` Kaldi-style fbank of 10 s by default."""
+
+    examples = "  avbalance prepare kinetics_sounds --root ~/data/kinetics --out ~/cache/ks --classes ks_classes.txt\n"
+    Options = KineticsSoundsOptions
+    audio = "fbank"
+    prepare_defaults = {"seconds": 10.0}
+
+    @staticmethod
+    def list_clips(root: Path, options: KineticsSoundsOptions) -> Listing:
+        folder = options.annotations or (root / "annotations" if (root / "annotations").is_dir() else root)
+        rows = {split: read_csv_dicts(path, COLUMNS) for split, path in _split_files(folder).items()}
+        class_file = options.classes or (root / "classes.txt" if (root / "classes.txt").is_file() else None)
+        if class_file is not None:
+            class_names = [line for _, line in read_text_lines(class_file)]
+        else:
+            class_names = sorted_labels(row["label"] for split_rows in rows.values() for _, row in split_rows)
+        media, wanted = MediaIndex(root), set(class_names)
+        listing = Listing(clips=[], class_names=class_names)
+        left_out = 0
+        for split, split_rows in rows.items():
+            for _, row in split_rows:
+                if row["label"] not in wanted:
+                    left_out += 1
+                else:
+                    listing.clips.append(_clip(row, split, media, listing.failures))
+        listing.clips = mark_duplicates([c for c in listing.clips if c is not None], listing.failures)
+        if left_out:
+            listing.notes.append(f"{left_out} rows have a label outside {class_file} and are left out")
+        return listing
 
 
 def _split_files(folder: Path) -> dict[str, Path]:
@@ -71,30 +93,6 @@ def _split_files(folder: Path) -> dict[str, Path]:
     return files
 
 
-def list_clips(root: Path, args: argparse.Namespace) -> Listing:
-    folder = args.annotations or (root / "annotations" if (root / "annotations").is_dir() else root)
-    rows = {split: read_csv_dicts(path, COLUMNS) for split, path in _split_files(folder).items()}
-    class_file = args.classes or (root / "classes.txt" if (root / "classes.txt").is_file() else None)
-    if class_file is not None:
-        class_names = [line for _, line in read_text_lines(class_file)]
-    else:
-        class_names = sorted_labels(row["label"] for split_rows in rows.values() for _, row in split_rows)
-    wanted = set(class_names)
-    media = MediaIndex(root)
-    listing = Listing(clips=[], class_names=class_names)
-    left_out = 0
-    for split, split_rows in rows.items():
-        for _, row in split_rows:
-            if row["label"] not in wanted:
-                left_out += 1
-                continue
-            listing.clips.append(_clip(row, split, media, listing.failures))
-    listing.clips = mark_duplicates([c for c in listing.clips if c is not None], listing.failures)
-    if left_out:
-        listing.notes.append(f"{left_out} rows have a label outside {class_file} and are left out")
-    return listing
-
-
 def _clip(row: dict, split: str, media: MediaIndex, failures: list[Failure]) -> ClipTask | None:
     youtube_id = row["youtube_id"]
     try:
@@ -107,35 +105,4 @@ def _clip(row: dict, split: str, media: MediaIndex, failures: list[Failure]) -> 
     if video is None:
         failures.append(Failure(clip_id, f"missing video {clip_id}.mp4 (or {youtube_id}.mp4)"))
         return None
-    return ClipTask(
-        id=clip_id,
-        label=row["label"],
-        split=split,
-        sources={"audio": Source(AUDIO, str(audio or video)), "visual": Source(VIDEO, str(video))},
-    )
-
-
-register_preparer(
-    Preparer(
-        name="kinetics_sounds",
-        summary="Kinetics-Sounds: Kinetics CSV annotations + video folders (classes from the CSVs or a class list)",
-        add_arguments=_add_arguments,
-        list_clips=list_clips,
-        audio="fbank",
-        defaults={"fps": 1.0, "size": 224, "seconds": 10.0},
-        examples="  avbalance prepare kinetics_sounds --root ~/data/kinetics --out ~/cache/ks --classes ks_classes.txt\n",
-    )
-)
-
-
-@register_dataset("kinetics_sounds")
-def build_kinetics_sounds(
-    root: str | None = None, frames: int = 3, image_size: int | None = None, augment: bool = True
-):
-    """Kinetics-Sounds from a cache made by ``avbalance prepare kinetics_sounds``.
-
-    Options: ``frames`` per clip (default 3, as BalanceMM), ``image_size`` (default: stored size),
-    ``augment`` (train split). Audio: ``(1, 128, 998)`` Kaldi-style fbank of 10 s by default.
-    """
-    cache = open_cache(root, "kinetics_sounds")
-    return build_splits(cache, LoaderOptions(frames=frames, image_size=image_size, augment=augment))
+    return ClipTask(id=clip_id, label=row["label"], split=split, sources=audio_visual(video, audio))

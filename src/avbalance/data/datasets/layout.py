@@ -1,4 +1,5 @@
-"""Small helpers for reading raw dataset layouts: required files, media indexes, list files."""
+"""Small helpers for reading raw dataset layouts: required files, media indexes, list files, the
+sources of a clip."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ import csv
 from pathlib import Path
 
 from ...errors import DataError
+from ..prepare.plan import AUDIO, VIDEO, Source
 from ..prepare.video import natural_key
 
 VIDEO_SUFFIXES = {".mp4", ".mkv", ".webm", ".avi", ".flv", ".mov", ".mpg", ".mpeg", ".m4v"}
@@ -87,3 +89,9 @@ class MediaIndex:
         video = next((self.videos[s] for s in stems if s in self.videos), None)
         audio = next((self.audios[s] for s in stems if s in self.audios), None)
         return video, audio
+
+
+def audio_visual(video: Path, audio: Path | None = None) -> dict[str, Source]:
+    """The sources of a clip filmed in ``video``: its frames, and the sound of ``audio`` or, when
+    there is no separate audio file, of the video's own track."""
+    return {"audio": Source(AUDIO, str(audio or video)), "visual": Source(VIDEO, str(video))}

@@ -17,34 +17,14 @@ Append ``:kind`` to a column name to say what it holds when the guess above is w
 
 from __future__ import annotations
 
-import argparse
 from pathlib import Path
 
 from ...errors import DataError
-from ..prepare.features import AudioRecipe
-from ..prepare.plan import (
-    ARRAY,
-    AUDIO,
-    FLOW,
-    FOLDER,
-    VIDEO,
-    ClipTask,
-    Failure,
-    Listing,
-    Preparer,
-    Source,
-    mark_duplicates,
-    register_preparer,
-)
+from ..prepare.options import PrepareOptions, option
+from ..prepare.plan import ARRAY, AUDIO, FLOW, FOLDER, VIDEO, ClipTask, Failure, Listing, Source, mark_duplicates
 from ..registry import register_dataset
-from .cached import LoaderOptions, build_splits, open_cache
-from .layout import (
-    AUDIO_SUFFIXES,
-    VIDEO_SUFFIXES,
-    read_csv_dicts,
-    require_file,
-    sorted_labels,
-)
+from .cached import LoaderOptions, PreparedDataset, audio_window, build_splits
+from .layout import AUDIO_SUFFIXES, VIDEO_SUFFIXES, read_csv_dicts, require_file, sorted_labels
 
 REQUIRED = ["id", "label", "split"]
 SPLITS = {"train": "train", "val": "val", "validation": "val", "test": "test"}
@@ -52,8 +32,8 @@ KINDS = {"audio": AUDIO, "video": VIDEO, "folder": FOLDER, "flow": FLOW, "array"
 SMALL_ENCODER = {"width": 16, "layers": [1, 1, 1]}
 
 
-def _add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--csv", type=Path, help="the clip list (default: ROOT/manifest.csv)")
+class ManifestOptions(PrepareOptions):
+    csv: Path | None = option(None, "the clip list (default: ROOT/manifest.csv)")
 
 
 def guess_kind(column: str, value: str, base: Path) -> str:
@@ -102,63 +82,61 @@ def _source(kind: str, value: str, base: Path) -> Source:
     return Source(kind, str(path))
 
 
-def list_clips(root: Path, args: argparse.Namespace) -> Listing:
-    csv_path = require_file(args.csv or root / "manifest.csv", "the clip list with id,label,split and modality columns")
-    base = csv_path.parent
-    rows = read_csv_dicts(csv_path, REQUIRED)
-    columns = _modality_columns(rows, base, csv_path)
-    clips, failures = [], []
-    for number, row in rows:
-        clip_id = row["id"] or f"line {number}"
-        empty = [column for column in ["id", "label", *columns] if not row.get(column)]
-        if empty or row["split"].lower() not in SPLITS:
-            problem = f"empty {empty[0]!r}" if empty else f"unknown split {row['split']!r} (use train, val or test)"
-            failures.append(Failure(clip_id, f"{problem} on line {number}", str(csv_path)))
-            continue
-        sources = {name: _source(kind, row[column], base) for column, (name, kind) in columns.items()}
-        clips.append(ClipTask(id=row["id"], label=row["label"], split=SPLITS[row["split"].lower()], sources=sources))
-    clips = mark_duplicates(clips, failures, str(csv_path))
-    return Listing(clips=clips, class_names=sorted_labels(c.label for c in clips), failures=failures)
+@register_dataset
+class Manifest(PreparedDataset):
+    """your own data: a CSV with id,label,split and one column per modality"""
 
-
-register_preparer(
-    Preparer(
-        name="manifest",
-        summary="your own data: a CSV with id,label,split and one column per modality",
-        add_arguments=_add_arguments,
-        list_clips=list_clips,
-        audio="ogm",
-        defaults={"fps": 1.0, "size": 224},
-        examples=(
-            "  avbalance prepare manifest --root ~/data/mine --out ~/cache/mine\n"
-            "      with ~/data/mine/manifest.csv:\n"
-            "        id,label,split,audio,visual\n"
-            "        clip1,dog,train,wav/clip1.wav,video/clip1.mp4\n"
-        ),
+    examples = (
+        "  avbalance prepare manifest --root ~/data/mine --out ~/cache/mine\n"
+        "      with ~/data/mine/manifest.csv:\n"
+        "        id,label,split,audio,visual\n"
+        "        clip1,dog,train,wav/clip1.wav,video/clip1.mp4\n"
     )
-)
+    Options = ManifestOptions
 
+    @staticmethod
+    def list_clips(root: Path, options: ManifestOptions) -> Listing:
+        csv_path = require_file(
+            options.csv or root / "manifest.csv", "the clip list with id,label,split and modality columns"
+        )
+        base = csv_path.parent
+        rows = read_csv_dicts(csv_path, REQUIRED)
+        columns = _modality_columns(rows, base, csv_path)
+        clips, failures = [], []
+        for number, row in rows:
+            clip_id = row["id"] or f"line {number}"
+            empty = [column for column in ["id", "label", *columns] if not row.get(column)]
+            if empty or row["split"].lower() not in SPLITS:
+                problem = f"empty {empty[0]!r}" if empty else f"unknown split {row['split']!r} (use train, val or test)"
+                failures.append(Failure(clip_id, f"{problem} on line {number}", str(csv_path)))
+                continue
+            sources = {name: _source(kind, row[column], base) for column, (name, kind) in columns.items()}
+            clips.append(
+                ClipTask(id=row["id"], label=row["label"], split=SPLITS[row["split"].lower()], sources=sources)
+            )
+        clips = mark_duplicates(clips, failures, str(csv_path))
+        return Listing(clips=clips, class_names=sorted_labels(c.label for c in clips), failures=failures)
 
-@register_dataset("manifest")
-def build_manifest(
-    root: str | None = None,
-    frames: int = 3,
-    image_size: int | None = None,
-    augment: bool = True,
-    audio_seconds: float | None = None,
-):
-    """Your own data from a cache made by ``avbalance prepare manifest``; modalities are the CSV's
-    modality columns.
+    @classmethod
+    def load(
+        cls,
+        root: str | None = None,
+        frames: int = 3,
+        image_size: int | None = None,
+        augment: bool = True,
+        audio_seconds: float | None = None,
+    ):
+        """Your own data from a cache made by ``avbalance prepare manifest``; modalities are the
+        CSV's modality columns.
 
-    Options: ``frames`` per clip (default 3), ``image_size`` (default: stored size), ``augment``
-    (train split), ``audio_seconds`` (a window of the audio features, random in training; default:
-    all of it). The small encoder is recommended when stored frames are at most 64 pixels.
-    """
-    cache = open_cache(root, "manifest")
-    window = None
-    if audio_seconds and cache.settings.get("audio"):
-        window = AudioRecipe(**{**cache.settings["audio"], "seconds": audio_seconds}).shape()[1]
-    sizes = [spec["row_shape"][0] for spec in cache.modalities.values() if spec["kind"] in ("frames", "flow")]
-    small = bool(sizes) and max(sizes) <= 64
-    options = LoaderOptions(frames=frames, image_size=image_size, augment=augment, audio_frames=window)
-    return build_splits(cache, options, recommended_encoder=SMALL_ENCODER if small else {})
+        Options: ``frames`` per clip (default 3), ``image_size`` (default: stored size),
+        ``augment`` (train split), ``audio_seconds`` (a window of the audio features, random in
+        training; default: all of it). The small encoder is recommended when stored frames are at
+        most 64 pixels.
+        """
+        cache = cls.open(root)
+        sizes = [spec["row_shape"][0] for spec in cache.modalities.values() if spec["kind"] in ("frames", "flow")]
+        small = bool(sizes) and max(sizes) <= 64
+        window = audio_window(cache, audio_seconds)
+        options = LoaderOptions(frames=frames, image_size=image_size, augment=augment, audio_frames=window)
+        return build_splits(cache, options, recommended_encoder=SMALL_ENCODER if small else {})

@@ -13,30 +13,53 @@ manifest column ``audio_present`` = 0, unless ``--require-audio`` makes them fai
 
 from __future__ import annotations
 
-import argparse
 from pathlib import Path
 
-from ..prepare.plan import (
-    AUDIO,
-    VIDEO,
-    ClipTask,
-    Failure,
-    Listing,
-    Preparer,
-    Source,
-    mark_duplicates,
-    register_preparer,
-    settings_from_args,
-)
+from ..prepare.options import PrepareOptions, option, settings_from_options
+from ..prepare.plan import ClipTask, Failure, Listing, PrepareSettings, mark_duplicates
 from ..registry import register_dataset
-from .cached import LoaderOptions, build_splits, open_cache
-from .layout import read_csv_dicts, require_dir, require_file, sorted_labels
+from .cached import PreparedDataset
+from .layout import audio_visual, read_csv_dicts, require_dir, require_file, sorted_labels
 
 SPLITS = {"train": "train", "test": "test", "val": "val"}
 
 
-def _add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--require-audio", action="store_true", help="treat videos without usable audio as failures")
+class Ssw60Options(PrepareOptions):
+    require_audio: bool = option(False, "treat videos without usable audio as failures")
+
+
+@register_dataset
+class Ssw60(PreparedDataset):
+    """SSW60 bird species (60 classes): video_ml/*.mp4 + video_ml.csv + taxa.csv
+
+    Loader: the official train / test split; ``frames`` per clip (default 3), ``image_size``,
+    ``augment``. Audio: ``(1, 257, 625)`` for 10 s with the OGM-GE recipe."""
+
+    examples = "  avbalance prepare ssw60 --root ~/data/ssw60 --out ~/cache/ssw60\n"
+    Options = Ssw60Options
+    prepare_defaults = {"seconds": 10.0}
+
+    @staticmethod
+    def list_clips(root: Path, options: Ssw60Options) -> Listing:
+        video_dir = require_dir(root / "video_ml", "the SSW60 .mp4 videos")
+        video_list = require_file(root / "video_ml.csv", "SSW60 video list")
+        rows = read_csv_dicts(video_list, ["asset_id", "label", "split"])
+        name_of = _class_names(root, {row["label"] for _, row in rows})
+        listing = Listing(clips=[], class_names=[name_of[label] for label in sorted_labels(name_of)])
+        for number, row in rows:
+            if row["split"] not in SPLITS:
+                problem = f"unknown split {row['split']!r} on line {number} of video_ml.csv"
+                listing.failures.append(Failure(row["asset_id"], problem, str(video_list)))
+                continue
+            video = video_dir / f"{row['asset_id']}.mp4"
+            clip = ClipTask(row["asset_id"], name_of[row["label"]], SPLITS[row["split"]], audio_visual(video))
+            listing.clips.append(clip)
+        listing.clips = mark_duplicates(listing.clips, listing.failures)
+        return listing
+
+    @classmethod
+    def settings(cls, options: Ssw60Options) -> PrepareSettings:
+        return settings_from_options(options, has_audio=True, allow_missing_audio=not options.require_audio)
 
 
 def _class_names(root: Path, labels: set[str]) -> dict[str, str]:
@@ -46,60 +69,3 @@ def _class_names(root: Path, labels: set[str]) -> dict[str, str]:
         return {label: label for label in labels}
     names = {row["label"]: row.get("common_name") or row["label"] for _, row in read_csv_dicts(taxa, ["label"])}
     return {label: names.get(label, label) for label in labels}
-
-
-def list_clips(root: Path, args: argparse.Namespace) -> Listing:
-    video_dir = require_dir(root / "video_ml", "the SSW60 .mp4 videos")
-    rows = read_csv_dicts(require_file(root / "video_ml.csv", "SSW60 video list"), ["asset_id", "label", "split"])
-    name_of = _class_names(root, {row["label"] for _, row in rows})
-    clips, failures = [], []
-    for number, row in rows:
-        if row["split"] not in SPLITS:
-            failures.append(
-                Failure(
-                    row["asset_id"],
-                    f"unknown split {row['split']!r} on line {number} of video_ml.csv",
-                    str(root / "video_ml.csv"),
-                )
-            )
-            continue
-        path = str(video_dir / f"{row['asset_id']}.mp4")
-        clips.append(
-            ClipTask(
-                id=row["asset_id"],
-                label=name_of[row["label"]],
-                split=SPLITS[row["split"]],
-                sources={"audio": Source(AUDIO, path), "visual": Source(VIDEO, path)},
-            )
-        )
-    ordered = [name_of[label] for label in sorted_labels(name_of)]
-    return Listing(clips=mark_duplicates(clips, failures), class_names=ordered, failures=failures)
-
-
-def _settings(args: argparse.Namespace, preparer: Preparer):
-    return settings_from_args(args, preparer, allow_missing_audio=not args.require_audio)
-
-
-register_preparer(
-    Preparer(
-        name="ssw60",
-        summary="SSW60 bird species (60 classes): video_ml/*.mp4 + video_ml.csv + taxa.csv",
-        add_arguments=_add_arguments,
-        list_clips=list_clips,
-        audio="ogm",
-        defaults={"fps": 1.0, "size": 224, "seconds": 10.0},
-        make_settings=_settings,
-        examples="  avbalance prepare ssw60 --root ~/data/ssw60 --out ~/cache/ssw60\n",
-    )
-)
-
-
-@register_dataset("ssw60")
-def build_ssw60(root: str | None = None, frames: int = 3, image_size: int | None = None, augment: bool = True):
-    """SSW60 videos from a cache made by ``avbalance prepare ssw60`` (official train / test split).
-
-    Options: ``frames`` per clip (default 3), ``image_size`` (default: stored size), ``augment``
-    (train split). Audio: ``(1, 257, 625)`` for 10 s with the OGM-GE recipe.
-    """
-    cache = open_cache(root, "ssw60")
-    return build_splits(cache, LoaderOptions(frames=frames, image_size=image_size, augment=augment))

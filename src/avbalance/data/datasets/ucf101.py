@@ -16,32 +16,75 @@ it, RGB alone. ``--split-id`` picks one of the three official splits.
 
 from __future__ import annotations
 
-import argparse
 from pathlib import Path
+from typing import Literal
 
 from ...errors import DataError
-from ..prepare.plan import (
-    FLOW,
-    VIDEO,
-    ClipTask,
-    Listing,
-    Preparer,
-    Source,
-    mark_duplicates,
-    register_preparer,
-)
+from ..prepare.options import PrepareOptions, option
+from ..prepare.plan import FLOW, VIDEO, ClipTask, Listing, Source, mark_duplicates
 from ..registry import register_dataset
-from .cached import GREY_STATS, LoaderOptions, build_splits, open_cache
+from .cached import GREY_STATS, LoaderOptions, PreparedDataset, build_splits
 from .layout import read_text_lines, require_dir, require_file
 
 
-def _add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--split-id", type=int, choices=[1, 2, 3], default=1, help="official split (default: %(default)s)"
+class Ucf101Options(PrepareOptions):
+    split_id: Literal[1, 2, 3] = option(1, "official split")
+    flow: Path | None = option(
+        None, "optical flow folder with u/ and v/ (default: ROOT/tvl1_flow or ROOT/flow if present)"
     )
-    parser.add_argument(
-        "--flow", type=Path, help="optical flow folder with u/ and v/ (default: ROOT/tvl1_flow or ROOT/flow if present)"
-    )
+
+
+@register_dataset
+class Ucf101(PreparedDataset):
+    """UCF-101 actions (101 classes): UCF-101/*/*.avi + ucfTrainTestlist, optional TV-L1 flow"""
+
+    examples = "  avbalance prepare ucf101 --root ~/data/UCF101 --out ~/cache/ucf101 --split-id 1\n"
+    Options = Ucf101Options
+    audio = None
+
+    @staticmethod
+    def list_clips(root: Path, options: Ucf101Options) -> Listing:
+        video_dir = require_dir(root / "UCF-101", "the UCF-101 .avi videos")
+        lists = require_dir(root / "ucfTrainTestlist", "the official split lists")
+        class_names = _read_class_index(require_file(lists / "classInd.txt", "UCF-101 class index"))
+        flow = _find_flow(root, options.flow)
+        listing = Listing(clips=[], class_names=class_names)
+        for split in ("train", "test"):
+            path = require_file(lists / f"{split}list{options.split_id:02d}.txt", f"UCF-101 {split} list")
+            for number, line in read_text_lines(path):
+                relative = line.split()[0]
+                if "/" not in relative:
+                    raise DataError(f"{path}: line {number} is not '<Class>/<video>.avi': {line!r}")
+                label, name = relative.split("/", 1)
+                stem = Path(name).stem
+                sources = {"visual": Source(VIDEO, str(video_dir / relative))}
+                if flow is not None:
+                    sources["flow"] = Source(FLOW, (str(flow / "u" / stem), str(flow / "v" / stem)))
+                listing.clips.append(ClipTask(id=stem, label=label, split=split, sources=sources))
+        listing.clips = mark_duplicates(listing.clips, listing.failures)
+        listing.notes.append(f"optical flow: {flow}" if flow else "no optical flow folder found: RGB only")
+        return listing
+
+    @classmethod
+    def load(
+        cls,
+        root: str | None = None,
+        frames: int = 3,
+        image_size: int | None = None,
+        augment: bool = True,
+        flow: bool = True,
+    ):
+        """UCF-101 from a cache made by ``avbalance prepare ucf101``: ``visual`` and, when prepared
+        with optical flow, ``flow`` (``(2, frames, H, W)``, normalised with mean 0.1307 / std
+        0.3081 as BalanceMM).
+
+        Options: ``frames`` per clip (default 3), ``image_size`` (default: stored size),
+        ``augment`` (train split: one crop + flip for RGB and flow), ``flow`` (false: RGB only).
+        """
+        cache = cls.open(root)
+        modalities = [m for m in ("visual", "flow") if m in cache.modalities and (flow or m != "flow")]
+        options = LoaderOptions(frames=frames, image_size=image_size, augment=augment, stats={"flow": GREY_STATS})
+        return build_splits(cache, options, modalities=modalities)
 
 
 def _find_flow(root: Path, flow: Path | None) -> Path | None:
@@ -60,56 +103,3 @@ def _read_class_index(path: Path) -> list[str]:
             raise DataError(f"{path}: line {number} is not '<index> <Class>': {line!r}")
         classes[int(parts[0])] = parts[1]
     return [classes[i] for i in sorted(classes)]
-
-
-def list_clips(root: Path, args: argparse.Namespace) -> Listing:
-    video_dir = require_dir(root / "UCF-101", "the UCF-101 .avi videos")
-    lists = require_dir(root / "ucfTrainTestlist", "the official split lists")
-    class_names = _read_class_index(require_file(lists / "classInd.txt", "UCF-101 class index"))
-    flow = _find_flow(root, args.flow)
-    listing = Listing(clips=[], class_names=class_names)
-    for split in ("train", "test"):
-        path = require_file(lists / f"{split}list{args.split_id:02d}.txt", f"UCF-101 {split} list")
-        for number, line in read_text_lines(path):
-            relative = line.split()[0]
-            if "/" not in relative:
-                raise DataError(f"{path}: line {number} is not '<Class>/<video>.avi': {line!r}")
-            label, name = relative.split("/", 1)
-            stem = Path(name).stem
-            sources = {"visual": Source(VIDEO, str(video_dir / relative))}
-            if flow is not None:
-                sources["flow"] = Source(FLOW, (str(flow / "u" / stem), str(flow / "v" / stem)))
-            listing.clips.append(ClipTask(id=stem, label=label, split=split, sources=sources))
-    listing.clips = mark_duplicates(listing.clips, listing.failures)
-    listing.notes.append(f"optical flow: {flow}" if flow else "no optical flow folder found: RGB only")
-    return listing
-
-
-register_preparer(
-    Preparer(
-        name="ucf101",
-        summary="UCF-101 actions (101 classes): UCF-101/*/*.avi + ucfTrainTestlist, optional TV-L1 flow",
-        add_arguments=_add_arguments,
-        list_clips=list_clips,
-        audio=None,
-        defaults={"fps": 1.0, "size": 224, "folder_fps": 25.0},
-        examples="  avbalance prepare ucf101 --root ~/data/UCF101 --out ~/cache/ucf101 --split-id 1\n",
-    )
-)
-
-
-@register_dataset("ucf101")
-def build_ucf101(
-    root: str | None = None, frames: int = 3, image_size: int | None = None, augment: bool = True, flow: bool = True
-):
-    """UCF-101 from a cache made by ``avbalance prepare ucf101``: ``visual`` and, when prepared with
-    optical flow, ``flow`` (``(2, frames, H, W)``, normalised with mean 0.1307 / std 0.3081 as
-    BalanceMM).
-
-    Options: ``frames`` per clip (default 3), ``image_size`` (default: stored size), ``augment``
-    (train split: one crop + flip for RGB and flow), ``flow`` (false: RGB only).
-    """
-    cache = open_cache(root, "ucf101")
-    modalities = [m for m in ("visual", "flow") if m in cache.modalities and (flow or m != "flow")]
-    options = LoaderOptions(frames=frames, image_size=image_size, augment=augment, stats={"flow": GREY_STATS})
-    return build_splits(cache, options, modalities=modalities)

@@ -1,4 +1,5 @@
-"""VoxCeleb1 / VoxCeleb2: speaker identification from face frames and speech.
+"""VoxCeleb1 / VoxCeleb2: speaker identification from face frames and speech, and evaluation sets
+for speaker verification.
 
 Raw layout (``--root``); an utterance is ``<speaker>/<video>/<utterance>``::
 
@@ -13,43 +14,117 @@ Raw layout (``--root``); an utterance is ``<speaker>/<video>/<utterance>``::
 
 Classes are the speaker ids. Without a split file the split is seeded and per speaker, with all
 utterances of one YouTube video in the same split.
+
+With ``--eval-set`` the folder is an evaluation set whose speakers are not training classes (the
+VoxCeleb1 test speakers): every utterance goes to the ``test`` split, labelled with its speaker
+(the class names are the speakers found), and keeps its id ``<speaker>/<video>/<utt>`` -- the name
+the verification trial lists give it, less the file suffix.
 """
 
 from __future__ import annotations
 
-import argparse
 from pathlib import Path
 
-from ...errors import DataError
-from ..prepare.plan import (
-    AUDIO,
-    FOLDER,
-    VIDEO,
-    ClipTask,
-    Failure,
-    Listing,
-    Preparer,
-    Source,
-    add_split_arguments,
-    register_preparer,
-    split_rule_from_args,
-)
+from ...errors import ConfigError, DataError
+from ..prepare.options import SplitOptions, option, split_rule
+from ..prepare.plan import AUDIO, FOLDER, VIDEO, ClipTask, Failure, Listing, Source
 from ..registry import register_dataset
-from .cached import LoaderOptions, build_splits, open_cache
+from .cached import LoaderOptions, PreparedDataset, build_splits
 from .layout import read_text_lines, sorted_labels
 
 SPLIT_CODES = {"1": "train", "2": "val", "3": "test"}
 
 
-def _add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--split-file", type=Path, help="identification split (default: ROOT/iden_split.txt if present)"
+class VoxcelebOptions(SplitOptions):
+    split_file: Path | None = option(None, "identification split (default: ROOT/iden_split.txt if present)")
+    max_speakers: int | None = option(None, "keep only the first N speakers (sorted ids)", ge=1)
+    eval_set: bool = option(
+        False,
+        "an evaluation set for speaker verification: every utterance in the test split, labelled with its "
+        "speaker (no split file, no generated split)",
     )
-    parser.add_argument("--max-speakers", type=int, help="keep only the first N speakers (sorted ids)")
-    add_split_arguments(parser, test=0.1, val=0.1)
 
 
-def _utterances(folder: Path, pattern: str) -> dict[str, Path]:
+@register_dataset
+class Voxceleb(PreparedDataset):
+    """VoxCeleb1/2 speaker identification from face frames + audio"""
+
+    examples = (
+        "  avbalance prepare voxceleb --root ~/data/voxceleb2/dev --out ~/cache/vox2-100 --max-speakers 100\n"
+        "  avbalance prepare voxceleb --root ~/data/voxceleb1 --out ~/cache/vox1 --split-file iden_split.txt\n"
+        "  avbalance prepare voxceleb --root ~/data/voxceleb1/test --out ~/cache/vox1-test --eval-set\n"
+    )
+    Options = VoxcelebOptions
+    audio = "fbank"
+    prepare_defaults = {"seconds": 4.0, "test_fraction": 0.1}
+
+    @staticmethod
+    def list_clips(root: Path, options: VoxcelebOptions) -> Listing:
+        if options.eval_set and options.split_file:
+            raise ConfigError(f"{options.split_file}: --eval-set puts every utterance in test; give no --split-file")
+        utterances = _Utterances(root)
+        speakers = sorted_labels(key.split("/")[0] for key in utterances.keys)[: options.max_speakers]
+        splits = {} if options.eval_set else _read_split_file(_split_file(root, options.split_file))
+        listing = Listing(clips=[], class_names=speakers, info={"eval_set": True} if options.eval_set else {})
+        wanted = set(speakers)
+        for key in sorted(splits) if splits else utterances.keys:
+            if key.split("/")[0] in wanted:
+                split = "test" if options.eval_set else splits.get(key, "")
+                utterances.add_clip(key, split, listing)
+        if not splits and not options.eval_set:
+            listing.split_rule = split_rule(
+                options, group=lambda clip: clip.columns["youtube_id"], stratify=lambda clip: clip.label
+            )
+        return listing
+
+    @classmethod
+    def load(cls, root: str | None = None, frames: int = 3, image_size: int | None = None, augment: bool = True):
+        """VoxCeleb identification from a cache made by ``avbalance prepare voxceleb``.
+
+        Options: ``frames`` per utterance (default 3), ``image_size`` (default: stored size),
+        ``augment`` (train split). Audio: ``(1, 128, 398)`` Kaldi-style fbank of 4 s by default.
+        """
+        cache = cls.open(root)
+        if cache.info.get("eval_set"):
+            raise ConfigError(
+                f"{cache.root} is an evaluation set (every utterance in test, made with --eval-set): "
+                "it scores speaker verification and cannot train a classifier"
+            )
+        return build_splits(cache, LoaderOptions(frames=frames, image_size=image_size, augment=augment))
+
+
+class _Utterances:
+    """The utterances found under the root: face videos, audio files and face-frame folders."""
+
+    def __init__(self, root: Path):
+        self.root = root
+        self.videos = _find(root / "mp4", "*/*/*.mp4")
+        self.audios = {**_find(root / "aac", "*/*/*.m4a"), **_find(root / "wav", "*/*/*.wav")}
+        self.frame_dirs = {key: path for key, path in _find(root / "frames", "*/*/*").items() if path.is_dir()}
+        self.keys = sorted(set(self.videos) | set(self.audios) | set(self.frame_dirs))
+        if not self.keys:
+            raise DataError(f"{root}: no utterances found in mp4/, wav/, aac/ or frames/ (<speaker>/<video>/<utt>)")
+
+    def add_clip(self, key: str, split: str, listing: Listing) -> None:
+        """Add utterance ``key`` to ``listing``, or a failure when its face or its audio is missing."""
+        speaker, video, _ = key.split("/")
+        visual = (
+            Source(VIDEO, str(self.videos[key]))
+            if key in self.videos
+            else Source(FOLDER, str(self.frame_dirs[key]))
+            if key in self.frame_dirs
+            else None
+        )
+        audio = self.audios.get(key) or self.videos.get(key)
+        if visual is None or audio is None:
+            missing = "face video or frame folder" if visual is None else "audio"
+            listing.failures.append(Failure(key, f"no {missing} for this utterance", str(self.root)))
+            return
+        sources = {"audio": Source(AUDIO, str(audio)), "visual": visual}
+        listing.clips.append(ClipTask(key, speaker, split, sources, columns={"youtube_id": video}))
+
+
+def _find(folder: Path, pattern: str) -> dict[str, Path]:
     """'<speaker>/<video>/<utt>' -> path, for files (or folders) three levels below ``folder``."""
     if not folder.is_dir():
         return {}
@@ -61,88 +136,16 @@ def _utterances(folder: Path, pattern: str) -> dict[str, Path]:
     return found
 
 
-def list_clips(root: Path, args: argparse.Namespace) -> Listing:
-    videos = _utterances(root / "mp4", "*/*/*.mp4")
-    audios = {**_utterances(root / "aac", "*/*/*.m4a"), **_utterances(root / "wav", "*/*/*.wav")}
-    frame_dirs = {key: path for key, path in _utterances(root / "frames", "*/*/*").items() if path.is_dir()}
-    keys = sorted(set(videos) | set(audios) | set(frame_dirs))
-    if not keys:
-        raise DataError(f"{root}: no utterances found in mp4/, wav/, aac/ or frames/ (<speaker>/<video>/<utt>)")
-    speakers = sorted_labels(key.split("/")[0] for key in keys)
-    if args.max_speakers:
-        speakers = speakers[: args.max_speakers]
-    wanted = set(speakers)
-
-    split_file = args.split_file or (root / "iden_split.txt" if (root / "iden_split.txt").is_file() else None)
-    splits = _read_split_file(split_file) if split_file else {}
-    failures: list[Failure] = []
-    clips = []
-    for key in sorted(splits) if splits else keys:
-        speaker, video, _ = key.split("/")
-        if speaker not in wanted:
-            continue
-        visual = (
-            Source(VIDEO, str(videos[key]))
-            if key in videos
-            else Source(FOLDER, str(frame_dirs[key]))
-            if key in frame_dirs
-            else None
-        )
-        audio = audios.get(key) or videos.get(key)
-        if visual is None or audio is None:
-            missing = "face video or frame folder" if visual is None else "audio"
-            failures.append(Failure(key, f"no {missing} for this utterance", str(root)))
-            continue
-        clips.append(
-            ClipTask(
-                id=key,
-                label=speaker,
-                split=splits.get(key, ""),
-                sources={"audio": Source(AUDIO, str(audio)), "visual": visual},
-                columns={"youtube_id": video},
-            )
-        )
-    listing = Listing(clips=clips, class_names=speakers, failures=failures)
-    if not splits:
-        listing.split_rule = split_rule_from_args(
-            args, group=lambda clip: clip.columns["youtube_id"], stratify=lambda clip: clip.label
-        )
-    return listing
+def _split_file(root: Path, given: Path | None) -> Path | None:
+    return given or (root / "iden_split.txt" if (root / "iden_split.txt").is_file() else None)
 
 
-def _read_split_file(path: Path) -> dict[str, str]:
-    splits = {}
-    for number, line in read_text_lines(path):
+def _read_split_file(path: Path | None) -> dict[str, str]:
+    """Utterance -> split of an identification split file (empty without one)."""
+    splits: dict[str, str] = {}
+    for number, line in read_text_lines(path) if path else []:
         parts = line.split()
         if len(parts) != 2 or parts[0] not in SPLIT_CODES:
             raise DataError(f"{path}: line {number} is not '<1|2|3> <speaker>/<video>/<utt>.wav': {line!r}")
-        key = parts[1].rsplit(".", 1)[0]
-        splits[key] = SPLIT_CODES[parts[0]]
+        splits[parts[1].rsplit(".", 1)[0]] = SPLIT_CODES[parts[0]]
     return splits
-
-
-register_preparer(
-    Preparer(
-        name="voxceleb",
-        summary="VoxCeleb1/2 speaker identification from face frames + audio",
-        add_arguments=_add_arguments,
-        list_clips=list_clips,
-        audio="fbank",
-        defaults={"fps": 1.0, "size": 224, "seconds": 4.0},
-        examples=(
-            "  avbalance prepare voxceleb --root ~/data/voxceleb2/dev --out ~/cache/vox2-100 --max-speakers 100\n"
-            "  avbalance prepare voxceleb --root ~/data/voxceleb1 --out ~/cache/vox1 --split-file iden_split.txt\n"
-        ),
-    )
-)
-
-
-@register_dataset("voxceleb")
-def build_voxceleb(root: str | None = None, frames: int = 3, image_size: int | None = None, augment: bool = True):
-    """VoxCeleb identification from a cache made by ``avbalance prepare voxceleb``.
-
-    Options: ``frames`` per utterance (default 3), ``image_size`` (default: stored size),
-    ``augment`` (train split). Audio: ``(1, 128, 398)`` Kaldi-style fbank of 4 s by default.
-    """
-    cache = open_cache(root, "voxceleb")
-    return build_splits(cache, LoaderOptions(frames=frames, image_size=image_size, augment=augment))

@@ -162,7 +162,8 @@ class PreparedCache:
             )
         if not meta_path.is_file():
             raise DataError(
-                f"{meta_path}: missing, so {self.root} is not a finished cache; run (or rerun, to resume) 'avbalance prepare'"
+                f"{meta_path}: missing, so {self.root} is not a finished cache; "
+                "run (or rerun, to resume) 'avbalance prepare'"
             )
         try:
             self.meta = json.loads(meta_path.read_text(encoding="utf-8"))
@@ -224,6 +225,29 @@ class PreparedCache:
         """All stored rows of one clip for one modality."""
         offset, count = int(row[f"{modality}_offset"]), int(row[f"{modality}_count"])
         return self.array(modality)[offset : offset + count]
+
+
+@dataclass
+class PreparedClips:
+    """The prepared clips of a cache, in manifest order: ids, labels (class names), splits."""
+
+    ids: list[str]
+    labels: list[str]
+    splits: list[str]
+    class_names: list[str]
+
+
+def read_prepared_clips(root: str | Path) -> PreparedClips:
+    """The ids, labels and splits of every prepared clip of the cache at ``root`` (failed clips
+    left out), without opening the arrays; a missing or damaged cache is a one-line DataError."""
+    cache = PreparedCache(root)
+    rows = cache.ok_rows()
+    return PreparedClips(
+        ids=[row["id"] for row in rows],
+        labels=[row["label"] for row in rows],
+        splits=[row["split"] for row in rows],
+        class_names=list(cache.class_names),
+    )
 
 
 def try_open(cache_dir: Path) -> PreparedCache | None:

@@ -1,5 +1,4 @@
-"""What ``avbalance prepare`` works on: the clips a dataset lists, how each is turned into arrays,
-and the registry of datasets that can be prepared.
+"""What ``avbalance prepare`` works on: the clips a dataset lists and how each is turned into arrays.
 
 A dataset module (``avbalance.data.datasets.<name>``) reads its raw layout and returns a
 :class:`Listing`: one :class:`ClipTask` per clip, with its label, split and the files each modality
@@ -10,7 +9,6 @@ resuming -- is shared and lives in this package.
 
 from __future__ import annotations
 
-import argparse
 import math
 import random
 from collections.abc import Callable
@@ -19,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .features import AudioRecipe, make_recipe
+from .features import AudioRecipe
 
 # Kinds of source a modality can be read from.
 AUDIO = "audio"  # an audio file or the audio track of any container FFmpeg reads
@@ -128,142 +126,6 @@ class PrepareSettings:
         return data
 
 
-@dataclass
-class Preparer:
-    """How to prepare one dataset from the command line."""
-
-    name: str
-    summary: str
-    add_arguments: Callable[[argparse.ArgumentParser], None]
-    list_clips: Callable[[Path, argparse.Namespace], Listing]
-    examples: str = ""
-    video: bool = True  # the dataset has frames: add --fps / --size
-    audio: str | None = "ogm"  # default audio recipe; None when the dataset has no audio
-    defaults: dict = field(default_factory=dict)  # per-dataset defaults of the common options
-    # Settings from the parsed arguments; by default settings_from_args (GRID adapts them to --task).
-    make_settings: Callable[[argparse.Namespace, Preparer], PrepareSettings] | None = None
-
-    def settings(self, args: argparse.Namespace) -> PrepareSettings:
-        return (self.make_settings or settings_from_args)(args, self)
-
-
-_PREPARERS: dict[str, Preparer] = {}
-
-
-def register_preparer(preparer: Preparer) -> Preparer:
-    _PREPARERS[preparer.name] = preparer
-    return preparer
-
-
-def preparers() -> dict[str, Preparer]:
-    from .. import datasets  # noqa: F401  (importing the dataset modules registers them)
-
-    return dict(sorted(_PREPARERS.items()))
-
-
-def add_common_arguments(parser: argparse.ArgumentParser, preparer: Preparer) -> None:
-    """Options every dataset shares; their defaults come from the dataset."""
-    d = {
-        "fps": 1.0,
-        "size": 224,
-        "folder_fps": 25.0,
-        "seconds": None,
-        "sample_rate": None,
-        "mel_bins": None,
-        "min_seconds": 0.1,
-    }
-    d.update(preparer.defaults)
-
-    def default(key: str, unset: str = "set by the dataset") -> str:
-        return f"(default: {d[key] if d[key] is not None else unset})"
-
-    group = parser.add_argument_group("frames and audio")
-    if preparer.video:
-        group.add_argument(
-            "--fps", type=float, default=d["fps"], help=f"frames kept per second of video {default('fps')}"
-        )
-        group.add_argument(
-            "--size", type=int, default=d["size"], help=f"stored frames are SIZE x SIZE pixels {default('size')}"
-        )
-        group.add_argument(
-            "--crop",
-            type=parse_crop,
-            metavar="X,Y,W,H",
-            help="cut this box (source pixels: left, top, width, height) out of every frame before resizing, "
-            "e.g. the mouth of a talking face filmed with a fixed camera (default: the whole frame)",
-        )
-        group.add_argument(
-            "--folder-fps",
-            type=float,
-            default=d["folder_fps"],
-            help=f"frame rate of image folders {default('folder_fps')}",
-        )
-    if preparer.audio:
-        group.add_argument(
-            "--audio",
-            choices=["ogm", "vggsound", "fbank"],
-            default=preparer.audio,
-            help="audio features: ogm = log-STFT n_fft 512 hop 353 at 22.05 kHz; vggsound = log-STFT n_fft 256 hop 128 "
-            "at 16 kHz; fbank = Kaldi-style log-mel filterbank, 25 ms window, 10 ms shift (default: %(default)s)",
-        )
-        group.add_argument(
-            "--seconds",
-            type=float,
-            default=d["seconds"],
-            help=f"audio is tiled or cut to this length {default('seconds', 'the recipe')}",
-        )
-        group.add_argument(
-            "--sample-rate",
-            type=int,
-            default=d["sample_rate"],
-            help=f"resample audio to this rate {default('sample_rate', 'the recipe')}",
-        )
-        group.add_argument(
-            "--mel-bins",
-            type=int,
-            default=d["mel_bins"],
-            help=f"filterbank bins for --audio fbank {default('mel_bins', '128')}",
-        )
-        group.add_argument(
-            "--waveform", action="store_true", help="also store the resampled waveform so features can be recomputed"
-        )
-        group.add_argument(
-            "--min-seconds",
-            type=float,
-            default=d["min_seconds"],
-            help=f"audio shorter than this is a failure {default('min_seconds')}",
-        )
-
-
-def parse_crop(text: str) -> tuple[int, int, int, int]:
-    """``X,Y,W,H`` -> four integers; width and height positive."""
-    parts = text.split(",")
-    try:
-        x, y, width, height = (int(p) for p in parts)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected X,Y,W,H (four integers), got {text!r}") from None
-    if x < 0 or y < 0 or width < 1 or height < 1:
-        raise argparse.ArgumentTypeError(f"X and Y must be >= 0 and W, H >= 1, got {text!r}")
-    return x, y, width, height
-
-
-def settings_from_args(args: argparse.Namespace, preparer: Preparer, **overrides) -> PrepareSettings:
-    audio = None
-    if preparer.audio:
-        audio = make_recipe(args.audio, sample_rate=args.sample_rate, seconds=args.seconds, mel_bins=args.mel_bins)
-    values = dict(
-        fps=getattr(args, "fps", 1.0),
-        size=getattr(args, "size", 224),
-        folder_fps=getattr(args, "folder_fps", 25.0),
-        crop=getattr(args, "crop", None),
-        audio=audio,
-        waveform=getattr(args, "waveform", False),
-        min_seconds=getattr(args, "min_seconds", 0.1),
-    )
-    values.update(overrides)
-    return PrepareSettings(**values)
-
-
 def take_subset(clips: list[ClipTask], limit: int | None, seed: int) -> list[ClipTask]:
     """A seeded random subset of ``limit`` clips, kept in listing order."""
     if not limit or limit >= len(clips):
@@ -301,20 +163,6 @@ def _split_sizes(count: int, test_fraction: float, val_fraction: float) -> tuple
     return n_test, n_val
 
 
-def add_split_arguments(parser: argparse.ArgumentParser, test: float = 0.2, val: float = 0.1) -> None:
-    group = parser.add_argument_group("generated split")
-    group.add_argument(
-        "--test-fraction", type=float, default=test, help="share of groups in the test split (default: %(default)s)"
-    )
-    group.add_argument(
-        "--val-fraction", type=float, default=val, help="share of groups in the validation split (default: %(default)s)"
-    )
-
-
-def split_rule_from_args(args: argparse.Namespace, **kwargs) -> SplitRule:
-    return SplitRule(test_fraction=args.test_fraction, val_fraction=args.val_fraction, seed=args.seed, **kwargs)
-
-
 def mark_duplicates(clips: list[ClipTask], failures: list[Failure], where: str = "") -> list[ClipTask]:
     """Keep the first of clips listed twice; report the others."""
     seen: set[str] = set()
@@ -340,10 +188,7 @@ __all__ = [
     "Failure",
     "Listing",
     "PrepareSettings",
-    "Preparer",
     "Source",
     "SplitRule",
     "assign_splits",
-    "make_recipe",
-    "register_preparer",
 ]

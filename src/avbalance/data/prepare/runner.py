@@ -10,7 +10,6 @@ from __future__ import annotations
 import fcntl
 import json
 import multiprocessing
-import os
 import sys
 import time
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
@@ -41,7 +40,7 @@ from .cache import (
     write_csv_atomic,
     write_json_atomic,
 )
-from .plan import ClipError, ClipTask, Failure, Listing, PrepareSettings, assign_splits
+from .plan import ClipError, ClipTask, Failure, Listing, PrepareSettings, assign_splits, take_subset
 from .process import prepare_clip
 
 FAILURE_COLUMNS = ["id", "reason", "file"]
@@ -55,6 +54,25 @@ class Summary:
     total_ok: int = 0  # clips in the cache after this run
     failures: list[Failure] = field(default_factory=list)
     interrupted: bool = False
+
+
+def prepare_dataset(declaration, options, console: Console | None = None) -> Summary:
+    """Prepare the raw dataset at ``options.root`` into the cache ``options.out``: ``declaration``
+    (a :class:`~avbalance.data.declaration.DatasetDeclaration`) lists the clips, ``options`` (its
+    options model) say how."""
+    console = console or Console(stderr=True)
+    root = Path(options.root).expanduser()
+    if not root.is_dir():
+        raise DataError(f"{root}: raw dataset folder not found")
+    settings = declaration.settings(options)
+    listing = declaration.list_clips(root, options)
+    listing.clips = take_subset(listing.clips, options.limit, options.seed)
+    if not listing.clips and not listing.failures:
+        raise DataError(f"{root}: no clips found for {declaration.name}; see docs/datasets.md for the expected layout")
+    for note in listing.notes:
+        console.print(note, markup=False)
+    out = Path(options.out).expanduser()
+    return run_prepare(declaration.name, listing, settings, out, workers=options.workers, console=console)
 
 
 def run_prepare(
@@ -228,7 +246,8 @@ def _check_same_settings(out: Path, dataset: str, settings: PrepareSettings) -> 
             raise DataError(f"{path}: unreadable ({error}); delete the cache folder to start again") from None
         if existing != wanted:
             raise ConfigError(
-                f"{out} was prepared with other settings: {_difference(existing, wanted)}; use the same options or a new --out folder"
+                f"{out} was prepared with other settings: {_difference(existing, wanted)}; "
+                "use the same options or a new --out folder"
             )
         return
     if any(p.name != ".lock" for p in out.iterdir()):
@@ -277,7 +296,3 @@ class _exclusive_lock:
         fcntl.lockf(self.handle, fcntl.LOCK_UN)
         self.handle.close()
         return False
-
-
-def default_workers() -> int:
-    return max(1, min(8, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)))

@@ -55,7 +55,8 @@ def read_video_frames(
             clip_end = min(end if end is not None else duration, duration)
             if clip_end <= clip_start:
                 raise ClipError(
-                    f"video too short: segment [{clip_start:.2f}, {end}) s is past its end ({duration:.2f} s) in {path}",
+                    f"video too short: segment [{clip_start:.2f}, {end}) s is past its end "
+                    f"({duration:.2f} s) in {path}",
                     path,
                 )
             times = sample_times(clip_start, clip_end, fps)

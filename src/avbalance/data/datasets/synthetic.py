@@ -24,8 +24,9 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from .base import DatasetInfo, DatasetSplits, TensorDictDataset
-from .registry import register_dataset
+from ..base import DatasetInfo, DatasetSplits, TensorDictDataset
+from ..declaration import DatasetDeclaration
+from ..registry import register_dataset
 
 
 def _smooth_patterns(count: int, channels: int, height: int, width: int, generator: torch.Generator) -> torch.Tensor:
@@ -77,8 +78,9 @@ def make_split(
     return TensorDictDataset(tensors, labels)
 
 
-def _clips(patterns: torch.Tensor, strength: float, frames: int, max_shift: int,
-           generator: torch.Generator) -> torch.Tensor:
+def _clips(
+    patterns: torch.Tensor, strength: float, frames: int, max_shift: int, generator: torch.Generator
+) -> torch.Tensor:
     """``frames`` jittered, noisy copies of each pattern, stacked as ``(N, C, T, H, W)``."""
     clips = []
     for _ in range(frames):
@@ -87,7 +89,6 @@ def _clips(patterns: torch.Tensor, strength: float, frames: int, max_shift: int,
     return torch.stack(clips, dim=2)
 
 
-@register_dataset("synthetic")
 def build_synthetic(
     root: str | None = None,
     num_classes: int = 8,
@@ -130,9 +131,21 @@ def build_synthetic(
     info = DatasetInfo(
         name="synthetic",
         num_classes=num_classes,
-        input_shapes={"audio": (1, freq_bins, time_steps), "visual": (3, frames, image_size, image_size),
-                      **({"flow": (2, frames, image_size, image_size)} if flow_strength > 0 else {})},
+        input_shapes={
+            "audio": (1, freq_bins, time_steps),
+            "visual": (3, frames, image_size, image_size),
+            **({"flow": (2, frames, image_size, image_size)} if flow_strength > 0 else {}),
+        },
         class_names=[f"class_{c}" for c in range(num_classes)],
         recommended_encoder={"width": 8, "layers": [1, 1, 1]},
     )
     return DatasetSplits(info=info, train=train, val=val, test=test)
+
+
+@register_dataset
+class Synthetic(DatasetDeclaration):
+    """procedurally generated audio-visual classes: a strong audio and a weak, jittered visual modality
+
+    Generated in memory from a seed: nothing to prepare."""
+
+    load = staticmethod(build_synthetic)
