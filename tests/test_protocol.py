@@ -5,13 +5,20 @@ import json
 import pytest
 import torch
 
-from avbalance.engine import load_config, train
-from avbalance.methods import registry
+from avbalance.engine import evaluate, load_config, train
+from avbalance.methods import method_names, registry
 from avbalance.methods.base import Method, PlainStep
 from avbalance.methods.baseline import Baseline
+from avbalance.models.checkpoint import read_checkpoint
 
-BASE = ["trainer.progress_bar=false", "trainer.epochs=2", "data.options.train_size=200", "data.options.test_size=60",
-        "data.batch_size=32", "trainer.deterministic=true"]
+BASE = [
+    "trainer.progress_bar=false",
+    "trainer.epochs=2",
+    "data.options.train_size=200",
+    "data.options.test_size=60",
+    "data.batch_size=32",
+    "trainer.deterministic=true",
+]
 
 
 class StepBaseline(Baseline):
@@ -40,7 +47,9 @@ class HalfZeroVisual(Method):
         return [(i, ("visual",)) for i in range(0, 180, 2)]
 
     def loss(self, output, batch):
-        HalfZeroVisual.seen.append(("batch", int((batch["visual"].flatten(1).abs().sum(1) == 0).sum()), len(batch["label"])))
+        HalfZeroVisual.seen.append(
+            ("batch", int((batch["visual"].flatten(1).abs().sum(1) == 0).sum()), len(batch["label"]))
+        )
         return super().loss(output, batch)
 
 
@@ -50,7 +59,7 @@ def test_methods():
         registry.register_method(cls)
     yield
     for cls in (StepBaseline, HalfZeroVisual):
-        registry._METHODS.pop(cls.name)
+        registry.METHODS.remove(cls.name)
 
 
 def _last_state(run):
@@ -59,8 +68,11 @@ def _last_state(run):
 
 def test_step_override_path_equals_automatic_optimisation(tmp_path, test_methods):
     train(load_config(overrides=BASE + [f"out={tmp_path / 'auto'}", "method.name=baseline"]))
-    train(load_config(overrides=BASE + [f"out={tmp_path / 'manual'}", "method.name=test_step_baseline",
-                                        "optim.step_size=1"]))
+    train(
+        load_config(
+            overrides=BASE + [f"out={tmp_path / 'manual'}", "method.name=test_step_baseline", "optim.step_size=1"]
+        )
+    )
     train(load_config(overrides=BASE + [f"out={tmp_path / 'auto1'}", "method.name=baseline", "optim.step_size=1"]))
     auto, manual = _last_state(tmp_path / "auto1"), _last_state(tmp_path / "manual")
     for key in auto:
@@ -91,3 +103,51 @@ def test_plain_step_in_a_loop(tiny_model):
     loss = method.training_step(tiny_model, tiny_batch(), PlainStep(optimizer))
     assert calls == [True] and loss.requires_grad is False
     assert any(not torch.equal(b, p) for b, p in zip(before, tiny_model.parameters()))
+
+
+# Tiny runs: the invariant concerns what the checkpoint holds, not what the model learns.
+# A strong audio cue, so that validation accuracy still improves at the epochs where ReLearning
+# re-initialises (the best epoch is then one whose end changed the model).
+TINY = [
+    "trainer.progress_bar=false",
+    "trainer.epochs=3",
+    "data.options.train_size=128",
+    "data.options.test_size=8",
+    "data.options.num_classes=4",
+    "data.options.audio_strength=2.0",
+    "data.options.image_size=16",
+    "data.options.freq_bins=16",
+    "data.options.time_steps=16",
+    "data.val_fraction=0.25",
+    "data.batch_size=16",
+    "model.width=4",
+    "model.layers=[1,1]",
+    "optim.lr=0.1",
+]
+# Settings that make each method's epoch-level behaviour happen within three epochs.
+SHORT_SCHEDULES = {
+    "gblending": {"super_epoch": 1},
+    "greedy": {"starting_epoch": 1, "window": 1},
+    "opm": {"modulation_starts": 0},
+    "pmr": {"entropy_epochs": 1},
+    "reconboost": {"stage_epochs": 1, "correct_epochs": 1},
+    "relearning": {"reinit_epoch": 1, "reinit_num": 2, "move_lambda": 30.0},
+    "umt": {"pretrain_epochs": 1},
+    "valuation": {"warmup": 1},
+}
+
+
+@pytest.mark.parametrize("name", method_names())
+def test_best_checkpoint_reproduces_its_recorded_validation_metrics(tmp_path, name):
+    """``best.ckpt`` holds the weights that were validated, even for a method that changes the model
+    at the end of an epoch (ReLearning re-initialises encoders there)."""
+    out = tmp_path / name
+    params = [f"method.params.{key}={value}" for key, value in SHORT_SCHEDULES.get(name, {}).items()]
+    train(load_config(overrides=TINY + params + [f"out={out}", f"method.name={name}"]))
+    best = out / "checkpoints" / "best.ckpt"
+    epoch = read_checkpoint(best)["epoch"]
+    recorded = next(r for r in json.loads((out / "history.json").read_text()) if r["epoch"] == epoch)
+    again = evaluate(str(best), split="val", accelerator="cpu", devices=1)
+    assert again["samples"] == 32
+    for key, value in again.items():
+        assert value == pytest.approx(recorded[f"val/{key}"], abs=1e-6), key

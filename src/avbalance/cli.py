@@ -22,7 +22,8 @@ EXAMPLES = {
   avbalance train --dataset grid --data cache/grid --modalities visual --out runs/visual_only""",
     "test": """examples:
   avbalance test --ckpt runs/ogm_ge/checkpoints/best.ckpt
-  avbalance test --ckpt runs/ogm_ge/checkpoints/best.ckpt --split val --out runs/ogm_ge/eval""",
+  avbalance test --ckpt runs/ogm_ge/checkpoints/best.ckpt --split val --out runs/ogm_ge/eval
+  avbalance test --ckpt runs/ogm_ge --robustness --out runs/ogm_ge/eval""",
     "demo": """example:
   avbalance demo --out runs/demo""",
     "convert-checkpoint": """examples:
@@ -35,8 +36,8 @@ TRAIN_OPTIONS: dict[str, tuple[str, type, str]] = {
     "dataset": ("data.dataset", str, "dataset name (default: synthetic)"),
     "data": ("data.root", str, "prepared data folder (from 'avbalance prepare')"),
     "modalities": ("data.modalities", str, "comma-separated subset of modalities to train on, e.g. visual"),
-    "method": ("method.name", str, "balancing method, e.g. baseline, ogm, ogm_ge, mmcosine"),
-    "fusion": ("model.fusion", str, "fusion head: sum, concat, cosine, film, gated, film_sym, gated_sym (shared, amco: for their methods)"),
+    "method": ("method.name", str, "balancing method: {methods}"),
+    "fusion": ("model.fusion", str, "fusion head: {fusions} (shared, amco: for their methods)"),
     "epochs": ("trainer.epochs", int, "number of epochs"),
     "batch_size": ("data.batch_size", int, "training batch size"),
     "lr": ("optim.lr", float, "learning rate"),
@@ -93,21 +94,30 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_test(args: argparse.Namespace) -> int:
-    from .analysis import analyse_checkpoint
+    from .analysis import analyse_run
     from .analysis.cli import print_analysis
-    from .engine import evaluate
+    from .engine import load_run
+    from .engine.run import evaluate_run
 
-    metrics = evaluate(args.ckpt, split=args.split, data_root=args.data, accelerator=args.accelerator,
-                       devices=args.devices, batch_size=args.batch_size)
+    run = load_run(args.ckpt, data_root=args.data, batch_size=args.batch_size)
+    metrics = evaluate_run(run, split=args.split, accelerator=args.accelerator, devices=args.devices)
     print_metrics(f"{args.split} metrics of {args.ckpt}", metrics)
-    # Shapley values and confusion matrices of the same checkpoint on the same split.
-    analysis = analyse_checkpoint(args.ckpt, split=args.split, removal=args.removal,
-                                  data_root=args.data, batch_size=args.batch_size, accelerator=args.accelerator)
+    # Shapley values and confusion matrices of the same model on the same split.
+    analysis = analyse_run(run, split=args.split, removal=args.removal, accelerator=args.accelerator)
     print_analysis(analysis)
+    robustness = None
+    if args.robustness:  # missing modalities by the same removal rule, corrupted inputs (seeded)
+        from .analysis.robustness import print_robustness, robustness_run, save_robustness
+
+        robustness = robustness_run(run, args.split, args.removal, args.accelerator, seed=args.robustness_seed)
+        print_robustness(robustness)
+        print(f"written: {save_robustness(robustness, run.checkpoint)}")  # where 'avbalance report' finds it
     if args.out:
         out = Path(args.out)
         out.mkdir(parents=True, exist_ok=True)
         written = {args.split: metrics, "shapley": analysis["shapley"], "confusion": analysis["confusion"]}
+        if robustness is not None:
+            written["robustness"] = robustness
         (out / "metrics.json").write_text(json.dumps(written, indent=2))
         print(f"written: {out / 'metrics.json'}")
     return 0
@@ -149,6 +159,14 @@ class OneLineParser(argparse.ArgumentParser):
         self.exit(2, f"avbalance: error: {self.prog}: {message} (see '{self.prog} --help')\n")
 
 
+def _registered_names() -> dict[str, str]:
+    """The registered methods and fusion heads, for the help of ``--method`` and ``--fusion``."""
+    from .methods import method_names
+    from .models import HEADS
+
+    return {"methods": ", ".join(method_names()), "fusions": ", ".join(HEADS.names())}
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = OneLineParser(prog="avbalance", description="Balanced multimodal learning.")
     parser.add_argument("--debug", action="store_true", help="show tracebacks for errors")
@@ -163,8 +181,9 @@ def build_parser() -> argparse.ArgumentParser:
     train = add("train", cmd_train, "train a model with a balancing method")
     train.add_argument("--config", help="YAML config file")
     train.add_argument("--set", action="append", metavar="KEY=VALUE", help="override any config key (repeatable)")
+    names = _registered_names()
     for option, (_, kind, help_text) in TRAIN_OPTIONS.items():
-        train.add_argument("--" + option.replace("_", "-"), dest=option, type=kind, help=help_text)
+        train.add_argument("--" + option.replace("_", "-"), dest=option, type=kind, help=help_text.format(**names))
     train.add_argument("--resume", metavar="CKPT", help="continue from a checkpoint, or 'auto' for the run folder's "
                        "checkpoints/last.ckpt (a fresh start when there is none)")
 
@@ -176,6 +195,9 @@ def build_parser() -> argparse.ArgumentParser:
     test.add_argument("--accelerator", default="auto")
     test.add_argument("--devices", default="auto")
     test.add_argument("--out", help="folder to write metrics.json into")
+    test.add_argument("--robustness", action="store_true",
+                      help="also evaluate each modality missing and corrupted (noise, frame drops, blur)")
+    test.add_argument("--robustness-seed", type=int, default=0, help="seed of the corruptions (default: 0)")
     test.add_argument("--removal", default="zero", choices=["zero", "mean"],
                       help="how a removed modality is replaced for Shapley values (default: %(default)s)")
 
@@ -203,7 +225,8 @@ def build_parser() -> argparse.ArgumentParser:
 # Modules that add their own sub-commands: each has ``add_parser(commands)``, which creates its
 # sub-parser(s) and either sets ``handler`` (a function ``args -> exit status``) on them or returns
 # the one sub-parser it made and provides ``run(args)``.
-COMMAND_MODULES = ("avbalance.data.prepare.cli", "avbalance.analysis.cli", "avbalance.benchmark.cli")
+COMMAND_MODULES = ("avbalance.prepare_cli", "avbalance.analysis.cli", "avbalance.benchmark.cli",
+                   "avbalance.verification.cli")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -336,3 +336,42 @@ def test_agm_lr_scales_encoder_updates_by_its_coefficients(apply):
     for name in dict(plain.named_parameters()):
         if name.startswith("head."):
             torch.testing.assert_close(got[name], reference[name], rtol=1e-4, atol=1e-7)
+
+
+def engine_weights(tmp_path, optimizer, modulate_via=None):
+    """Final weights of a one-epoch engine run: OGM with ``modulate_via``, or the baseline (None)."""
+    from avbalance.engine import load_config, train
+    from avbalance.models.checkpoint import read_checkpoint
+
+    out = tmp_path / f"{optimizer}_{modulate_via}"
+    method = ["method.name=baseline"]
+    if modulate_via is not None:
+        method = ["method.name=ogm", "method.params.alpha=0.8", f"method.params.modulate_via={modulate_via}"]
+    overrides = method + [
+        f"optim.name={optimizer}",
+        "optim.lr=0.001",
+        "trainer.epochs=1",
+        "data.batch_size=32",
+        "data.options.train_size=96",
+        "data.options.test_size=32",
+        "trainer.progress_bar=false",
+        f"out={out}",
+    ]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        train(load_config(overrides=overrides))
+    return read_checkpoint(out / "checkpoints" / "last.ckpt")["state_dict"]
+
+
+def test_lightning_engine_scales_updates_under_adamw_and_keeps_sgd_unchanged(tmp_path):
+    plain = engine_weights(tmp_path, "adamw")
+    scaled, cancelled = engine_weights(tmp_path, "adamw", "lr"), engine_weights(tmp_path, "adamw", "grad")
+    kernels = [k for k, v in plain.items() if k.startswith("model.encoders.") and v.dim() == 4]
+
+    def distance(weights):
+        return max(float((weights[k] - plain[k]).abs().max()) for k in kernels)
+
+    # AdamW cancels the gradient scale (grad stays near the unmodulated run); the update scale is not cancelled
+    assert distance(scaled) > 5 * distance(cancelled)
+    auto, grad = engine_weights(tmp_path, "sgd", "auto"), engine_weights(tmp_path, "sgd", "grad")
+    assert auto.keys() == grad.keys() and all(torch.equal(auto[k], grad[k]) for k in auto)

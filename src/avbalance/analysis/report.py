@@ -21,6 +21,8 @@ from .analyse import analyse_run
 from .groups import (Group, all_modalities, group_metric, group_runs, probe_accuracy, run_metric, shapley_value,
                      stat_text, summarise)
 from .probe import CONCAT, probe_run
+from .report_cost import COST_COLUMNS, COST_NOTE, cost_rows
+from .report_robustness import plot_robustness
 from .runs import load_run, read_run
 from .shapley import check_removal
 
@@ -85,6 +87,42 @@ def probe_table(groups: Sequence[Group]) -> Table | None:
             "training split), accuracy in %. 'concat' probes the concatenated features of all modalities. "
             "Runs without probe.json: 'avbalance probe --ckpt RUN'.")
     return Table(columns, rows, note)
+
+
+def read_verification(folder: Path) -> dict | None:
+    """``RUN/verification.json`` as ``avbalance verify --out RUN`` writes it, if there is one."""
+    path = folder / "verification.json"
+    if not path.is_file():
+        return None
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as error:
+        raise AvbalanceError(f"{path}: invalid JSON ({error.msg}, line {error.lineno})") from None
+
+
+def verification_table(groups: Sequence[Group]) -> Table | None:
+    results = {run.name: read_verification(run.record.folder) for group in groups for run in group.runs}
+    if not any(results.values()):
+        return None
+    outputs = ["fused", *all_modalities(groups)]
+    columns = ["group", "n", "trials", *(f"EER {o}" for o in outputs), *(f"minDCF {o}" for o in outputs)]
+    rows = []
+    for group in groups:
+        verified = [results[run.name] for run in group.runs if results[run.name]]
+        eers = [stat_text(summarise(r.get(o, {}).get("eer") for r in verified), 100.0, 2) for o in outputs]
+        costs = [stat_text(summarise(r.get(o, {}).get("min_dcf") for r in verified), 1.0, 4) for o in outputs]
+        trials = ", ".join(sorted({str(r.get("trials", "?")) for r in verified})) or "–"
+        rows.append((group, [str(len(verified)), trials, *eers, *costs]))
+    note = ("Speaker verification of the run's embeddings ('avbalance verify --out RUN' writes RUN/verification.json): "
+            "equal error rate in % and minDCF (p_target 0.01, C_miss = C_fa = 1) of the fused and per-modality "
+            "embeddings on the trial list; see docs/verification.md.")
+    return Table(columns, rows, note)
+
+
+def cost_table(groups: Sequence[Group], measure: bool, warn: Callable[[str], None]) -> Table | None:
+    """Each group's model and step cost (stored by the benchmark runner, or measured when ``measure``)."""
+    rows = cost_rows(groups, measure, warn)
+    return Table(COST_COLUMNS, rows, COST_NOTE) if rows else None
 
 
 def shapley_table(groups: Sequence[Group], split: str, removal: str) -> Table | None:
@@ -190,6 +228,12 @@ def draw_figures(groups: Sequence[Group], out: Path, split: str, removal: str) -
         figures.append(Figure("shapley", "shapley.png", "Shapley value per modality",
                               f"Each modality's Shapley value on the {split} split ({removal} removal), in accuracy "
                               "points; error bars: standard deviation over the group's runs."))
+    if plot_robustness(groups, out / "robustness.png"):
+        figures.append(Figure("robustness", "robustness.png", "Robustness: missing and corrupted modalities",
+                              "Fused accuracy of each run (one line per run, coloured by group) with one modality "
+                              "missing (its feature replaced as for the Shapley values) and with one modality's "
+                              "input corrupted at increasing levels, starting from the clean accuracy; from "
+                              "'avbalance test --robustness' (robustness.json) or the benchmark runner."))
     for index, group in enumerate(groups):
         name = f"confusion_{index + 1}.png"
         if plots.plot_confusion(group, out / name):
@@ -238,6 +282,8 @@ def write_report(run_folders: Sequence[str | Path], out: str | Path = "report", 
         metrics=metrics_table(groups, split),
         probe=probe_table(groups),
         shapley=shapley_table(groups, split, removal),
+        cost=cost_table(groups, analysis, note),
+        verification=verification_table(groups),
         figures=draw_figures(groups, out, split, removal),
         class_tables=per_class_tables(groups),
         warnings=warnings,

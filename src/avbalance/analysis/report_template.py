@@ -84,6 +84,8 @@ footer { color: var(--muted); font-size: 12px; text-align: center; padding: 0 0 
 <a href="#runs">Runs</a><a href="#metrics">Final metrics</a><a href="#curves">Learning curves</a>
 <a href="#method">Method coefficients</a><a href="#modalities">Per-modality accuracy</a>
 <a href="#probes">Linear probes</a><a href="#shapley">Modality contribution</a><a href="#confusion">Confusion matrices</a>
+{% if cost %}<a href="#cost">Cost</a>{% endif %}
+{% if figures | selectattr("section", "equalto", "robustness") | list %}<a href="#robustness">Robustness</a>{% endif %}
 </nav>
 </header>
 <main>
@@ -134,6 +136,13 @@ or pass <code>--probe</code> to <code>avbalance report</code>.</p>
 {% endif %}
 </section>
 
+{% if verification %}
+<section id="verification">
+<h2>Speaker verification</h2>
+{{ render_table(verification) }}
+</section>
+
+{% endif %}
 <section id="shapley">
 <h2>Modality contribution</h2>
 {% if shapley %}
@@ -145,6 +154,20 @@ or pass <code>--probe</code> to <code>avbalance report</code>.</p>
 {% endif %}
 </section>
 
+{% if cost %}
+<section id="cost">
+<h2>Cost</h2>
+{{ render_table(cost) }}
+</section>
+
+{% endif %}
+{% if figures | selectattr("section", "equalto", "robustness") | list %}
+<section id="robustness">
+<h2>Robustness</h2>
+{{ render_figures("robustness") }}
+</section>
+
+{% endif %}
 <section id="confusion">
 <h2>Confusion matrices and per-class accuracy</h2>
 {% if class_tables %}

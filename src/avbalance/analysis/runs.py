@@ -1,5 +1,5 @@
-"""Loading what the analyses need: a trained model and its data (rebuilt from the checkpoint's
-saved config), and the files of a run folder."""
+"""What the analyses read: a trained run (loaded by :func:`avbalance.engine.loading.load_run`), its
+splits, and the files of a run folder."""
 
 from __future__ import annotations
 
@@ -15,68 +15,29 @@ from torch.utils.data import Dataset
 
 from ..engine.config import RunConfig
 from ..engine.datamodule import BalancedDataModule
-from ..errors import CheckpointError, ConfigError, DataError
-from ..models import build_model
-from ..models.checkpoint import load_state, model_state, read_checkpoint
-from ..models.model import MultimodalModel
+from ..engine.loading import LoadedRun, load_run, resolve_checkpoint, run_folder_of
+from ..errors import ConfigError, DataError
 
 SPLITS = ("train", "val", "test")
-
-
-@dataclass
-class LoadedRun:
-    """A trained model (eval mode) with the data module of the config it was trained with."""
-
-    model: MultimodalModel
-    datamodule: BalancedDataModule
-    config: RunConfig
-    checkpoint: Path
-
-
-def resolve_checkpoint(path: str | Path) -> Path:
-    """A checkpoint file, or a run folder (its ``checkpoints/best.ckpt``)."""
-    path = Path(path)
-    if path.is_dir():
-        for name in ("best.ckpt", "last.ckpt"):
-            if (path / "checkpoints" / name).is_file():
-                return path / "checkpoints" / name
-        raise CheckpointError(f"{path}: no checkpoints/best.ckpt in this folder; give a run folder written by "
-                              f"'avbalance train --out' or a checkpoint file")
-    return path
-
-
-def run_folder_of(checkpoint: Path) -> Path:
-    """``RUN`` for ``RUN/checkpoints/best.ckpt``; the checkpoint's folder otherwise."""
-    return checkpoint.parent.parent if checkpoint.parent.name == "checkpoints" else checkpoint.parent
+__all__ = [
+    "SPLITS",
+    "LoadedRun",
+    "RunRecord",
+    "eval_batch_size",
+    "load_run",
+    "pick_device",
+    "read_method_logs",
+    "read_run",
+    "resolve_checkpoint",
+    "run_folder_of",
+    "split_dataset",
+]
 
 
 def pick_device(accelerator: str = "auto") -> torch.device:
     if accelerator in ("auto", "gpu", "cuda") and torch.cuda.is_available():
         return torch.device("cuda")
     return torch.device("cpu")
-
-
-def load_run(checkpoint: str | Path, data_root: str | None = None, batch_size: int | None = None) -> LoadedRun:
-    """Rebuild a training run's model and data module from one of its checkpoints.
-
-    The validation split is carved from train with the seed saved in the config, so it is the
-    very split the run was selected on.
-    """
-    path = resolve_checkpoint(checkpoint)
-    saved = read_checkpoint(path)
-    state = saved.get("avbalance", {})
-    if "config" not in state or "model_spec" not in state:
-        raise ConfigError(f"{path}: no training config inside; analyses need a checkpoint written by "
-                          f"'avbalance train'")
-    config = RunConfig.model_validate(state["config"])
-    if data_root is not None:
-        config.data.root = data_root
-    if batch_size is not None:
-        config.data.eval_batch_size = batch_size
-    model = build_model(state["model_spec"])
-    load_state(model, model_state(saved), path)
-    datamodule = BalancedDataModule(config.data, seed=config.trainer.seed)
-    return LoadedRun(model.eval(), datamodule, config, path)
 
 
 def split_dataset(datamodule: BalancedDataModule, split: str) -> Dataset:
@@ -90,6 +51,7 @@ def eval_batch_size(config: RunConfig) -> int:
 
 
 # -- run folders -----------------------------------------------------------------------------------
+
 
 @dataclass
 class RunRecord:
@@ -109,7 +71,7 @@ class RunRecord:
     @property
     def modalities(self) -> list[str]:
         keys = self.metrics.get("test", {})
-        return list(dict.fromkeys(k[len("acc_"):] for k in keys if k.startswith("acc_")))  # model order
+        return list(dict.fromkeys(k[len("acc_") :] for k in keys if k.startswith("acc_")))  # model order
 
 
 def _read_json(path: Path) -> Any:
@@ -127,7 +89,9 @@ def read_method_logs(path: Path) -> list[dict[str, float]]:
     rows = []
     with path.open(newline="") as stream:
         for row in csv.DictReader(stream):
-            values = {k: float(v) for k, v in row.items() if k and k.startswith("method/") and k.endswith("_epoch") and v}
+            values = {
+                k: float(v) for k, v in row.items() if k and k.startswith("method/") and k.endswith("_epoch") and v
+            }
             if values:
                 values["step"] = float(row["step"])
                 values["epoch"] = float(row["epoch"])
@@ -141,8 +105,9 @@ def read_run(folder: str | Path) -> RunRecord:
         raise DataError(f"{folder}: no such run folder")
     for name in ("metrics.json", "config.yaml"):
         if not (folder / name).is_file():
-            raise DataError(f"{folder}: not a finished run folder (no {name}); give folders written by "
-                            f"'avbalance train --out'")
+            raise DataError(
+                f"{folder}: not a finished run folder (no {name}); give folders written by 'avbalance train --out'"
+            )
     history_path, probe_path = folder / "history.json", folder / "probe.json"
     return RunRecord(
         folder=folder,

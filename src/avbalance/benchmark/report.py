@@ -2,16 +2,45 @@
 
 from __future__ import annotations
 
+import csv
 import json
 import math
 from pathlib import Path
 from typing import Any
 
-from .aggregate import REFERENCES
+from .aggregate import REFERENCES, summary_stats
 
 COLUMNS = [("acc", "fused acc"), ("f1_macro", "fused F1"), ("acc_audio", "audio acc"),
            ("f1_macro_audio", "audio F1"), ("acc_visual", "visual acc"), ("f1_macro_visual", "visual F1"),
            ("gap_audio", "audio gap"), ("gap_visual", "visual gap")]
+
+
+# Columns shown when the runs hold them (the runner stores them; older runs have none):
+# test accuracy with a modality missing, and the model's cost.
+MISSING_COLUMNS = [("audio", "acc with audio missing"), ("visual", "acc with visual missing")]
+COST_COLUMNS = [
+    ("params", lambda cost: cost["parameters"]["total"] / 1e6, "{:.2f} M"),
+    ("MFLOPs/sample", lambda cost: cost["flops_per_sample"] / 1e6, "{:.1f}"),
+    ("ms/step", lambda cost: cost.get("ms_per_step"), "{:.0f}"),
+]
+
+
+def missing_cell(results: list[dict[str, Any]], modality: str) -> str:
+    values = [r["robustness"]["missing"].get(modality) for r in results if "missing" in r.get("robustness", {})]
+    return cell(summary_stats(values))
+
+
+def cost_cell(results: list[dict[str, Any]], read, pattern: str) -> str:
+    """The mean over seeds of one cost figure; ``-`` when no run holds it."""
+    values = [read(r["cost"]) for r in results if "cost" in r and read(r["cost"]) is not None]
+    return pattern.format(sum(values) / len(values)) if values else "-"
+
+
+def extra_columns(runs: dict[str, dict[int, dict[str, Any]]]) -> tuple[list[tuple[str, str]], bool]:
+    """The missing-modality columns and whether to show the cost columns, as far as runs hold them."""
+    results = [r for by_seed in runs.values() for r in by_seed.values()]
+    held = {m for r in results for m in r.get("robustness", {}).get("missing", {})}
+    return [(m, title) for m, title in MISSING_COLUMNS if m in held], any("cost" in r for r in results)
 
 
 def cell(stats: dict[str, Any] | None) -> str:
@@ -31,14 +60,20 @@ def order(summary: dict[str, Any]) -> list[str]:
 
 
 def markdown_table(summary: dict[str, Any], runs: dict[str, dict[int, dict[str, Any]]]) -> str:
-    header = ["method", "seeds", "val acc"] + [title for _, title in COLUMNS] + ["s/run"]
+    missing, with_cost = extra_columns(runs)
+    costs = COST_COLUMNS if with_cost else []
+    header = ["method", "seeds", "val acc"] + [title for _, title in COLUMNS] + [title for _, title in missing]
+    header += [title for title, _, _ in costs] + ["s/run"]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for method in order(summary):
         entry = summary[method]
-        seconds = [r.get("train_seconds", math.nan) for r in runs[method].values()]
+        results = list(runs[method].values())
+        seconds = [r.get("train_seconds", math.nan) for r in results]
         mean_seconds = sum(seconds) / len(seconds) if seconds else math.nan
         row = [method, str(len(entry["seeds"])), cell(entry["val_acc"])]
-        row += [cell(entry.get(key)) for key, _ in COLUMNS] + [f"{mean_seconds:.0f}"]
+        row += [cell(entry.get(key)) for key, _ in COLUMNS] + [missing_cell(results, m) for m, _ in missing]
+        row += [cost_cell(results, read, pattern) for _, read, pattern in costs]
+        row += [f"{mean_seconds:.0f}"]
         lines.append("| " + " | ".join(row) + " |")
     return "\n".join(lines)
 
@@ -47,6 +82,7 @@ def write_report(out: Path, summary: dict[str, Any], runs: dict[str, dict[int, d
                  info: dict[str, Any]) -> None:
     out.mkdir(parents=True, exist_ok=True)
     (out / "summary.json").write_text(json.dumps(_json_safe({"info": info, "summary": summary}), indent=2))
+    write_runs_csv(out / "runs.csv", runs)
     if info.get("command"):
         (out / "command.txt").write_text(info["command"] + "\n")
     plot_accuracy(summary, out / "accuracy.png", info)
@@ -62,7 +98,11 @@ def write_report(out: Path, summary: dict[str, Any], runs: dict[str, dict[int, d
              "audio-only / visual-only output (the branch's logits); of `audio_only` / `visual_only`: the "
              "unimodal reference model. *gap*: per seed, the branch accuracy of the joint model minus the "
              "accuracy of the unimodal reference of the same seed (negative: the branch learned less "
-             "than it can on its own — the imbalance). *s/run*: training seconds per run.", "",
+             "than it can on its own — the imbalance). *acc with audio/visual missing*: fused test accuracy with "
+             "that modality's encoder feature replaced by zeros, as for the Shapley values. *params*, "
+             "*MFLOPs/sample* (one inference forward pass; 2 FLOPs per multiply-accumulate) and *ms/step* (the "
+             "method's training step on one batch, one thread, mean of 3 timed steps): see docs/robustness.md. "
+             "*s/run*: training seconds per run.", "",
              markdown_table(summary, runs), "",
              "![test accuracy](accuracy.png)", "", "![imbalance](imbalance.png)", "",
              "## Recipe", "", "Shared overrides (`avbalance train --set ...`):", "", "```",
@@ -70,7 +110,8 @@ def write_report(out: Path, summary: dict[str, Any], runs: dict[str, dict[int, d
     for name, overrides in info["method_overrides"].items():
         text.append(f"- `{name}`: {' '.join(f'`{o}`' for o in overrides) or 'defaults'}")
     text += ["", f"Per-run files: `runs/<method>/seed<k>/` (`metrics.json`, `history.json`, `config.yaml`, "
-             f"`run.json`); aggregated numbers: `summary.json`. Total training time "
+             f"`run.json`); every run's figures, one row per method and seed: `runs.csv` (any mean, std or "
+             f"interval above can be recomputed from it); aggregated numbers: `summary.json`. Total training time "
              f"{info['train_seconds']:.0f} s (sum over runs)."]
     if info.get("trained"):
         text[-1] += (f" The last invocation trained {info['trained']} run(s), {info.get('jobs', 1)} at a time, "
@@ -78,6 +119,30 @@ def write_report(out: Path, summary: dict[str, Any], runs: dict[str, dict[int, d
                      f"{' and reused ' + str(info['reused']) + ' finished run(s)' if info.get('reused') else ''}.")
     text.append("")
     (out / "README.md").write_text("\n".join(text))
+
+
+def run_rows(runs: dict[str, dict[int, dict[str, Any]]]) -> list[dict[str, Any]]:
+    """One row per run: method, seed, best epoch, training seconds and every validation and test figure."""
+    rows = []
+    for method in order({m: None for m in runs}):
+        for seed, result in sorted(runs[method].items()):
+            row: dict[str, Any] = {"method": method, "seed": seed, "best_epoch": result.get("best_epoch"),
+                                   "train_seconds": result.get("train_seconds")}
+            for split in ("val", "test"):
+                row.update({f"{split}/{k}": v for k, v in sorted(result.get(split, {}).items())})
+            row.update({f"test/acc_{m}_missing": v for m, v in result.get("robustness", {}).get("missing", {}).items()})
+            row.update({f"cost/{title}": read(result["cost"]) for title, read, _ in COST_COLUMNS if "cost" in result})
+            rows.append(row)
+    return rows
+
+
+def write_runs_csv(path: Path, runs: dict[str, dict[int, dict[str, Any]]]) -> None:
+    rows = run_rows(runs)
+    columns = list(dict.fromkeys(key for row in rows for key in row))
+    with open(path, "w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=columns)
+        writer.writeheader()
+        writer.writerows(rows)
 
 
 def _bars(ax, summary, methods, keys, labels):

@@ -117,11 +117,23 @@ def train_one(overrides: list[str], folder: Path) -> dict[str, Any]:
     stored = json.loads((folder / "metrics.json").read_text())
     stored.pop("best_checkpoint", None)
     stored["train_seconds"] = round(seconds, 2)
+    stored.update(run_figures(metrics["best_checkpoint"]))
     (folder / "metrics.json").write_text(json.dumps(stored, indent=2))
     # written last: its presence marks the run as finished
     (folder / RUN_FILE).write_text(json.dumps({"overrides": overrides, "seconds": round(seconds, 2)}, indent=2))
     shutil.rmtree(scratch, ignore_errors=True)
     return stored
+
+
+def run_figures(checkpoint: str) -> dict[str, Any]:
+    """The table's extra columns of a trained run, from its best checkpoint: the test accuracy with
+    each modality missing (one encoder pass) and the model's cost (a few timed steps)."""
+    from ..analysis.cost import run_cost
+    from ..analysis.robustness import missing_modality_run
+    from ..analysis.runs import load_run
+
+    run = load_run(checkpoint)
+    return {"robustness": {"missing": missing_modality_run(run, "test")}, "cost": run_cost(run)}
 
 
 def default_jobs() -> int:

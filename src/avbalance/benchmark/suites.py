@@ -25,9 +25,8 @@ COMMON_METHOD_PARAMS: dict[str, list[str]] = {
     "opm": ["method.params.modulation_starts={third}"],
     "valuation": ["method.params.warmup={third}"],
     # chosen on validation (grid-digit, avmnist sweeps): alternating every epoch beats one long
-    # stage per modality; BalanceMM's initial alignment weight 0.05 beats the official 0.95
+    # stage per modality
     "reconboost": ["method.params.stage_epochs=1", "method.params.correct_epochs=1"],
-    "lfm": ["method.params.init_weight=0.05"],
     "pmr": ["method.params.entropy_epochs={third}", "method.params.modulation_ends={epochs}"],
     "cml": ["method.params.modulation_ends={epochs}"],
     "mbsd": ["method.params.modulation_ends={epochs}"],
@@ -96,13 +95,18 @@ def grid_loader(frames: int) -> list[str]:
 
 
 # The validation sweep of every real-data suite: OGM-GE alpha x modulation window (last modulated
-# epoch; OGM shares the chosen values), and the settings of the two methods whose defaults failed
-# on grid-digit: LFM's initial alignment weight (default 0.95 as the official code, 0.05 as BalanceMM) and
-# ReconBoost's stage lengths (a third of the run each, or 1 + 1 epochs as BalanceMM).
+# epoch; OGM shares the chosen values); AGM's alpha (BalanceMM 0.1, official 1.0, the official README's
+# 2.5); PMR's alpha (BalanceMM 0.6, official 1.0, the paper's 2.0); LFM's weighting (the official fitted
+# schedule, or the learned weight from the official 0.95 or BalanceMM's 0.05); and ReconBoost's stage
+# lengths (a third of the run each, or 1 + 1 epochs as BalanceMM).
 VALIDATION_SWEEP = {
     "ogm_ge": [[f"method.params.alpha={a}", f"method.params.modulation_ends={e}"]
                for a, e in ((0.1, "{epochs}"), (0.5, "{epochs}"), (1.0, "{epochs}"), (0.5, "{third}"))],
-    "lfm": [["method.params.init_weight=0.95"], ["method.params.init_weight=0.05"]],
+    "agm": [[f"method.params.alpha={a}"] for a in (0.1, 1.0, 2.5)],
+    "pmr": [[f"method.params.alpha={a}"] for a in (0.6, 1.0, 2.0)],
+    "lfm": [["method.params.weighting=fitted"],
+            ["method.params.weighting=learned", "method.params.init_weight=0.95"],
+            ["method.params.weighting=learned", "method.params.init_weight=0.05"]],
     "reconboost": [["method.params.stage_epochs={third}", "method.params.correct_epochs={third}"],
                    ["method.params.stage_epochs=1", "method.params.correct_epochs=1"]],
 }

@@ -8,14 +8,16 @@ before any work starts.
 from __future__ import annotations
 
 import copy
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Literal, Mapping
+from typing import Any, Literal
 
 import pydantic
 import yaml
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from ..errors import ConfigError
+from .optim import OPTIMIZERS, SCHEDULERS, check_registered
 
 
 class Section(BaseModel):
@@ -48,13 +50,23 @@ class MethodConfig(Section):
 
 
 class OptimConfig(Section):
-    name: Literal["sgd", "adam", "adamw"] = "sgd"
+    name: str = "sgd"  # a name in engine.optim.OPTIMIZERS
     lr: float = Field(1e-3, gt=0)
     momentum: float = Field(0.9, ge=0)
     weight_decay: float = Field(1e-4, ge=0)
-    scheduler: Literal["step", "cosine", "none"] = "step"
+    scheduler: str = "step"  # a name in engine.optim.SCHEDULERS
     step_size: int = Field(70, ge=1)
     gamma: float = Field(0.1, gt=0)
+
+    @field_validator("name")
+    @classmethod
+    def registered_optimizer(cls, name: str) -> str:
+        return check_registered(OPTIMIZERS, name)
+
+    @field_validator("scheduler")
+    @classmethod
+    def registered_scheduler(cls, name: str) -> str:
+        return check_registered(SCHEDULERS, name)
 
 
 class TrainerConfig(Section):
@@ -143,8 +155,9 @@ def validate(tree: Mapping, source: str = "config") -> RunConfig:
         raise ConfigError(f"{source}: {key}: {problem['msg']} (got {problem.get('input')!r})") from None
 
 
-def load_config(path: str | Path | None = None, overrides: list[str] | None = None,
-                base: Mapping | None = None) -> RunConfig:
+def load_config(
+    path: str | Path | None = None, overrides: list[str] | None = None, base: Mapping | None = None
+) -> RunConfig:
     """Defaults <- ``base`` <- YAML file ``path`` <- ``overrides`` (``key=value``), validated."""
     tree: dict = RunConfig().model_dump()
     if base:

@@ -3,6 +3,7 @@ from train when the dataset has none (never from test), and the data loaders."""
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import lightning as L
@@ -48,18 +49,30 @@ class ResampledDataset(Dataset):
         return sample
 
 
+#: ``(index into the training set, modalities to zero)`` pairs: one epoch's training samples.
+TrainEntries = Sequence[tuple[int, tuple[str, ...]]]
+
+
 class BalancedDataModule(L.LightningDataModule):
-    def __init__(self, config: DataConfig, seed: int = 0):
+    """``train_entries(epoch)``: the training samples of an epoch (None: the whole training set),
+    asked each time the training loader is built; a resampling method's choice (the trainer then
+    rebuilds the loader every epoch)."""
+
+    def __init__(
+        self, config: DataConfig, seed: int = 0, train_entries: Callable[[int], TrainEntries | None] | None = None
+    ):
         super().__init__()
-        self.config, self.seed = config, seed
+        self.config, self.seed, self.train_entries = config, seed, train_entries
         splits = build_dataset(config.dataset, config.root, **config.options)
         self.info = self._select_modalities(splits.info)
         train, val, test = splits.train, splits.val, splits.test
         if val is None:
             val_count = max(1, round(len(train) * config.val_fraction))
             if val_count >= len(train):
-                raise DataError(f"dataset {config.dataset!r}: the train split has {len(train)} samples, "
-                                f"too few to carve a validation split from")
+                raise DataError(
+                    f"dataset {config.dataset!r}: the train split has {len(train)} samples, "
+                    f"too few to carve a validation split from"
+                )
             generator = torch.Generator().manual_seed(seed)
             train, val = random_split(train, [len(train) - val_count, val_count], generator=generator)
         for name, split in {"train": train, "val": val, "test": test}.items():
@@ -68,7 +81,6 @@ class BalancedDataModule(L.LightningDataModule):
         if self.info.modalities != splits.info.modalities:
             train, val, test = (ModalitySubset(s, self.info.modalities) for s in (train, val, test))
         self.train_set, self.val_set, self.test_set = train, val, test
-        self.train_entries = None  # set by resampling methods between epochs
         self._resume_at: tuple[int, int] | None = None  # (epoch, batches done) from a checkpoint
 
     def _select_modalities(self, info: DatasetInfo) -> DatasetInfo:
@@ -76,8 +88,10 @@ class BalancedDataModule(L.LightningDataModule):
             return info
         unknown = [m for m in self.config.modalities if m not in info.input_shapes]
         if unknown:
-            raise ConfigError(f"dataset {info.name!r} has no modality {unknown[0]!r}; "
-                              f"its modalities are: {', '.join(info.modalities)}")
+            raise ConfigError(
+                f"dataset {info.name!r} has no modality {unknown[0]!r}; "
+                f"its modalities are: {', '.join(info.modalities)}"
+            )
         shapes = {m: info.input_shapes[m] for m in self.config.modalities}
         return DatasetInfo(info.name, info.num_classes, shapes, info.class_names, info.recommended_encoder)
 
@@ -107,8 +121,11 @@ class BalancedDataModule(L.LightningDataModule):
         if trainer is None:
             return {}
         progress = trainer.fit_loop.epoch_loop.batch_progress.current
-        return {"epoch": trainer.current_epoch, "batches_done": progress.processed,
-                "batches_per_epoch": int(trainer.num_training_batches)}
+        return {
+            "epoch": trainer.current_epoch,
+            "batches_done": progress.processed,
+            "batches_per_epoch": int(trainer.num_training_batches),
+        }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         if state and state["batches_done"] < state["batches_per_epoch"]:  # killed part-way through
@@ -129,8 +146,9 @@ class BalancedDataModule(L.LightningDataModule):
         )
 
     def train_dataloader(self) -> DataLoader:
-        if self.train_entries is not None:
-            return self._loader(ResampledDataset(self.train_set, self.train_entries), train=True)
+        entries = self.train_entries(self.trainer.current_epoch) if self.train_entries is not None else None
+        if entries is not None:
+            return self._loader(ResampledDataset(self.train_set, entries), train=True)
         return self._loader(self.train_set, train=True)
 
     def val_dataloader(self) -> DataLoader:

@@ -1,69 +1,87 @@
-"""The LightningModule: a multimodal model trained with a balancing method through its hooks."""
+"""The LightningModule: the method protocol (:mod:`avbalance.methods.base`) on Lightning.
+
+A training batch goes, in this file::
+
+    training_step:                 output = model(batch); loss = method.loss(output, batch)
+    (Lightning)                    backward of the returned loss (AMP scaling, DDP averaging)
+    on_before_optimizer_step:      method.after_backward(model, output, batch)   # gradients final, unscaled
+    (Lightning)                    gradient clipping, optimizer.step()
+
+A method with ``overrides_step`` runs the step itself through :class:`LightningStep` (manual
+optimisation): its ``backward`` is Lightning's, its ``step(before_step)`` runs ``before_step`` where
+``after_backward`` runs above. The epoch hooks are the method's ``on_epoch_start`` / ``on_epoch_end``.
+
+Everything else a run needs lives outside: the non-finite guard, the history and the random states
+are callbacks (:mod:`.callbacks`), resampling is the data module's (:mod:`.datamodule`), optimizers
+and schedulers come from :mod:`.optim`.
+"""
 
 from __future__ import annotations
 
 import warnings
+from collections.abc import Callable
+from functools import partial
 from typing import Any
 
 import lightning as L
 import torch
 
-from ..errors import AvbalanceError
-from ..methods import get_method
+from ..methods.base import Method
 from ..methods.distributed import average_gradients, broadcast_buffers
-from .epoch_data import LoaderEpochData
-from .resume import capture_rng, restore_rng
 from ..metrics import MultimodalMetrics
-from ..models import build_model
+from ..models.model import ModelOutput, MultimodalModel
 from .config import RunConfig
+from .epoch_data import LoaderEpochData
+from .optim import build_optimizer, build_scheduler
 
 
-def build_optimizer(config: RunConfig, parameters) -> torch.optim.Optimizer:
-    optim = config.optim
-    if optim.name == "sgd":
-        return torch.optim.SGD(parameters, lr=optim.lr, momentum=optim.momentum, weight_decay=optim.weight_decay)
-    if optim.name == "adam":
-        return torch.optim.Adam(parameters, lr=optim.lr, weight_decay=optim.weight_decay)
-    return torch.optim.AdamW(parameters, lr=optim.lr, weight_decay=optim.weight_decay)
+class EvaluatedModel(L.LightningModule):
+    """A multimodal model with its validation and test metrics (fused and per modality)."""
 
-
-def build_scheduler(config: RunConfig, optimizer: torch.optim.Optimizer):
-    optim = config.optim
-    if optim.scheduler == "step":
-        return torch.optim.lr_scheduler.StepLR(optimizer, step_size=optim.step_size, gamma=optim.gamma)
-    if optim.scheduler == "cosine":
-        return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=config.trainer.epochs)
-    return None
-
-
-class TrainingError(AvbalanceError):
-    """Training cannot go on (e.g. non-finite gradients with ``trainer.nonfinite=stop``)."""
-
-
-class BalancedModule(L.LightningModule):
-    """Built from a plain config dict and a model spec (both stored in every checkpoint)."""
-
-    def __init__(self, config: dict[str, Any], model_spec: dict[str, Any]):
+    def __init__(self, model: MultimodalModel, num_classes: int):
         super().__init__()
-        self.save_hyperparameters()
-        self.config = RunConfig.model_validate(config)
-        self.model_spec = model_spec
-        self.method = get_method(self.config.method.name, **self.config.method.params)
-        self.model = build_model(model_spec)
-        self.method.check_modalities(self.model.modalities)
-        classes, modalities = model_spec["num_classes"], self.model.modalities
-        self.train_metrics = MultimodalMetrics(classes, modalities, full=False)
-        self.val_metrics = MultimodalMetrics(classes, modalities)
-        self.test_metrics = MultimodalMetrics(classes, modalities)
-        self.history: list[dict[str, float]] = []
-        self._step_output = None
-        self._before_step = None
-        self.skipped_steps = 0  # steps skipped by the non-finite guard
+        self.model = model
+        self.val_metrics = MultimodalMetrics(num_classes, model.modalities)
+        self.test_metrics = MultimodalMetrics(num_classes, model.modalities)
+        self.validation_results: dict[str, float] = {}  # of the last validation
+
+    def _evaluate(self, metrics: MultimodalMetrics, batch: dict[str, torch.Tensor]) -> None:
+        output = self.model(batch)
+        metrics.update(output.logits, output.unimodal_logits, batch["label"])
+
+    def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
+        self._evaluate(self.val_metrics, batch)
+
+    def test_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
+        self._evaluate(self.test_metrics, batch)
+
+    def _publish(self, metrics: MultimodalMetrics, split: str) -> dict[str, float]:
+        results = metrics.compute()
+        metrics.reset()
+        self.log_dict({f"{split}/{k}": v for k, v in results.items()}, sync_dist=False)  # already global
+        return results
+
+    def on_validation_epoch_end(self) -> None:
+        self.validation_results = self._publish(self.val_metrics, "val")
+
+    def on_test_epoch_end(self) -> None:
+        self._publish(self.test_metrics, "test")
+
+
+class BalancedModule(EvaluatedModel):
+    """``model`` trained with ``method``; ``config`` and ``model_spec`` go into every checkpoint, so
+    that the run can be rebuilt from it (:func:`avbalance.engine.loading.load_run`)."""
+
+    def __init__(self, model: MultimodalModel, method: Method, config: RunConfig, model_spec: dict[str, Any]):
+        super().__init__(model, model_spec["num_classes"])
+        self.method, self.config, self.model_spec = method, config, model_spec
+        self.train_metrics = MultimodalMetrics(model_spec["num_classes"], model.modalities, full=False)
         # Methods that run the whole step themselves get manual optimisation (see LightningStep).
-        self.automatic_optimization = not self.method.overrides_step
+        self.automatic_optimization = not method.overrides_step
+        self._gradient_hook: Callable[[], None] | None = None  # runs once this step's gradients are final
+        self._epoch_data: LoaderEpochData | None = None
         self._loss_sum, self._loss_count = torch.zeros(()), 0
 
-    # -- training ----------------------------------------------------------------------------------
     def configure_optimizers(self):
         optimizer = build_optimizer(self.config, self.model.parameters())
         scheduler = build_scheduler(self.config, optimizer)
@@ -71,13 +89,24 @@ class BalancedModule(L.LightningModule):
             return optimizer
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "epoch"}}
 
+    # -- the method's epoch hooks ------------------------------------------------------------------
     def epoch_data(self) -> LoaderEpochData | None:
         datamodule = getattr(self.trainer, "datamodule", None)
         if datamodule is None:
             return None
         data = self.config.data
-        return LoaderEpochData(datamodule.train_set, datamodule.val_set, data.eval_batch_size or data.batch_size,
-                               self.device, data.num_workers, self.config.trainer.seed)
+        if self._epoch_data is None:  # one instance per run: it numbers each epoch's shuffled passes
+            self._epoch_data = LoaderEpochData(
+                datamodule.train_set,
+                datamodule.val_set,
+                data.eval_batch_size or data.batch_size,
+                self.device,
+                data.num_workers,
+                self.config.trainer.seed,
+                self.current_epoch,
+            )
+        self._epoch_data.set_epoch(self.current_epoch)
+        return self._epoch_data
 
     def on_fit_start(self) -> None:
         optimizer = self.trainer.optimizers[0] if self.trainer.optimizers else None
@@ -90,9 +119,66 @@ class BalancedModule(L.LightningModule):
         self.method.on_epoch_start(self.current_epoch, self.model, self.epoch_data())
         self._loss_sum, self._loss_count = torch.zeros((), device=self.device), 0
 
+    def on_train_epoch_end(self) -> None:
+        # After validation: the epoch's record and best checkpoint hold the weights before this hook.
+        self.method.on_epoch_end(self.current_epoch, self.model, self.epoch_data())
+        if not self.automatic_optimization:  # Lightning steps schedulers only in automatic mode
+            scheduler = self.lr_schedulers()
+            if scheduler is not None:
+                scheduler.step()
+
+    # -- the step ----------------------------------------------------------------------------------
+    def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        if not self.automatic_optimization:
+            loss = self.method.training_step(self.model, batch, LightningStep(self, batch_idx))
+        else:
+            output = self.model(batch)
+            loss = self.method.loss(output, batch)
+            self.train_metrics.update(
+                output.logits.detach(), {m: z.detach() for m, z in output.unimodal_logits.items()}, batch["label"]
+            )
+            self._gradient_hook = partial(self._after_backward, output, batch)  # Lightning back-propagates loss
+        self._loss_sum = self._loss_sum + loss.detach()
+        self._loss_count += 1
+        self.log(
+            "train/loss", loss.detach(), on_step=False, on_epoch=True, prog_bar=True, batch_size=len(batch["label"])
+        )
+        if not self.automatic_optimization:
+            self._log_method()
+        return loss
+
+    def _after_backward(self, output: ModelOutput, batch: dict[str, torch.Tensor]) -> None:
+        self.method.after_backward(self.model, output, batch)
+        self._log_method()
+
+    def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
+        # Lightning calls this after backward, DDP's gradient averaging and AMP unscaling, before
+        # gradient clipping and the optimizer step: where gradient modulation belongs.
+        hook, self._gradient_hook = self._gradient_hook, None
+        if hook is not None:
+            hook()
+        clip = self.config.trainer.gradient_clip_val
+        if clip and not self.automatic_optimization:  # Lightning clips only in automatic optimisation
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), clip)
+
+    def manual_step(self, before_step: Callable[[], None] | None = None) -> None:
+        """An optimizer step in manual optimisation: ``before_step`` runs in
+        :meth:`on_before_optimizer_step`, once gradients are averaged and unscaled."""
+        average_gradients(self.model.parameters())  # no-op in one process
+        self._gradient_hook = before_step
+        self.optimizers().step()
+
+    def discard_step(self) -> None:
+        """Throw this step's gradients away (the non-finite guard): every gradient set to None, so
+        neither momentum nor weight decay moves a parameter, and the method forgets the step."""
+        for parameter in self.model.parameters():
+            parameter.grad = None
+        self._gradient_hook = None
+        self.method.discard_step()
+
     def on_train_batch_start(self, batch, batch_idx: int) -> None:
         # A method running its own step may back-propagate several times per batch, which DDP's
-        # reducer does not allow: its gradients are averaged in LightningStep.step instead.
+        # reducer does not allow: its gradients are averaged in manual_step instead.
         wrapper = self.trainer.strategy.model
         if not self.automatic_optimization and hasattr(wrapper, "require_backward_grad_sync"):
             wrapper.require_backward_grad_sync = False
@@ -101,81 +187,14 @@ class BalancedModule(L.LightningModule):
         if not self.automatic_optimization:  # DDP did not broadcast buffers for these steps
             broadcast_buffers(self.model)
 
-    def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
-        if not self.automatic_optimization:
-            loss = self.method.training_step(self.model, batch, LightningStep(self, batch_idx))
-            self._loss_sum = self._loss_sum + loss.detach()
-            self._loss_count += 1
-            self.log("train/loss", loss.detach(), on_step=False, on_epoch=True, prog_bar=True,
-                     batch_size=len(batch["label"]))
-            self._log_method()
-            return loss
-        output = self.model(batch)
-        loss = self.method.loss(output, batch)
-        self._step_output = (output, batch)
-        self._loss_sum = self._loss_sum + loss.detach()
-        self._loss_count += 1
-        self.train_metrics.update(output.logits.detach(), {m: z.detach() for m, z in output.unimodal_logits.items()},
-                                  batch["label"])
-        self.log("train/loss", loss.detach(), on_step=False, on_epoch=True, prog_bar=True,
-                 batch_size=len(batch["label"]))
-        return loss
-
-    def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
-        # Lightning calls this after backward, DDP's gradient averaging and AMP unscaling, before
-        # gradient clipping and the optimizer step: where gradient modulation belongs.
-        if not self._gradients_usable():
-            self._step_output, self._before_step = None, None
-            return
-        if self.automatic_optimization:
-            output, batch = self._step_output
-            self.method.after_backward(self.model, output, batch)
-            self._step_output = None
-            self._log_method()
-            return
-        if self._before_step is not None:
-            self._before_step()
-            self._before_step = None
-        if self.config.trainer.gradient_clip_val:  # Lightning clips only in automatic optimisation
-            torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.config.trainer.gradient_clip_val)
-
-    def _gradients_usable(self) -> bool:
-        """The non-finite guard: with NaN/Inf gradients the step is skipped (every gradient set to
-        None, so neither momentum nor weight decay moves a parameter) and counted, or training stops
-        (``trainer.nonfinite``). One host synchronisation per step; ``off`` removes it."""
-        mode = self.config.trainer.nonfinite
-        grads = [p.grad for p in self.model.parameters() if p.grad is not None]
-        if mode == "off" or not grads:
-            return True
-        if bool(torch.isfinite(torch.stack(torch._foreach_norm(grads))).all()):
-            return True
-        if mode == "stop" and "16" not in str(self.config.trainer.precision):  # fp16 overflows are routine
-            raise TrainingError(f"non-finite gradients at epoch {self.current_epoch}, step {self.global_step}; "
-                                f"lower the learning rate, or set trainer.nonfinite=skip to skip such steps")
-        for parameter in self.model.parameters():
-            parameter.grad = None
-        self.method.discard_step()
-        self.skipped_steps += 1
-        return False
-
     def _log_method(self) -> None:
         logs = self.method.logs()
         if logs:
             self.log_dict({f"method/{k}": v for k, v in logs.items()}, on_step=True, on_epoch=True)
 
-    def on_train_epoch_end(self) -> None:
-        self.method.on_epoch_end(self.current_epoch, self.model, self.epoch_data())
-        if not self.automatic_optimization:  # Lightning steps schedulers only in automatic mode
-            scheduler = self.lr_schedulers()
-            if scheduler is not None:
-                scheduler.step()
-        datamodule = getattr(self.trainer, "datamodule", None)
-        if self.method.resamples_data and datamodule is not None:
-            datamodule.train_entries = self.method.train_entries()
-
-    def _train_record(self) -> dict[str, float]:
-        # Lightning validates before on_train_epoch_end, so the epoch's training figures are read here.
-        # Methods running their own step produce no outputs here: only their loss is recorded.
+    def train_summary(self) -> dict[str, float]:
+        """The epoch's training figures, read when validation ends (Lightning validates before the
+        epoch ends): the mean loss, and the outputs' metrics unless the method runs its own step."""
         record = {}
         if self.automatic_optimization:
             record = {f"train/{k}": v for k, v in self.train_metrics.compute().items() if k != "samples"}
@@ -183,58 +202,19 @@ class BalancedModule(L.LightningModule):
         record["train/loss"] = float(self._loss_sum) / max(self._loss_count, 1)
         return record
 
-    # -- evaluation --------------------------------------------------------------------------------
-    def _evaluate(self, metrics: MultimodalMetrics, batch: dict[str, torch.Tensor]) -> None:
-        output = self.model(batch)
-        metrics.update(output.logits, output.unimodal_logits, batch["label"])
-
-    def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
-        self._evaluate(self.val_metrics, batch)
-
-    def test_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
-        self._evaluate(self.test_metrics, batch)
-
-    def on_validation_epoch_end(self) -> None:
-        results = self.val_metrics.compute()
-        self.val_metrics.reset()
-        self.log_dict({f"val/{k}": v for k, v in results.items()}, sync_dist=False)
-        if self.trainer.state.fn == "fit" and not self.trainer.sanity_checking:
-            record = {"epoch": self.current_epoch, **self._train_record(), "train/skipped_steps": self.skipped_steps}
-            record.update({f"val/{k}": v for k, v in results.items()})
-            self.history.append(record)
-
-    def on_test_epoch_end(self) -> None:
-        results = self.test_metrics.compute()
-        self.test_metrics.reset()
-        self.log_dict({f"test/{k}": v for k, v in results.items()}, sync_dist=False)
-
     # -- checkpoints -------------------------------------------------------------------------------
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        checkpoint["avbalance"] = {
-            "model_spec": self.model_spec,
-            "config": self.config.model_dump(),
-            "method_state": self.method.state_dict(),
-            "history": list(self.history),
-            "rng": capture_rng(),
-            "skipped_steps": self.skipped_steps,
-        }
+        checkpoint.setdefault("avbalance", {}).update(
+            model_spec=self.model_spec, config=self.config.model_dump(), method_state=self.method.state_dict()
+        )
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        state = checkpoint.get("avbalance", {})
-        self.method.load_state_dict(state.get("method_state", {}))
-        self.history = list(state.get("history", []))
-        self.skipped_steps = int(state.get("skipped_steps", 0))
-        datamodule = getattr(self.trainer, "datamodule", None)
-        if self.method.resamples_data and datamodule is not None:  # the resumed epoch's training set
-            datamodule.train_entries = self.method.train_entries()
-        if "rng" in state and self.trainer.state.fn == "fit":
-            restore_rng(state["rng"])
+        self.method.load_state_dict(checkpoint.get("avbalance", {}).get("method_state", {}))
 
 
 class LightningStep:
     """:class:`avbalance.methods.base.StepContext` on Lightning's manual optimisation: backward
-    through ``manual_backward`` (AMP scaling, DDP averaging), the step through Lightning's optimizer
-    wrapper (AMP unscaling, then ``before_step`` in ``on_before_optimizer_step``)."""
+    through ``manual_backward`` (AMP scaling), the step through :meth:`BalancedModule.manual_step`."""
 
     def __init__(self, module: BalancedModule, batch_idx: int):
         self.module = module
@@ -246,10 +226,8 @@ class LightningStep:
     def backward(self, loss: torch.Tensor, retain_graph: bool = False) -> None:
         self.module.manual_backward(loss, retain_graph=retain_graph)
 
-    def step(self, before_step=None) -> None:
-        average_gradients(self.module.model.parameters())  # no-op in one process
-        self.module._before_step = before_step
-        self.optimizer.step()
+    def step(self, before_step: Callable[[], None] | None = None) -> None:
+        self.module.manual_step(before_step)
 
     def zero_grad(self) -> None:
         self.optimizer.zero_grad(set_to_none=True)

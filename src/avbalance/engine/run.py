@@ -5,23 +5,28 @@ from __future__ import annotations
 import json
 import logging
 import warnings
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import lightning as L
+from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
 from ..errors import ConfigError
 from ..methods import get_method
-from ..models import FUSIONS, model_spec
-from ..models.checkpoint import atomic_torch_save, load_state, model_state, read_checkpoint
+from ..methods.base import Method
+from ..models import HEADS, build_model, model_spec
+from ..models.checkpoint import atomic_torch_save, read_checkpoint
 from ..models.pretrained import load_pretrained_encoder
-from lightning.fabric.utilities.exceptions import MisconfigurationException
+from .callbacks import EpochHistory, GeneratorStates, NonFiniteGuard
 from .config import RunConfig, save_config
-from .datamodule import BalancedDataModule
-from .module import BalancedModule
+from .datamodule import BalancedDataModule, TrainEntries
+from .loading import LoadedRun, load_run
+from .module import BalancedModule, EvaluatedModel
 
 CHECKPOINT_DIR = "checkpoints"
 
@@ -41,22 +46,51 @@ def quiet_lightning() -> None:
     """Keep the console to what users need: no device banners or data-loader hints."""
     for name in ("lightning.pytorch", "lightning.fabric", "lightning"):
         logging.getLogger(name).setLevel(logging.WARNING)
-    for pattern in (".*does not have many workers.*", ".*LeafSpec.*", ".*number of training batches.*",
-                    ".*Checkpoint directory .* exists and is not empty.*",
-                    ".*Experiment logs directory.*"):
+    for pattern in (
+        ".*does not have many workers.*",
+        ".*LeafSpec.*",
+        ".*number of training batches.*",
+        ".*Checkpoint directory .* exists and is not empty.*",
+        ".*Experiment logs directory.*",
+    ):
         warnings.filterwarnings("ignore", message=pattern)
 
 
-def check_config(config: RunConfig) -> None:
-    """Validate names that the typed config cannot (method, hyperparameters, fusion) before any work."""
-    get_method(config.method.name, **config.method.params)
-    if config.model.fusion not in FUSIONS:
-        raise ConfigError(f"unknown fusion {config.model.fusion!r}; choose one of: {', '.join(FUSIONS)}")
+# -- building a run ----------------------------------------------------------------------------------
 
 
-def build_model_spec(config: RunConfig, datamodule: BalancedDataModule) -> dict[str, Any]:
-    info = datamodule.info
-    advice = info.recommended_encoder
+@dataclass
+class TrainingRun:
+    """What one training run is built from, each built once."""
+
+    method: Method
+    datamodule: BalancedDataModule
+    module: BalancedModule
+
+
+def build_method(config: RunConfig) -> Method:
+    """The method with validated hyperparameters, knowing the run seed; checked against the settings
+    it cannot work with."""
+    method = get_method(config.method.name, **config.method.params)
+    method.set_run_seed(config.trainer.seed)
+    if method.overrides_step and config.trainer.accumulate_grad_batches > 1:
+        raise ConfigError(
+            f"method {method.name!r} runs its own training step and does not support "
+            f"trainer.accumulate_grad_batches > 1"
+        )
+    return method
+
+
+def epoch_entries(method: Method) -> Callable[[int], TrainEntries | None] | None:
+    """For a resampling method, each epoch's training samples: the whole set in the first epoch,
+    then the method's choice after each epoch (``train_entries``)."""
+    if not method.resamples_data:
+        return None
+    return lambda epoch: method.train_entries() if epoch > 0 else None
+
+
+def build_model_spec(config: RunConfig, datamodule: BalancedDataModule, method: Method) -> dict[str, Any]:
+    info, advice = datamodule.info, datamodule.info.recommended_encoder
     spec = model_spec(
         info.input_shapes,
         info.num_classes,
@@ -66,74 +100,112 @@ def build_model_spec(config: RunConfig, datamodule: BalancedDataModule) -> dict[
         layers=config.model.layers or advice.get("layers", [2, 2, 2, 2]),
         encoders=config.model.encoders,
     )
-    method = get_method(config.method.name, **config.method.params)
     try:
         method.check_modalities(info.modalities)
-        spec = method.adapt_model_spec(spec)
-        BalancedModule(config.model_dump(), spec)  # builds the model: fails early on a bad combination
+        return method.adapt_model_spec(spec)
     except ValueError as error:
         raise ConfigError(str(error)) from None
-    return spec
+
+
+def build_run(config: RunConfig) -> TrainingRun:
+    """Method, data module and LightningModule of ``config``; every user mistake (method,
+    hyperparameters, fusion, data, model) is a ConfigError here, before any output is written."""
+    method = build_method(config)
+    HEADS.get(config.model.fusion)  # an unknown fusion: a one-line error naming the heads, before loading data
+    datamodule = BalancedDataModule(config.data, seed=config.trainer.seed, train_entries=epoch_entries(method))
+    spec = build_model_spec(config, datamodule, method)
+    # The initial weights depend on the run seed alone, whatever was drawn before.
+    L.seed_everything(config.trainer.seed, workers=True, verbose=False)
+    try:
+        model = build_model(spec)
+    except ValueError as error:
+        raise ConfigError(str(error)) from None
+    return TrainingRun(method, datamodule, BalancedModule(model, method, config, spec))
 
 
 def load_pretrained(module: BalancedModule, config: RunConfig) -> None:
     for modality, path in config.model.pretrained.items():
         if modality not in module.model.encoders:
-            raise ConfigError(f"model.pretrained: no {modality!r} encoder in this model "
-                              f"(modalities: {', '.join(module.model.modalities)})")
+            raise ConfigError(
+                f"model.pretrained: no {modality!r} encoder in this model "
+                f"(modalities: {', '.join(module.model.modalities)})"
+            )
         for note in load_pretrained_encoder(module.model.encoders[modality], path, modality):
             logging.getLogger("avbalance").warning(note)
 
 
-def build_trainer(config: RunConfig, out: Path, callbacks: list, loggers: list | bool = True) -> L.Trainer:
+# -- trainers and callbacks --------------------------------------------------------------------------
+
+
+def lightning_trainer(config: RunConfig, out: Path, **settings: Any) -> L.Trainer:
+    """A Lightning trainer on the config's hardware settings; Lightning's refusals become one-line
+    ConfigErrors (before any output is written)."""
     trainer = config.trainer
-    method = get_method(config.method.name, **config.method.params)
-    if method.overrides_step and trainer.accumulate_grad_batches > 1:
-        raise ConfigError(f"method {method.name!r} runs its own training step and does not support "
-                          f"trainer.accumulate_grad_batches > 1")
     try:
-        return _lightning_trainer(config, out, callbacks, loggers, method)
+        return L.Trainer(
+            accelerator=trainer.accelerator,
+            devices=trainer.devices,
+            num_nodes=trainer.num_nodes,
+            strategy=trainer.strategy,
+            precision=trainer.precision,
+            deterministic=trainer.deterministic,
+            use_distributed_sampler=False,  # the data module shards: evaluation sees every sample once
+            enable_progress_bar=trainer.progress_bar,
+            enable_model_summary=False,
+            plugins=[AtomicCheckpointIO()],
+            default_root_dir=str(out),
+            **settings,
+        )
     except (MisconfigurationException, ValueError, TypeError) as error:
         first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         raise ConfigError(f"trainer settings: {first_line}") from None
 
 
-def _lightning_trainer(config: RunConfig, out: Path, callbacks: list, loggers, method) -> L.Trainer:
+def build_trainer(config: RunConfig, method: Method, out: Path, callbacks: list, loggers: list) -> L.Trainer:
     trainer = config.trainer
-    return L.Trainer(
+    return lightning_trainer(
+        config,
+        out,
         max_epochs=trainer.epochs,
-        accelerator=trainer.accelerator,
-        devices=trainer.devices,
-        num_nodes=trainer.num_nodes,
-        strategy=trainer.strategy,
-        precision=trainer.precision,
-        deterministic=trainer.deterministic,
         accumulate_grad_batches=trainer.accumulate_grad_batches,
         # with manual optimisation the module clips (Lightning refuses to)
         gradient_clip_val=None if method.overrides_step else trainer.gradient_clip_val,
         reload_dataloaders_every_n_epochs=1 if method.resamples_data else 0,
-        use_distributed_sampler=False,  # the data module shards: evaluation sees every sample once
         sync_batchnorm=trainer.sync_batchnorm,
         log_every_n_steps=trainer.log_every_n_steps,
-        enable_progress_bar=trainer.progress_bar,
-        enable_model_summary=False,
         num_sanity_val_steps=0,
         callbacks=callbacks,
         logger=loggers,
-        plugins=[AtomicCheckpointIO()],
-        default_root_dir=str(out),
+    )
+
+
+def best_checkpoint(out: Path) -> ModelCheckpoint:
+    """``checkpoints/best.ckpt``, saved when validation ends: before the epoch's end hooks, which
+    may change the model (ReLearning re-initialises encoders), so it holds the validated weights."""
+    return ModelCheckpoint(
+        dirpath=out / CHECKPOINT_DIR,
+        filename="best",
+        monitor="val/acc",
+        mode="max",
+        save_top_k=1,
+        enable_version_counter=False,
+        save_on_train_epoch_end=False,
     )
 
 
 def latest_checkpoint(out: Path, **every) -> ModelCheckpoint:
-    """A callback that keeps ``checkpoints/last.ckpt`` current (``ModelCheckpoint(save_last=True)``
-    refreshes it only when the monitored metric improves; resume needs the newest state)."""
-    return ModelCheckpoint(dirpath=out / CHECKPOINT_DIR, filename="last", monitor=None, save_top_k=1,
-                           enable_version_counter=False, **every)
-
-
-def _strip(results: dict[str, float], prefix: str) -> dict[str, float]:
-    return {k[len(prefix) + 1:]: float(v) for k, v in results.items() if k.startswith(prefix + "/")}
+    """A callback that keeps ``checkpoints/last.ckpt`` current, saved after the epoch's end hooks (or
+    every N steps): the state a resumed run continues from. (``ModelCheckpoint(save_last=True)``
+    refreshes it only when the monitored metric improves.)"""
+    return ModelCheckpoint(
+        dirpath=out / CHECKPOINT_DIR,
+        filename="last",
+        monitor=None,
+        save_top_k=1,
+        enable_version_counter=False,
+        save_on_train_epoch_end=True,
+        **every,
+    )
 
 
 def resolve_resume(resume: str | None, out: Path) -> str | None:
@@ -148,71 +220,82 @@ def resolve_resume(resume: str | None, out: Path) -> str | None:
     return resume
 
 
+def check_split(split: str) -> None:
+    if split not in ("val", "test"):
+        raise ConfigError(f"unknown split {split!r}; choose val or test")
+
+
+def _strip(results: dict[str, float], prefix: str) -> dict[str, float]:
+    return {k[len(prefix) + 1 :]: float(v) for k, v in results.items() if k.startswith(prefix + "/")}
+
+
+# -- entry points ------------------------------------------------------------------------------------
+
+
 def train(config: RunConfig, resume: str | None = None) -> dict[str, Any]:
     """Train, select the best epoch on validation, evaluate it on test. Returns ``metrics.json``'s
-    content: ``{"val": {...}, "test": {...}, "best_epoch": int, "best_checkpoint": str}``.
+    content: ``{"val": {...}, "test": {...}, "best_epoch": int, "best_checkpoint": str, "skipped_steps": int}``.
 
     ``resume``: a checkpoint to continue from, or ``"auto"`` for the run's last checkpoint."""
     quiet_lightning()
-    check_config(config)
-    resume = resolve_resume(resume, Path(config.out))
-    L.seed_everything(config.trainer.seed, workers=True, verbose=False)
     out = Path(config.out)
-    datamodule = BalancedDataModule(config.data, seed=config.trainer.seed)
-    spec = build_model_spec(config, datamodule)
-    module = BalancedModule(config.model_dump(), spec)
+    resume = resolve_resume(resume, out)
+    run = build_run(config)
     if resume is None:
-        load_pretrained(module, config)
-    checkpoint = ModelCheckpoint(dirpath=out / CHECKPOINT_DIR, filename="best", monitor="val/acc", mode="max",
-                                 save_top_k=1, enable_version_counter=False)
-    callbacks = [checkpoint, latest_checkpoint(out, every_n_epochs=1)]
+        load_pretrained(run.module, config)
+    guard = NonFiniteGuard(config.trainer.nonfinite, config.trainer.precision)
+    history, best = EpochHistory(guard), best_checkpoint(out)
+    callbacks = [guard, history, GeneratorStates(), best, latest_checkpoint(out, every_n_epochs=1)]
     if config.trainer.checkpoint_every_n_steps:
         callbacks.append(latest_checkpoint(out, every_n_train_steps=config.trainer.checkpoint_every_n_steps))
     loggers = [TensorBoardLogger(str(out), name="", version=""), CSVLogger(str(out), name="", version="")]
-    trainer = build_trainer(config, out, callbacks, loggers)  # bad trainer settings fail here, before any output
+    trainer = build_trainer(config, run.method, out, callbacks, loggers)  # bad settings fail before any output
     out.mkdir(parents=True, exist_ok=True)
     if trainer.is_global_zero:
         save_config(config, out / "config.yaml")
-    trainer.fit(module, datamodule=datamodule, ckpt_path=resume)
-    skipped_steps = module.skipped_steps  # read before evaluation reloads the best checkpoint
+    trainer.fit(run.module, datamodule=run.datamodule, ckpt_path=resume)
+    records, skipped_steps = list(history.records), guard.skipped_steps  # before evaluation reloads states
 
-    best = checkpoint.best_model_path or str(out / CHECKPOINT_DIR / "last.ckpt")
-    history = list(module.history)
-    val = _strip(trainer.validate(module, datamodule=datamodule, ckpt_path=best, verbose=False)[0], "val")
-    test = _strip(trainer.test(module, datamodule=datamodule, ckpt_path=best, verbose=False)[0], "test")
-    best_epoch = max(history, key=lambda r: r.get("val/acc", float("-inf")))["epoch"] if history else None
-    metrics = {"val": val, "test": test, "best_epoch": best_epoch, "best_checkpoint": best,
-               "skipped_steps": skipped_steps}
+    best_path = best.best_model_path or str(out / CHECKPOINT_DIR / "last.ckpt")
+    val = _strip(trainer.validate(run.module, datamodule=run.datamodule, ckpt_path=best_path, verbose=False)[0], "val")
+    test = _strip(trainer.test(run.module, datamodule=run.datamodule, ckpt_path=best_path, verbose=False)[0], "test")
+    best_epoch = max(records, key=lambda r: r.get("val/acc", float("-inf")))["epoch"] if records else None
+    metrics = {
+        "val": val,
+        "test": test,
+        "best_epoch": best_epoch,
+        "best_checkpoint": best_path,
+        "skipped_steps": skipped_steps,
+    }
     if trainer.is_global_zero:
         (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
-        (out / "history.json").write_text(json.dumps(history, indent=2))
+        (out / "history.json").write_text(json.dumps(records, indent=2))
     return metrics
 
 
-def evaluate(checkpoint_path: str, split: str = "test", data_root: str | None = None,
-             overrides: dict[str, Any] | None = None, accelerator: str = "auto", devices: int | str = "auto",
-             batch_size: int | None = None) -> dict[str, float]:
-    """Evaluate a checkpoint on a split of the dataset it was trained on (or of ``data_root``)."""
+def evaluate_run(
+    run: LoadedRun, split: str = "test", accelerator: str = "auto", devices: int | str = "auto"
+) -> dict[str, float]:
+    """The metrics of a loaded run's model on its ``val`` or ``test`` split (sharded under DDP)."""
+    check_split(split)
     quiet_lightning()
-    checkpoint = read_checkpoint(checkpoint_path)
-    state = checkpoint.get("avbalance", {})
-    if "config" not in state:
-        raise ConfigError(f"{checkpoint_path}: no training config inside; 'avbalance test' needs a checkpoint "
-                          f"written by 'avbalance train'")
-    config = RunConfig.model_validate(state["config"])
-    if data_root is not None:
-        config.data.root = data_root
-    if batch_size is not None:
-        config.data.batch_size = batch_size
-    for key, value in (overrides or {}).items():
-        setattr(config.data, key, value)
+    config = run.config.model_copy(deep=True)
     config.trainer.accelerator, config.trainer.devices = accelerator, devices
-    if split not in ("val", "test"):
-        raise ConfigError(f"unknown split {split!r}; choose val or test")
-    datamodule = BalancedDataModule(config.data, seed=config.trainer.seed)
-    module = BalancedModule(config.model_dump(), state["model_spec"])
-    load_state(module.model, model_state(checkpoint), checkpoint_path)
-    trainer = build_trainer(config, Path(checkpoint_path).parent, callbacks=[], loggers=False)
-    run = trainer.validate if split == "val" else trainer.test
-    results = run(module, datamodule=datamodule, verbose=False)[0]
-    return _strip(results, split)
+    trainer = lightning_trainer(config, run.checkpoint.parent, callbacks=[], logger=False)
+    module = EvaluatedModel(run.model, run.model_spec["num_classes"])
+    evaluation = trainer.validate if split == "val" else trainer.test
+    return _strip(evaluation(module, datamodule=run.datamodule, verbose=False)[0], split)
+
+
+def evaluate(
+    checkpoint_path: str,
+    split: str = "test",
+    data_root: str | None = None,
+    accelerator: str = "auto",
+    devices: int | str = "auto",
+    batch_size: int | None = None,
+) -> dict[str, float]:
+    """Evaluate a checkpoint (or a run folder's best) on a split of the dataset it was trained on
+    (or of ``data_root``)."""
+    check_split(split)  # before the costly loading
+    return evaluate_run(load_run(checkpoint_path, data_root, batch_size), split, accelerator, devices)
