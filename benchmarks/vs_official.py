@@ -1,0 +1,376 @@
+"""avbalance against the official OGM-GE training loop, side by side on the same clips and machine.
+
+1. Generates a CREMA-D look-alike with the refbench harness's ``make_data.py`` (the official
+   layout: ``AudioWAV/*.wav``, ``Image-0K-FPS/<id>/*.jpg``, CSV splits), and from the same clips the
+   raw layout ``avbalance prepare cremad`` reads: each ``Image-0K-FPS/<id>/`` folder encoded as a
+   K frames-per-second ``VideoFlash/<id>.flv``, so that preparing at ``--fps K`` keeps exactly the
+   official frames; the WAV files are shared. Then prepares one cache per frame rate with the
+   official train/test lists.
+2. Times, for every configuration (method x frames per clip), with batch 16, the same torch
+   threads, DataLoader workers, epochs and warm-up steps left out:
+   * ``official``: the authors' ``main.py``, unmodified, through the harness's ``bench.py`` (needs
+     ``REF_OGM_REPO`` and the harness's own Python, ``--ref-python``; without the repository the
+     official side is skipped);
+   * ``avbalance``: the Lightning engine as ``avbalance train`` builds it;
+   * ``bare_loop``: avbalance's model, loader and method in a plain PyTorch loop.
+   Each avbalance side runs in its own process (``vs_official_sides.py``), so that its peak RSS is
+   its own.
+3. Measures the data path: samples per second of one loader process, for avbalance's cache loader
+   and the official ``CramedDataset`` on the same clips.
+
+Prints a table and writes ``benchmarks/vs_official.json`` (``--out``): samples per second of each
+side per configuration, ``ratio`` = avbalance / official, ``engine_overhead`` = bare loop /
+avbalance samples per second (1.0: the engine costs nothing), with every median in ``details``.
+
+    REF_OGM_REPO=<OGM-GE git dir> REFBENCH_VENV=<harness venv> python benchmarks/vs_official.py
+    python benchmarks/vs_official.py --quick          # a few steps of baseline-f1
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import math
+import os
+import platform
+import shlex
+import subprocess
+import sys
+import tempfile
+from fractions import Fraction
+from pathlib import Path
+
+import av
+import numpy as np
+import torch
+from PIL import Image
+
+from avbalance.cli import main as avbalance_command
+from avbalance.errors import AvbalanceError, ConfigError, DataError
+
+HERE = Path(__file__).resolve().parent
+SIDES = HERE / "vs_official_sides.py"
+sys.path.insert(0, str(HERE))
+from vs_official_sides import CONFIGS  # noqa: E402  (the sibling module, also run as a script)
+
+DEFAULT_REFBENCH = "/work/shared/refbench"
+SAMPLE_RATE = 16000  # the WAV rate of CREMA-D and of make_data.py's default
+VIDEO_SIZE = (480, 360)  # make_data.py's frames
+QUICK = {"configs": "baseline-f1", "epochs": 2, "n_train": 48, "n_test": 16}
+
+
+# -- the data ---------------------------------------------------------------------------------------
+
+
+def load_module(path: Path, name: str):
+    if not path.is_file():
+        raise ConfigError(f"{path}: not found; point --refbench (or $REFBENCH_DIR) at the refbench harness")
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def encode_flv(frames: list[Path], out: Path, fps: int) -> None:
+    """``frames`` as an FLV1 video at ``fps``. A copy of the last frame closes the clip a little
+    after ``n / fps`` s: FLV packets carry no duration, so without it the reader would take the clip
+    to end at the last frame's start and keep one frame fewer."""
+    images = [np.asarray(Image.open(path).convert("RGB")) for path in frames]
+    millis = Fraction(1, 1000)  # FLV's time base: every frame time is set exactly, in ms
+    times = [round(i * 1000 / fps) for i in range(len(images))] + [math.ceil(len(images) * 1000 / fps) + 1]
+    tmp = out.with_suffix(".part")
+    with av.open(str(tmp), "w", format="flv") as container:
+        stream = container.add_stream("flv", rate=fps)
+        stream.width, stream.height, stream.pix_fmt = *VIDEO_SIZE, "yuv420p"
+        stream.bit_rate = 8_000_000  # near-lossless at 480x360
+        stream.codec_context.time_base = millis
+        for pts, image in zip(times, images + images[-1:]):
+            frame = av.VideoFrame.from_ndarray(image, format="rgb24")
+            frame.pts, frame.time_base = pts, millis
+            container.mux(stream.encode(frame))
+        container.mux(stream.encode())
+    tmp.rename(out)
+
+
+def raw_layout(official: Path, fps: int) -> Path:
+    """``<official>/avbalance/raw-fK``: ``VideoFlash/<id>.flv`` from ``Image-0K-FPS/<id>/`` and the
+    official ``AudioWAV`` (linked)."""
+    raw = official / "avbalance" / f"raw-f{fps}"
+    videos = raw / "VideoFlash"
+    videos.mkdir(parents=True, exist_ok=True)
+    if not (raw / "AudioWAV").exists():
+        (raw / "AudioWAV").symlink_to(official / "AudioWAV")
+    for folder in sorted((official / f"Image-{fps:02d}-FPS").iterdir()):
+        target = videos / f"{folder.name}.flv"
+        if not target.exists():
+            encode_flv(sorted(folder.glob("*.jpg")), target, fps)
+    return raw
+
+
+def prepare_cache(official: Path, fps: int, workers: int) -> Path:
+    """The avbalance cache of the clips at ``fps`` frames per second, with the official split."""
+    raw, cache = raw_layout(official, fps), official / "avbalance" / f"cache-f{fps}"
+    train, test = (str(official / "data" / "CREMAD" / f"{split}.csv") for split in ("train", "test"))
+    command = ["prepare", "cremad", "--root", str(raw), "--out", str(cache), "--fps", str(fps), "--strict"]
+    command += ["--workers", str(workers), "--train-list", train, "--test-list", test]
+    status = avbalance_command(command)  # resumes: clips already in the cache are skipped
+    if status != 0:
+        raise DataError(f"{cache}: 'avbalance {' '.join(command)}' failed with status {status}")
+    return cache
+
+
+def make_data(args: argparse.Namespace, frame_rates: list[int]) -> dict[int, Path]:
+    """The official layout (regenerated only when its parameters change) and one cache per rate."""
+    generator = load_module(Path(args.refbench) / "make_data.py", "refbench_make_data")
+    official = Path(args.data).resolve()
+    generator.generate(str(official), args.n_train, args.n_test, SAMPLE_RATE, sorted(set(frame_rates) | {1}), 0)
+    return {fps: prepare_cache(official, fps, args.prepare_workers) for fps in frame_rates}
+
+
+# -- the sides --------------------------------------------------------------------------------------
+
+
+def run_side(args: argparse.Namespace, side: str, label: str, extra: list[str]) -> dict:
+    """One measurement of ``vs_official_sides.py`` in its own process; its JSON result."""
+    work = Path(args.work) / f"{side}-{label}"
+    result = work / "result.json"
+    work.mkdir(parents=True, exist_ok=True)
+    command = [sys.executable, str(SIDES), "--side", side, "--work", str(work), "--result", str(result)]
+    command += ["--epochs", str(args.epochs), "--batch-size", str(args.batch_size), "--threads", str(args.threads)]
+    command += ["--num-workers", str(args.num_workers), "--warmup", str(args.warmup), *extra]
+    print(f"[vs_official] {side} {label} ...", flush=True)
+    subprocess.run(command, check=True)
+    return json.loads(result.read_text())
+
+
+def official_side(args: argparse.Namespace, name: str) -> dict | None:
+    """The official loop for one configuration through the harness; its summary (seconds)."""
+    _, mode, fps = CONFIGS[name]
+    out = Path(args.work) / f"official-{name}.json"
+    command = [args.ref_python, str(Path(args.refbench) / "bench.py"), "--which", "ogm", "--fps", str(fps)]
+    command += ["--ogm-modes", mode, "--epochs", str(args.epochs), "--repeats", "1", "--alpha", "0.8"]
+    command += ["--batch-size", str(args.batch_size), "--num-workers", str(args.num_workers)]
+    command += ["--threads", str(args.threads), "--warmup", str(args.warmup), "--seed", "0"]
+    command += ["--max-foreign", str(args.max_foreign), "--wait-idle", str(args.wait_idle)]
+    command += ["--n-train", str(args.n_train), "--n-test", str(args.n_test), "--sr", str(SAMPLE_RATE)]
+    command += ["--data", str(Path(args.data).resolve()), "--work", str(Path(args.work) / f"official-{name}")]
+    command += ["--out", str(out)]
+    print(f"[vs_official] official {name} ...", flush=True)
+    subprocess.run(command, check=True, env={**os.environ, "REF_OGM_REPO": args.ref_repo})
+    summaries = json.loads(out.read_text())["summaries"]
+    return next(iter(summaries.values()), None)
+
+
+def official_summary(raw: dict | None) -> dict:
+    """The harness's summary in the avbalance sides' terms (median seconds, samples per second)."""
+    if not raw or not raw.get("n_steps"):
+        return {"n_steps": 0}
+    return {
+        "data": raw["data"]["median"],
+        "compute": raw["compute"]["median"],
+        "total": raw["total"]["median"],
+        "n_steps": raw["n_steps"],
+        "n_excluded": raw["n_excluded"],
+        "samples_per_s": raw["samples_per_s_median_step"],
+        "peak_rss_mib": raw.get("peak_rss_mib"),
+        "modulation": raw.get("modulation", {}).get("median"),
+        "other_load_cores": raw.get("cpu_foreign"),  # median cores other processes used during a step
+    }
+
+
+def extract_official(args: argparse.Namespace) -> Path:
+    """The official repository's HEAD as files (for its dataset class), as the harness extracts it."""
+    bench = load_module(Path(args.refbench) / "bench.py", "refbench_bench")
+    dest = Path(args.work) / "official-src"
+    bench.extract(args.ref_repo, str(dest))
+    return dest
+
+
+def measure_config(args: argparse.Namespace, name: str, cache: Path, time_loader: bool) -> tuple[dict, float | None]:
+    """The three sides of one configuration, one after the other (so that load drift hits all),
+    and, when ``time_loader``, the cache loader's samples per second in one process."""
+    results = {"official": official_summary(official_side(args, name)) if args.ref_repo else None}
+    for side, key in (("lightning", "avbalance"), ("bare", "bare_loop")):
+        extra = ["--config", name, "--cache", str(cache)]
+        if side == "bare" and time_loader:
+            extra += ["--samples", str(args.loader_samples)]
+        result = run_side(args, side, name, extra)
+        results[key] = {**result["summary"], "peak_rss_mib": result["peak_rss_mib"]}
+    loader = result.get("loader")
+    return results, loader["samples_per_s"] if loader else None
+
+
+def measure_all(args: argparse.Namespace, names: list[str], caches: dict[int, Path], official_src: Path | None):
+    """Every configuration's sides, and the loaders' samples per second per frame rate: the cache
+    loader and, with the official repository, the official CramedDataset on the same clips."""
+    details, loaders = {}, {"avbalance": {}, "official": {}}
+    for name in names:
+        fps = CONFIGS[name][2]
+        details[name], rate = measure_config(args, name, caches[fps], f"f{fps}" not in loaders["avbalance"])
+        if rate is not None:
+            loaders["avbalance"][f"f{fps}"] = rate
+    for fps in caches if official_src is not None else ():
+        extra = ["--frames", str(fps), "--samples", str(args.loader_samples), "--official-src", str(official_src)]
+        extra += ["--official-data", str(Path(args.data).resolve())]
+        loaders["official"][f"f{fps}"] = run_side(args, "official-loader", f"f{fps}", extra)["loader"]["samples_per_s"]
+    return details, loaders
+
+
+# -- the report -------------------------------------------------------------------------------------
+
+
+def ratio(numerator: float | None, denominator: float | None) -> float | None:
+    return numerator / denominator if numerator and denominator else None
+
+
+def report(details: dict[str, dict], loaders: dict, args: argparse.Namespace) -> dict:
+    """The JSON document: samples per second per side and configuration, and the ratios."""
+    rate = {side: {} for side in ("official", "avbalance", "bare_loop")}
+    for name, sides in details.items():
+        for side in rate:
+            if sides.get(side) and sides[side].get("samples_per_s"):
+                rate[side][name] = sides[side]["samples_per_s"]
+    return {
+        **rate,
+        "ratio": {name: ratio(rate["avbalance"].get(name), rate["official"].get(name)) for name in details},
+        "engine_overhead": {name: ratio(rate["bare_loop"].get(name), rate["avbalance"].get(name)) for name in details},
+        "loader_samples_per_s": loaders,
+        "details": details,
+        "machine": machine(args),
+        "command": " ".join(shlex.quote(part) for part in [sys.executable, __file__, *args.argv]),
+    }
+
+
+def machine(args: argparse.Namespace) -> dict:
+    return {
+        "platform": platform.platform(),
+        "cpus": os.cpu_count(),
+        "load_average": os.getloadavg(),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "threads": args.threads or torch.get_num_threads(),
+        "num_workers": args.num_workers,
+        "batch_size": args.batch_size,
+        "epochs": args.epochs,
+        "warmup_steps": args.warmup,
+        "clips": {"train": args.n_train, "test": args.n_test},
+        "official_repository": args.ref_repo,
+    }
+
+
+def table(document: dict) -> str:
+    """| config | side | data ms | total ms | samples/s | vs official | peak RSS MiB |"""
+    lines = ["| config | side | data ms | total ms | samples/s | vs official | peak RSS MiB |", "|---" * 7 + "|"]
+    for name, sides in document["details"].items():
+        official = document["official"].get(name)
+        for side, summary in sides.items():
+            if not summary or not summary.get("n_steps"):
+                lines.append(f"| {name} | {side} | - | - | - | - | - |")
+                continue
+            versus = ratio(summary["samples_per_s"], official)
+            rss = summary.get("peak_rss_mib")
+            lines.append(
+                f"| {name} | {side} | {1000 * summary['data']:.0f} | {1000 * summary['total']:.0f} "
+                f"| {summary['samples_per_s']:.2f} | {f'{versus:.2f}x' if versus else '-'} "
+                f"| {f'{rss:.0f}' if rss else '-'} |"
+            )
+    loaders = document["loader_samples_per_s"]
+    for fps, value in loaders["avbalance"].items():
+        official = loaders["official"].get(fps)
+        versus = f"{value / official:.2f}x" if official else "-"
+        lines.append(f"| loader {fps} | avbalance cache, 1 process | - | - | {value:.1f} | {versus} | - |")
+        if official:
+            lines.append(f"| loader {fps} | official CramedDataset, 1 process | - | - | {official:.1f} | 1.00x | - |")
+    return "\n".join(lines)
+
+
+# -- the command ------------------------------------------------------------------------------------
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--quick", action="store_true", help="a few steps of baseline-f1 on a smaller set")
+    p.add_argument("--configs", default=",".join(CONFIGS), help="comma list of " + ", ".join(CONFIGS))
+    p.add_argument("--epochs", type=int, default=3)
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--threads", type=int, default=0, help="torch threads on every side (0: torch's default)")
+    p.add_argument("--num-workers", type=int, default=0, help="DataLoader workers on every side")
+    p.add_argument("--warmup", type=int, default=1, help="steps left out at the start of every run")
+    p.add_argument("--n-train", type=int, default=64)
+    p.add_argument("--n-test", type=int, default=32)
+    p.add_argument("--loader-samples", type=int, default=32, help="samples read by the loader measurement")
+    p.add_argument(
+        "--max-foreign",
+        type=float,
+        default=1e9,
+        help="harness: drop official steps that shared the CPU with more than this many cores of "
+        "other work (default: keep every step, as the avbalance sides do)",
+    )
+    p.add_argument("--wait-idle", type=int, default=0, help="harness: wait up to this many s for an idle machine")
+    p.add_argument("--data", default=os.path.join(tempfile.gettempdir(), "vs_official_data"))
+    p.add_argument("--work", default=None, help="scratch folder (default: a new temp dir)")
+    p.add_argument("--out", default=str(HERE / "vs_official.json"))
+    p.add_argument(
+        "--refbench",
+        default=os.environ.get("REFBENCH_DIR", DEFAULT_REFBENCH),
+        help="the refbench harness folder (make_data.py, bench.py)",
+    )
+    p.add_argument("--ref-repo", default=os.environ.get("REF_OGM_REPO"), help="official OGM-GE repository")
+    p.add_argument("--ref-python", default=None, help="the harness's Python (default: $REFBENCH_VENV/bin/python)")
+    p.add_argument("--prepare-workers", type=int, default=2)
+    argv = sys.argv[1:] if argv is None else argv
+    if p.parse_args(argv).quick:  # the quick settings replace the defaults, not what is given
+        p.set_defaults(**QUICK)
+    p.set_defaults(argv=argv)
+    return p.parse_args(argv)
+
+
+def check_args(args: argparse.Namespace) -> list[str]:
+    """The configurations to run; one-line errors for settings that cannot work."""
+    names = [name for name in args.configs.split(",") if name]
+    unknown = [name for name in names if name not in CONFIGS]
+    if unknown or not names:
+        raise ConfigError(
+            f"--configs: unknown configuration {unknown[0] if unknown else ''!r}; choose from {', '.join(CONFIGS)}"
+        )
+    if args.ref_repo and not Path(args.ref_repo).is_dir():
+        raise ConfigError(f"REF_OGM_REPO={args.ref_repo} is not a directory")
+    if args.ref_repo:
+        venv = os.environ.get("REFBENCH_VENV")
+        args.ref_python = args.ref_python or (os.path.join(venv, "bin", "python") if venv else None)
+        if not args.ref_python or not os.access(args.ref_python, os.X_OK):
+            raise ConfigError(
+                f"the harness's Python {args.ref_python or '$REFBENCH_VENV/bin/python'} is not an "
+                "executable: set REFBENCH_VENV (see the harness's README, 'Setup') or --ref-python"
+            )
+    return names
+
+
+def run(args: argparse.Namespace) -> dict:
+    names = check_args(args)
+    if not args.ref_repo:
+        print("[vs_official] REF_OGM_REPO is not set: timing avbalance alone (no official side)", flush=True)
+    args.work = args.work or tempfile.mkdtemp(prefix="vs_official_")
+    Path(args.work).mkdir(parents=True, exist_ok=True)
+    caches = make_data(args, sorted({CONFIGS[name][2] for name in names}))
+    official_src = extract_official(args) if args.ref_repo else None
+    details, loaders = measure_all(args, names, caches, official_src)
+    document = report(details, loaders, args)
+    Path(args.out).write_text(json.dumps(document, indent=1))
+    print(table(document))
+    print(f"[vs_official] results: {args.out}")
+    return document
+
+
+def main(argv: list[str] | None = None) -> int:
+    try:
+        run(parse_args(argv))
+    except AvbalanceError as error:
+        print(f"vs_official: error: {error}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

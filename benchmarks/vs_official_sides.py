@@ -1,0 +1,255 @@
+"""The avbalance side of ``benchmarks/vs_official.py``, one measurement per process.
+
+Each run prints nothing but writes one JSON file (``--result``): the kept per-step timings, their
+medians, samples per second and the process's peak RSS. Sides:
+
+* ``lightning``: the engine as ``avbalance train`` builds it (same callbacks and loggers), with a
+  callback timing every training batch: ``data`` is the wall time from the previous batch's end
+  (or the epoch's start) to this batch's start (Lightning fetches the next batch there), ``compute``
+  from batch start to batch end (forward, loss, backward, the method's gradient work, optimizer
+  step), ``total`` their sum;
+* ``bare``: the same model, data loader, optimizer and method in a plain PyTorch loop (no
+  Lightning), timed the same way: the engine's overhead is the ratio of the two;
+* loader speed: samples per second of the training set read serially in one process (what one
+  DataLoader worker delivers): the cache loader (``bare`` with ``--samples N``, before its loop) or
+  the official ``CramedDataset`` on the official layout of the same clips (``official-loader``).
+
+    python benchmarks/vs_official_sides.py --side lightning --config ogm_ge-f1 --cache CACHE \\
+        --work DIR --result out.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import statistics
+import sys
+import tempfile
+import time
+import warnings
+from pathlib import Path
+
+import torch
+from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
+
+from avbalance.engine.callbacks import EpochHistory, GeneratorStates, NonFiniteGuard
+from avbalance.engine.config import RunConfig
+from avbalance.engine.optim import build_optimizer
+from avbalance.engine.run import (
+    TrainingRun,
+    best_checkpoint,
+    build_run,
+    build_trainer,
+    latest_checkpoint,
+    quiet_lightning,
+)
+
+# config name -> (avbalance method, official --modulation, frames per clip)
+CONFIGS = {
+    "baseline-f1": ("baseline", "Normal", 1),
+    "ogm_ge-f1": ("ogm_ge", "OGM_GE", 1),
+    "baseline-f3": ("baseline", "Normal", 3),
+    "ogm_ge-f3": ("ogm_ge", "OGM_GE", 3),
+}
+OGM_GE_PARAMS = {"alpha": 0.8, "modulation_starts": 0, "modulation_ends": 50}  # the official defaults
+perf, cpu = time.perf_counter, time.process_time
+
+
+def run_config(method: str, frames: int, cache: str, out: str, batch_size: int, epochs: int, workers: int) -> RunConfig:
+    """The official OGM-GE setting: ResNet-18 pair (width 64, [2, 2, 2, 2]), concat fusion, SGD
+    lr 1e-3 momentum 0.9 weight decay 1e-4, on the prepared CREMA-D cache with ``frames`` frames."""
+    return RunConfig.model_validate(
+        {
+            "out": out,
+            "data": {
+                "dataset": "cremad",
+                "root": cache,
+                "options": {"frames": frames},
+                "batch_size": batch_size,
+                "num_workers": workers,
+            },
+            "model": {"fusion": "concat", "width": 64, "layers": [2, 2, 2, 2]},
+            "method": {"name": method, "params": OGM_GE_PARAMS if method == "ogm_ge" else {}},
+            "optim": {"name": "sgd", "lr": 1e-3, "momentum": 0.9, "weight_decay": 1e-4},
+            "trainer": {"epochs": epochs, "accelerator": "cpu", "devices": 1, "progress_bar": False},
+        }
+    )
+
+
+class StepTimer(Callback):
+    """Per training batch: data wait (previous batch end, or epoch start, to batch start) and
+    compute (batch start to batch end), and the CPU time this process spent computing."""
+
+    def __init__(self) -> None:
+        self.steps: list[dict[str, float]] = []
+        self._mark = self._start = self._start_cpu = 0.0
+
+    def on_train_epoch_start(self, trainer, module) -> None:
+        self._mark = perf()
+
+    def on_train_batch_start(self, trainer, module, batch, batch_idx: int) -> None:
+        self._start, self._start_cpu = perf(), cpu()
+
+    def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx: int) -> None:
+        end = perf()
+        data, compute = self._start - self._mark, end - self._start
+        self.steps.append(step_record(data, compute, cpu() - self._start_cpu, len(batch["label"])))
+        self._mark = end
+
+
+def step_record(data: float, compute: float, compute_cpu: float, batch_size: int) -> dict[str, float]:
+    """One step's seconds; ``compute_cpu`` (CPU seconds of all this process's threads) tells a
+    slower step from a step that shared the cores with other work."""
+    return {"data": data, "compute": compute, "total": data + compute, "compute_cpu": compute_cpu, "bs": batch_size}
+
+
+def time_lightning(config: RunConfig) -> list[dict[str, float]]:
+    """Fit ``config`` with the callbacks and loggers of ``avbalance.engine.train`` plus a StepTimer
+    (the final validation and test of ``train`` are left out: they are not training steps)."""
+    quiet_lightning()
+    # two or three validation clips per class leave some classes without a positive: not the point here
+    warnings.filterwarnings("ignore", message=".*Average precision score.*")
+    out = Path(config.out)
+    run = build_run(config)
+    guard, timer = NonFiniteGuard(config.trainer.nonfinite, config.trainer.precision), StepTimer()
+    callbacks = [guard, EpochHistory(guard), GeneratorStates(), best_checkpoint(out)]
+    callbacks += [latest_checkpoint(out, every_n_epochs=1), timer]
+    loggers = [TensorBoardLogger(str(out), name="", version=""), CSVLogger(str(out), name="", version="")]
+    trainer = build_trainer(config, run.method, out, callbacks, loggers)
+    out.mkdir(parents=True, exist_ok=True)
+    trainer.fit(run.module, datamodule=run.datamodule)
+    return timer.steps
+
+
+def time_bare(run: TrainingRun, config: RunConfig) -> list[dict[str, float]]:
+    """The engine's model, loader, optimizer and method in a plain loop: zero_grad, forward, the
+    method's loss, backward, the method's gradient work, SGD step."""
+    model, method = run.module.model.train(), run.method
+    optimizer = build_optimizer(config, model.parameters())
+    method.setup(model, optimizer)
+    loader = run.datamodule.train_dataloader()
+    steps = []
+    for epoch in range(config.trainer.epochs):
+        loader.sampler.set_epoch(epoch)
+        method.on_epoch_start(epoch, model)
+        batches = iter(loader)
+        while True:
+            requested = perf()
+            batch = next(batches, None)
+            if batch is None:
+                break
+            got, got_cpu = perf(), cpu()
+            optimizer.zero_grad(set_to_none=True)
+            output = model(batch)
+            loss = method.loss(output, batch)
+            loss.backward()
+            method.after_backward(model, output, batch)
+            optimizer.step()
+            steps.append(step_record(got - requested, perf() - got, cpu() - got_cpu, len(batch["label"])))
+    return steps
+
+
+def loader_rate(dataset, samples: int) -> dict[str, float]:
+    """Samples per second of ``dataset[i]`` read one after the other (one loader worker's work);
+    the first sample is left out (file caches, lazy imports)."""
+    count = min(samples, len(dataset))
+    dataset[0]
+    start = perf()
+    for index in range(1, count):
+        dataset[index]
+    elapsed = perf() - start
+    return {"samples": count - 1, "seconds": elapsed, "samples_per_s": (count - 1) / elapsed if elapsed else 0.0}
+
+
+def official_loader(src: str, data_root: str, frames: int, samples: int) -> dict[str, float]:
+    """The official ``CramedDataset`` (train mode) on the official layout; it reads its clip list
+    from ``./data/CREMAD/train.csv``, hence the working directory."""
+    sys.path.insert(0, src)
+    from dataset.CramedDataset import CramedDataset  # the extracted official repository
+
+    args = argparse.Namespace(
+        dataset="CREMAD", fps=frames, visual_path=data_root, audio_path=os.path.join(data_root, "AudioWAV")
+    )
+    previous = os.getcwd()
+    os.chdir(data_root)
+    try:
+        dataset = CramedDataset(args, mode="train")
+    finally:
+        os.chdir(previous)
+    return loader_rate(dataset, samples)
+
+
+def summarise(steps: list[dict[str, float]], warmup: int) -> dict:
+    """Medians (seconds) of the steps after the first ``warmup``, and samples per second."""
+    kept = [s for s in steps[warmup:] if s["bs"] > 0]
+    if not kept:
+        return {"n_steps": 0, "n_warmup": min(warmup, len(steps))}
+    summary = {key: statistics.median(s[key] for s in kept) for key in ("data", "compute", "total", "compute_cpu")}
+    batch = statistics.median(s["bs"] for s in kept)
+    summary.update(n_steps=len(kept), n_warmup=warmup, batch_size=batch, samples_per_s=batch / summary["total"])
+    return summary
+
+
+def peak_rss_mib() -> float:
+    """Peak RSS of this process and, if larger, of its largest finished child (loader workers)."""
+    own = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    children = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    return max(own, children) / 1024
+
+
+def time_side(side: str, config: RunConfig, loader_samples: int) -> dict:
+    """The steps of the ``lightning`` or ``bare`` side; the bare side first times the cache loader
+    alone over ``loader_samples`` samples (when not 0)."""
+    if side == "lightning":
+        return {"steps": time_lightning(config)}
+    run = build_run(config)
+    loader = loader_rate(run.datamodule.train_set, loader_samples) if loader_samples else None
+    return {"steps": time_bare(run, config), "loader": loader}
+
+
+def measure(args: argparse.Namespace) -> dict:
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if args.side == "official-loader":
+        result = {"loader": official_loader(args.official_src, args.official_data, args.frames, args.samples)}
+    else:
+        method, _, frames = CONFIGS[args.config]
+        out = args.work or tempfile.mkdtemp(prefix="vs_official_")
+        config = run_config(method, frames, args.cache, out, args.batch_size, args.epochs, args.num_workers)
+        result = time_side(args.side, config, args.samples)
+        result["summary"] = summarise(result["steps"], args.warmup)
+    result.update(side=args.side, config=args.config, threads=torch.get_num_threads(), peak_rss_mib=peak_rss_mib())
+    return result
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--side", choices=["lightning", "bare", "official-loader"], required=True)
+    p.add_argument("--config", choices=sorted(CONFIGS), default="baseline-f1", help="method and frames")
+    p.add_argument("--frames", type=int, default=1, help="frames per clip (official-loader)")
+    p.add_argument("--cache", help="prepared CREMA-D cache (avbalance sides)")
+    p.add_argument("--work", default=None, help="run folder (default: a new temp dir)")
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--epochs", type=int, default=1)
+    p.add_argument("--num-workers", type=int, default=0)
+    p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    p.add_argument("--warmup", type=int, default=1, help="steps left out at the start of the run")
+    p.add_argument("--samples", type=int, default=0, help="samples read by the loader measurement (0: none)")
+    p.add_argument("--official-src", default=None, help="extracted official repository (official-loader)")
+    p.add_argument("--official-data", default=None, help="official layout of the clips (official-loader)")
+    p.add_argument("--result", required=True, help="JSON file to write")
+    return p.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    result = measure(args)
+    Path(args.result).write_text(json.dumps(result, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
