@@ -44,6 +44,14 @@ def test_every_frame_in_time_order(tmp_path, suffix):
     assert np.abs(levels(frames) - expected).max() < 6
 
 
+def test_flv_keeps_its_last_frame(tmp_path):
+    # flv packets carry no duration: the clip ends one frame interval after its last frame starts
+    path = write_video(tmp_path / "v.flv", seconds=8 / 3, fps=3)
+    frames, times = read_video_frames(path, fps=3, size=8)
+    assert len(frames) == 8
+    assert np.allclose(times, (np.arange(8) + 0.5) / 3)
+
+
 def test_frames_at_one_per_second(tmp_path):
     path = write_video(tmp_path / "v.mp4", seconds=3.0, fps=25)
     frames, _ = read_video_frames(path, fps=1, size=8)

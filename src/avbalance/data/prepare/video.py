@@ -119,13 +119,24 @@ def _duration(path: Path, container, stream) -> float:
     with av.open(str(path)) as probe:
         video = probe.streams.video[0]
         start = video.start_time or 0
-        end = None
+        end, last_start = None, None
         for packet in probe.demux(video):
             if packet.pts is not None:
                 end = max(end or 0, packet.pts + (packet.duration or 0))
+                last_start = max(last_start or 0, packet.pts)
         if end is None or video.time_base is None:
             raise ClipError(f"video too short: no timed video packet in {path}", path)
+        rate = video.average_rate or video.guessed_rate
+        if end == last_start and rate:  # no packet durations (flv): the last frame lasts one interval
+            return _whole_frames(float((last_start - start) * video.time_base) * float(rate) + 1) / float(rate)
         return float((end - start) * video.time_base)
+
+
+def _whole_frames(count: float) -> float:
+    """A frame count from millisecond timestamps (8/3 fps: 0, 333, ..., 2333 ms) is a hair short of
+    a whole number: snap it."""
+    nearest = round(count)
+    return float(nearest) if abs(count - nearest) < 0.01 else count
 
 
 def natural_key(name: str) -> list:
