@@ -31,7 +31,6 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import json
-import math
 import os
 import platform
 import shlex
@@ -73,19 +72,17 @@ def load_module(path: Path, name: str):
 
 
 def encode_flv(frames: list[Path], out: Path, fps: int) -> None:
-    """``frames`` as an FLV1 video at ``fps``. A copy of the last frame closes the clip a little
-    after ``n / fps`` s: FLV packets carry no duration, so without it the reader would take the clip
-    to end at the last frame's start and keep one frame fewer."""
+    """``frames`` as an FLV1 video at ``fps``, each frame at its exact time in milliseconds."""
     images = [np.asarray(Image.open(path).convert("RGB")) for path in frames]
     millis = Fraction(1, 1000)  # FLV's time base: every frame time is set exactly, in ms
-    times = [round(i * 1000 / fps) for i in range(len(images))] + [math.ceil(len(images) * 1000 / fps) + 1]
+    times = [round(i * 1000 / fps) for i in range(len(images))]
     tmp = out.with_suffix(".part")
     with av.open(str(tmp), "w", format="flv") as container:
         stream = container.add_stream("flv", rate=fps)
         stream.width, stream.height, stream.pix_fmt = *VIDEO_SIZE, "yuv420p"
         stream.bit_rate = 8_000_000  # near-lossless at 480x360
         stream.codec_context.time_base = millis
-        for pts, image in zip(times, images + images[-1:]):
+        for pts, image in zip(times, images):
             frame = av.VideoFrame.from_ndarray(image, format="rgb24")
             frame.pts, frame.time_base = pts, millis
             container.mux(stream.encode(frame))
