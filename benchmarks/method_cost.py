@@ -17,14 +17,14 @@ import statistics
 import time
 
 import torch
+from torch.utils.data import DataLoader
 
 from avbalance.data import build_dataset
-from avbalance.engine.epoch_data import LoaderEpochData
 from avbalance.engine.datamodule import ResampledDataset
+from avbalance.engine.epoch_data import LoaderEpochData
 from avbalance.methods import get_method, method_names
 from avbalance.methods.base import PlainStep
 from avbalance.models import build_model, model_spec
-from torch.utils.data import DataLoader
 
 
 def measure(name: str, splits, steps_per_epoch: int, batch_size: int) -> dict[str, float]:
@@ -46,8 +46,13 @@ def measure(name: str, splits, steps_per_epoch: int, batch_size: int) -> dict[st
         method.on_epoch_start(epoch, model, data)
         hook_time += time.perf_counter() - start
         model.train()
-        loader = DataLoader(train_set, batch_size=batch_size, shuffle=True, drop_last=True,
-                            generator=torch.Generator().manual_seed(epoch))
+        loader = DataLoader(
+            train_set,
+            batch_size=batch_size,
+            shuffle=True,
+            drop_last=True,
+            generator=torch.Generator().manual_seed(epoch),
+        )
         for index, batch in enumerate(loader):
             if index >= steps_per_epoch:
                 break
@@ -83,8 +88,10 @@ def main() -> None:
         options["flow_strength"] = 0.3
     splits = build_dataset("synthetic", **options)
     names = args.methods or ["baseline"] + [n for n in method_names() if n != "baseline"]
-    print(f"synthetic, {args.modalities} modalities, batch {args.batch_size}, small ResNet (width 8, layers 1-1-1), "
-          f"CPU {torch.get_num_threads()} threads; median step over {args.steps} steps of epoch 2")
+    print(
+        f"synthetic, {args.modalities} modalities, batch {args.batch_size}, small ResNet (width 8, layers 1-1-1), "
+        f"CPU {torch.get_num_threads()} threads; median step over {args.steps} steps of epoch 2"
+    )
     print("| method | step (ms) | step / baseline | epoch hooks per epoch (s) | training samples next epoch |")
     print("|---|---|---|---|---|")
     measure("baseline", splits, 3, args.batch_size)  # warm-up: thread pools, allocator, first-call costs
@@ -96,8 +103,11 @@ def main() -> None:
             print(f"| {name} | - | - | - | refused: {str(error).splitlines()[0][:80]} |", flush=True)
             continue
         baseline = baseline or result["step"]
-        print(f"| {name} | {1e3 * result['step']:.1f} | {result['step'] / baseline:.2f} | {result['hooks']:.2f} "
-              f"| {result['samples']} |", flush=True)
+        print(
+            f"| {name} | {1e3 * result['step']:.1f} | {result['step'] / baseline:.2f} | {result['hooks']:.2f} "
+            f"| {result['samples']} |",
+            flush=True,
+        )
 
 
 if __name__ == "__main__":

@@ -115,9 +115,8 @@ def main() -> None:
     if not GRID.is_dir():
         raise SystemExit(f"GRID not found at {GRID.resolve()}")
     scratch = args.out or Path(tempfile.mkdtemp(prefix="prepare_speed-"))
-    print(
-        f"torch threads: {torch.get_num_threads()}, model on {device}, GRID clips: {args.clips}, batch: {args.batch_size}"
-    )
+    print(f"torch threads: {torch.get_num_threads()}, model on {device}, ", end="")
+    print(f"GRID clips: {args.clips}, batch: {args.batch_size}")
 
     prepare_rows = []
     for task in ("digit", "sentence"):
@@ -143,15 +142,21 @@ def main() -> None:
     print("\n| GRID task | workers | prepare clips/s |\n|---|---|---|")
     for task, workers, rate in prepare_rows:
         print(f"| {task} | {workers} | {rate:.1f} |")
-    print(
-        "\n| cache | inputs | encoder | loader samples/s, 0 workers | loader samples/s, 2 workers | training samples/s | loader share of a step (0 workers) |"
-    )
+    columns = [
+        "cache",
+        "inputs",
+        "encoder",
+        "loader samples/s, 0 workers",
+        "loader samples/s, 2 workers",
+        "training samples/s",
+        "loader share of a step (0 workers)",
+    ]
+    print("\n| " + " | ".join(columns) + " |")
     print("|---|---|---|---|---|---|---|")
     for task, shapes, encoder, rate0, rate2, train in loader_rows:
         share = train / (rate0 + train) * 100
-        print(
-            f"| {task} | {shapes} | width {encoder['width']}, layers {encoder['layers']} | {rate0:.0f} | {rate2:.0f} | {train:.1f} | {share:.0f} % |"
-        )
+        model = f"width {encoder['width']}, layers {encoder['layers']}"
+        print(f"| {task} | {shapes} | {model} | {rate0:.0f} | {rate2:.0f} | {train:.1f} | {share:.0f} % |")
     if args.out is None:
         shutil.rmtree(scratch, ignore_errors=True)
 

@@ -46,6 +46,7 @@ def median_time(function, repeats: int, device: torch.device) -> float:
 @contextmanager
 def forbid_host_sync():
     """Raise if anything converts a tensor to a Python value while active."""
+
     def forbidden(*args, **kwargs):
         raise AssertionError("host synchronisation inside the modulation")
 
@@ -92,7 +93,7 @@ def benchmark(frames: int, batch_size: int, repeats: int, device: torch.device) 
         with forbid_host_sync():
             method.after_backward(model, output, batch)  # warm-up + no-sync check
 
-        def modulate():
+        def modulate(method=method):
             method.after_backward(model, output, batch)
 
         timings = []
@@ -116,16 +117,23 @@ def main() -> None:
     parser.add_argument("--device", default="cpu")
     args = parser.parse_args()
     device = torch.device(args.device)
-    print(f"device: {device} ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads), "
-          f"torch {torch.__version__}, batch {args.batch_size}, median of {args.repeats}")
-    print("| visual frames | forward+backward (s) | OGM scaling (ms) | OGM share of step | OGM-GE (ms) "
-          "| randn same elements (ms) | OGM-GE / randn | modulated elements | host syncs |")
+    print(
+        f"device: {device} ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads), "
+        f"torch {torch.__version__}, batch {args.batch_size}, median of {args.repeats}"
+    )
+    print(
+        "| visual frames | forward+backward (s) | OGM scaling (ms) | OGM share of step | OGM-GE (ms) "
+        "| randn same elements (ms) | OGM-GE / randn | modulated elements | host syncs |"
+    )
     print("|---|---|---|---|---|---|---|---|---|")
     for frames in args.frames:
         r = benchmark(frames, args.batch_size, args.repeats, device)
-        print(f"| {frames} | {r['step']:.3f} | {1e3 * r['ogm']:.2f} | {100 * r['ogm'] / r['step']:.2f} % "
-              f"| {1e3 * r['ogm_ge']:.1f} | {1e3 * r['randn']:.1f} | {r['ogm_ge'] / r['randn']:.2f} "
-              f"| {r['elements'] / 1e6:.1f} M | none |", flush=True)
+        print(
+            f"| {frames} | {r['step']:.3f} | {1e3 * r['ogm']:.2f} | {100 * r['ogm'] / r['step']:.2f} % "
+            f"| {1e3 * r['ogm_ge']:.1f} | {1e3 * r['randn']:.1f} | {r['ogm_ge'] / r['randn']:.2f} "
+            f"| {r['elements'] / 1e6:.1f} M | none |",
+            flush=True,
+        )
 
 
 if __name__ == "__main__":

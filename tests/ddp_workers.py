@@ -25,8 +25,9 @@ def run_workers(function, world: int, tmp_path, **kwargs) -> list:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
-    mp.start_processes(_entry, args=(world, port, function, str(tmp_path), kwargs), nprocs=world,
-                       start_method="spawn", join=True)
+    mp.start_processes(
+        _entry, args=(world, port, function, str(tmp_path), kwargs), nprocs=world, start_method="spawn", join=True
+    )
     return [torch.load(os.path.join(tmp_path, f"result.{rank}"), weights_only=False) for rank in range(world)]
 
 
@@ -52,8 +53,16 @@ class DDPStep(PlainStep):
         super().step(before_step)
 
 
-def train_steps(rank, world, method_name="ogm_ge", method_params=None, steps=3, batch_size=6,
-                modalities=("audio", "visual"), fusion="concat"):
+def train_steps(
+    rank,
+    world,
+    method_name="ogm_ge",
+    method_params=None,
+    steps=3,
+    batch_size=6,
+    modalities=("audio", "visual"),
+    fusion="concat",
+):
     """K steps of ``method`` with a different local batch on each rank; returns the parameters."""
     method = get_method(method_name, **(method_params or {}))
     torch.manual_seed(0)  # identical initial replicas
@@ -96,8 +105,10 @@ class _ConvNoNorm(nn.Module):
 
 def no_norm_model() -> MultimodalModel:
     torch.manual_seed(0)
-    return MultimodalModel({"audio": _ConvNoNorm(1, False), "visual": _ConvNoNorm(3, True)},
-                           ConcatFusion({"audio": 6, "visual": 6}, num_classes=5))
+    return MultimodalModel(
+        {"audio": _ConvNoNorm(1, False), "visual": _ConvNoNorm(3, True)},
+        ConcatFusion({"audio": 6, "visual": 6}, num_classes=5),
+    )
 
 
 def ogm_batches(steps: int, batch_size: int):
@@ -120,5 +131,7 @@ def ogm_run(model, batches, alpha, ddp_wrap=False):
 def ogm_sharded(rank, world, steps=3, batch_size=8, alpha=0.6):
     """Each rank trains on its half of every global batch."""
     half = batch_size // world
-    shards = [{k: v[rank * half:(rank + 1) * half] for k, v in batch.items()} for batch in ogm_batches(steps, batch_size)]
+    shards = [
+        {k: v[rank * half : (rank + 1) * half] for k, v in batch.items()} for batch in ogm_batches(steps, batch_size)
+    ]
     return ogm_run(no_norm_model(), shards, alpha, ddp_wrap=True)

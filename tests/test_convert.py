@@ -140,8 +140,20 @@ def test_cli_converts_mmcosine_checkpoint_to_cosine_head(tmp_path, capsys):
     torch.manual_seed(0)
     official = OfficialAVClassifier(Concat, classes=4).eval()
     torch.save(official.state_dict(), tmp_path / "mmcosine.pth")
-    assert main(["convert-checkpoint", str(tmp_path / "mmcosine.pth"), str(tmp_path / "out.ckpt"),
-                 "--fusion", "cosine", "--num-classes", "4"]) == 0
+    assert (
+        main(
+            [
+                "convert-checkpoint",
+                str(tmp_path / "mmcosine.pth"),
+                str(tmp_path / "out.ckpt"),
+                "--fusion",
+                "cosine",
+                "--num-classes",
+                "4",
+            ]
+        )
+        == 0
+    )
     model = load_model(tmp_path / "out.ckpt")
     audio, visual = torch.randn(2, 1, 64, 48), torch.randn(2, 3, 1, 64, 64)
     with torch.no_grad():

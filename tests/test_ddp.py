@@ -12,8 +12,10 @@ from ddp_workers import no_norm_model, ogm_batches, ogm_run, ogm_sharded, run_wo
 pytestmark = pytest.mark.skipif(not torch.distributed.is_available(), reason="torch.distributed is unavailable")
 
 
-@pytest.mark.parametrize("method, params", [("ogm_ge", {"alpha": 0.8}), ("ogm", {"alpha": 0.8}),
-                                            ("ogm_ge", {"alpha": 0.5, "modulate": "all"})])
+@pytest.mark.parametrize(
+    "method, params",
+    [("ogm_ge", {"alpha": 0.8}), ("ogm", {"alpha": 0.8}), ("ogm_ge", {"alpha": 0.5, "modulate": "all"})],
+)
 def test_modulated_replicas_stay_bit_identical(tmp_path, method, params):
     first, second = run_workers(train_steps, 2, tmp_path, method_name=method, method_params=params, steps=4)
     assert torch.equal(first, second)
@@ -31,18 +33,58 @@ def test_two_ranks_equal_one_process_with_the_doubled_batch(tmp_path):
 
 def test_two_process_cli_training_counts_every_test_sample_once(tmp_path):
     out = tmp_path / "ddp"
-    command = [sys.executable, "-m", "avbalance.cli", "train", "--method", "ogm_ge", "--alpha", "0.5",
-               "--epochs", "2", "--accelerator", "cpu", "--devices", "2", "--strategy", "ddp",
-               "--batch-size", "16", "--out", str(out), "--set", "data.options.train_size=200",
-               "--set", "data.options.test_size=81", "--set", "trainer.progress_bar=false"]
+    command = [
+        sys.executable,
+        "-m",
+        "avbalance.cli",
+        "train",
+        "--method",
+        "ogm_ge",
+        "--alpha",
+        "0.5",
+        "--epochs",
+        "2",
+        "--accelerator",
+        "cpu",
+        "--devices",
+        "2",
+        "--strategy",
+        "ddp",
+        "--batch-size",
+        "16",
+        "--out",
+        str(out),
+        "--set",
+        "data.options.train_size=200",
+        "--set",
+        "data.options.test_size=81",
+        "--set",
+        "trainer.progress_bar=false",
+    ]
     result = subprocess.run(command, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["test"]["samples"] == 81 and metrics["val"]["samples"] == 20
     assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["best.ckpt", "last.ckpt"]
-    single = subprocess.run([sys.executable, "-m", "avbalance.cli", "test", "--ckpt",
-                             str(out / "checkpoints" / "best.ckpt"), "--accelerator", "cpu", "--devices", "1",
-                             "--out", str(tmp_path / "single")], capture_output=True, text=True, timeout=300)
+    single = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "avbalance.cli",
+            "test",
+            "--ckpt",
+            str(out / "checkpoints" / "best.ckpt"),
+            "--accelerator",
+            "cpu",
+            "--devices",
+            "1",
+            "--out",
+            str(tmp_path / "single"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert single.returncode == 0, single.stderr[-3000:]
     reference = json.loads((tmp_path / "single" / "metrics.json").read_text())["test"]
     assert reference["samples"] == 81

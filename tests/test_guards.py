@@ -8,8 +8,18 @@ from avbalance.cli import main
 from avbalance.methods import registry
 from avbalance.methods.ogm_ge import OGMGE
 
-SMALL = ["--epochs", "2", "--batch-size", "32", "--set", "data.options.train_size=200",
-         "--set", "data.options.test_size=40", "--set", "trainer.progress_bar=false"]
+SMALL = [
+    "--epochs",
+    "2",
+    "--batch-size",
+    "32",
+    "--set",
+    "data.options.train_size=200",
+    "--set",
+    "data.options.test_size=40",
+    "--set",
+    "trainer.progress_bar=false",
+]
 
 
 class NaNEveryThirdStep(OGMGE):
@@ -49,8 +59,18 @@ def test_nonfinite_steps_are_skipped_and_counted(tmp_path):
 def test_nonfinite_stop_mode_gives_one_line(tmp_path, capsys):
     _register()
     try:
-        code = main(["train", "--method", "test_nan_steps", "--out", str(tmp_path / "stop"),
-                     "--set", "trainer.nonfinite=stop", *SMALL])
+        code = main(
+            [
+                "train",
+                "--method",
+                "test_nan_steps",
+                "--out",
+                str(tmp_path / "stop"),
+                "--set",
+                "trainer.nonfinite=stop",
+                *SMALL,
+            ]
+        )
         err = capsys.readouterr().err.strip()
         assert code == 2 and err.count("\n") == 0
         assert err.startswith("avbalance: error: non-finite gradients at epoch 0, step 2;")

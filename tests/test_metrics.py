@@ -16,7 +16,7 @@ def test_fused_and_per_modality_metrics_match_sklearn():
     audio = torch.randn(50, classes, generator=generator)
     metrics = MultimodalMetrics(classes, ["audio"])
     for part in range(0, 50, 16):  # several batches
-        metrics.update(logits[part:part + 16], {"audio": audio[part:part + 16]}, labels[part:part + 16])
+        metrics.update(logits[part : part + 16], {"audio": audio[part : part + 16]}, labels[part : part + 16])
     results = metrics.compute()
     y = labels.numpy()
     for suffix, z in (("", logits), ("_audio", audio)):
@@ -26,7 +26,8 @@ def test_fused_and_per_modality_metrics_match_sklearn():
         assert results["f1_macro" + suffix] == pytest.approx(f1_score(y, predictions, average="macro"), abs=1e-6)
         one_hot = np.eye(classes)[y]
         assert results["map" + suffix] == pytest.approx(
-            average_precision_score(one_hot, probabilities, average="macro"), abs=1e-5)
+            average_precision_score(one_hot, probabilities, average="macro"), abs=1e-5
+        )
     metrics.reset()
     metrics.update(logits[:5], {"audio": audio[:5]}, labels[:5])
     assert metrics.compute()["acc"] == pytest.approx(accuracy_score(y[:5], logits[:5].argmax(1).numpy()))

@@ -21,14 +21,18 @@ def test_snippet_is_short():
 
 def test_snippet_trains_with_ogm_ge_on_user_encoders():
     torch.manual_seed(0)
-    my_audio_net = nn.Sequential(nn.Conv2d(1, 8, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1),
-                                 nn.Flatten(), nn.Linear(8, 512))
-    my_visual_net = nn.Sequential(nn.Conv3d(3, 8, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool3d(1),
-                                  nn.Flatten(), nn.Linear(8, 512))
+    my_audio_net = nn.Sequential(
+        nn.Conv2d(1, 8, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 512)
+    )
+    my_visual_net = nn.Sequential(
+        nn.Conv3d(3, 8, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool3d(1), nn.Flatten(), nn.Linear(8, 512)
+    )
     labels = torch.randint(0, 6, (32,))
     audio = torch.randn(32, 1, 12, 12) + labels.view(-1, 1, 1, 1).float()  # audio carries the label
     visual = torch.randn(32, 3, 2, 8, 8)
-    loader = [{"audio": audio[i:i + 8], "visual": visual[i:i + 8], "label": labels[i:i + 8]} for i in range(0, 32, 8)]
+    loader = [
+        {"audio": audio[i : i + 8], "visual": visual[i : i + 8], "label": labels[i : i + 8]} for i in range(0, 32, 8)
+    ]
     epochs = 3
     namespace = {"my_audio_net": my_audio_net, "my_visual_net": my_visual_net, "loader": loader, "epochs": epochs}
     initial = my_audio_net[0].weight.detach().clone()

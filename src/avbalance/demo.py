@@ -35,12 +35,13 @@ RUNS: dict[str, list[str]] = {
 def summarise(test_metrics: dict[str, float]) -> dict[str, float]:
     """``{"fused": acc, "audio": acc_audio, "visual": acc_visual}`` (modalities the run has)."""
     summary = {"fused": test_metrics["acc"]}
-    summary.update({k[len("acc_"):]: v for k, v in test_metrics.items() if k.startswith("acc_")})
+    summary.update({k[len("acc_") :]: v for k, v in test_metrics.items() if k.startswith("acc_")})
     return summary
 
 
-def run_demo(out: str | Path = "runs/demo", epochs: int = 15, seed: int = 0,
-             runs: list[str] | None = None, report=print) -> dict[str, Any]:
+def run_demo(
+    out: str | Path = "runs/demo", epochs: int = 15, seed: int = 0, runs: list[str] | None = None, report=print
+) -> dict[str, Any]:
     out = Path(out)
     results, histories = {}, {}
     for name in runs or list(RUNS):

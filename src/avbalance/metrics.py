@@ -14,7 +14,7 @@ Keys: ``acc``, ``f1_macro``, ``map`` for the fused logits and ``acc_<m>``, ``f1_
 
 from __future__ import annotations
 
-from typing import Mapping, Sequence
+from collections.abc import Mapping, Sequence
 
 import torch
 from torch import nn

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Mapping, Sequence
 
 import matplotlib
 
@@ -24,14 +24,14 @@ def plot_validation_accuracy(histories: Mapping[str, Sequence[Mapping[str, float
         epochs = [record["epoch"] for record in history]
         keys = sorted({k for record in history for k in record if k.startswith("val/acc")})
         for key in keys:
-            output = key[len("val/acc_"):] if key != "val/acc" else "fused"
+            output = key[len("val/acc_") :] if key != "val/acc" else "fused"
             color, line = STYLE.get(output, (None, ":"))
             axis.plot(epochs, [record.get(key) for record in history], line, color=color, label=output)
         axis.set_title(name)
         axis.set_xlabel("epoch")
         axis.grid(alpha=0.3)
         axis.legend(fontsize=8)
-    for axis in axes.flat[len(names):]:
+    for axis in axes.flat[len(names) :]:
         axis.set_visible(False)
     axes[0][0].set_ylabel("validation accuracy")
     figure.tight_layout()

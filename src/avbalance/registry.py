@@ -20,7 +20,8 @@ import importlib
 import inspect
 import pkgutil
 import typing
-from typing import Any, Callable, Generic, TypeVar
+from collections.abc import Callable
+from typing import Any, Generic, TypeVar
 
 import pydantic
 
@@ -45,8 +46,14 @@ class Registry(Generic[T]):
     says how it is prepared); :meth:`build` calls this attribute of the entry.
     """
 
-    def __init__(self, kind: str, package: str | None = None, option_word: str = "option",
-                 sorted_names: bool = True, builder_attribute: str | None = None):
+    def __init__(
+        self,
+        kind: str,
+        package: str | None = None,
+        option_word: str = "option",
+        sorted_names: bool = True,
+        builder_attribute: str | None = None,
+    ):
         self.kind, self.package, self.option_word = kind, package, option_word
         self.sorted_names = sorted_names
         self.builder_attribute = builder_attribute

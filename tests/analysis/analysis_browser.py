@@ -18,9 +18,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 CANDIDATES = ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable")
-FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-         "--disable-component-update", "--disable-sync", "--no-first-run", "--hide-scrollbars",
-         "--remote-debugging-pipe"]
+FLAGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+    "--hide-scrollbars",
+    "--remote-debugging-pipe",
+]
 
 
 def find_chromium() -> str | None:
@@ -47,9 +55,13 @@ class PipeBrowser:
             os.dup2(to_browser_read, 3)
             os.dup2(from_browser_write, 4)
 
-        self.process = subprocess.Popen([executable, *FLAGS, f"--user-data-dir={profile}", "about:blank"],
-                                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                                        preexec_fn=use_pipe_fds, pass_fds=(3, 4))
+        self.process = subprocess.Popen(
+            [executable, *FLAGS, f"--user-data-dir={profile}", "about:blank"],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            preexec_fn=use_pipe_fds,
+            pass_fds=(3, 4),
+        )
         os.close(to_browser_read)
         os.close(from_browser_write)
         self._buffer = b""
@@ -106,8 +118,11 @@ class PipeBrowser:
 
 
 def problems_in(events: list[dict]) -> list[str]:
-    urls = {e["params"]["requestId"]: e["params"]["request"]["url"]
-            for e in events if e.get("method") == "Network.requestWillBeSent"}
+    urls = {
+        e["params"]["requestId"]: e["params"]["request"]["url"]
+        for e in events
+        if e.get("method") == "Network.requestWillBeSent"
+    }
     problems = []
     for event in events:
         method, params = event.get("method"), event.get("params", {})
@@ -131,13 +146,19 @@ def visit(executable: str, url: str, profile: Path, width: int = 1400) -> PageVi
         session = browser.call("Target.attachToTarget", {"targetId": target, "flatten": True})["sessionId"]
         for domain in ("Runtime", "Log", "Network", "Page"):
             browser.call(f"{domain}.enable", session=session)
-        browser.call("Emulation.setDeviceMetricsOverride",
-                     {"width": width, "height": 900, "deviceScaleFactor": 1, "mobile": False}, session)
+        browser.call(
+            "Emulation.setDeviceMetricsOverride",
+            {"width": width, "height": 900, "deviceScaleFactor": 1, "mobile": False},
+            session,
+        )
         browser.call("Page.navigate", {"url": url}, session)
         browser.wait_for("Page.loadEventFired")
         height = browser.call("Page.getLayoutMetrics", session=session)["cssContentSize"]["height"]
-        browser.call("Emulation.setDeviceMetricsOverride",
-                     {"width": width, "height": int(height), "deviceScaleFactor": 1, "mobile": False}, session)
+        browser.call(
+            "Emulation.setDeviceMetricsOverride",
+            {"width": width, "height": int(height), "deviceScaleFactor": 1, "mobile": False},
+            session,
+        )
         shot = browser.call("Page.captureScreenshot", {"format": "png"}, session)["data"]
         return PageVisit(problems_in(browser.events), base64.b64decode(shot))
     finally:

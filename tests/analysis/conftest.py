@@ -9,8 +9,18 @@ import pytest
 from avbalance.cli import main
 
 # Small enough to train in seconds, long enough for the encoders to learn something.
-QUICK = ["--epochs", "4", "--lr", "0.05", "--set", "data.options.train_size=400",
-         "--set", "data.options.test_size=400", "--set", "trainer.progress_bar=false"]
+QUICK = [
+    "--epochs",
+    "4",
+    "--lr",
+    "0.05",
+    "--set",
+    "data.options.train_size=400",
+    "--set",
+    "data.options.test_size=400",
+    "--set",
+    "trainer.progress_bar=false",
+]
 
 
 def train_quick(root: Path, name: str, *args: str) -> Path:

@@ -108,8 +108,11 @@ def test_group_labels_name_what_differs():
     base = {"method": {"name": "baseline", "params": {}}, "data": {"modalities": None}, "trainer": {"seed": 0}}
     ogm = {"method": {"name": "ogm_ge", "params": {"alpha": 0.5}}, "data": {"modalities": None}, "trainer": {"seed": 3}}
     visual = {"method": {"name": "baseline", "params": {}}, "data": {"modalities": ["visual"]}, "trainer": {"seed": 0}}
-    assert group_labels([base, ogm, visual]) == ["baseline modalities=all", "ogm_ge alpha=0.5 modalities=all",
-                                                 "baseline modalities=visual"]
+    assert group_labels([base, ogm, visual]) == [
+        "baseline modalities=all",
+        "ogm_ge alpha=0.5 modalities=all",
+        "baseline modalities=visual",
+    ]
     assert group_labels([ogm]) == ["ogm_ge"]
 
 

@@ -58,14 +58,26 @@ def test_model_values_follow_the_closed_form_and_add_up(tiny_model, removal):
     train = random_split_features(head, seed=1)
     result = modality_contributions(head, split, removal, train_features=train)
 
-    reference = {m: (torch.zeros(f.shape[1]) if removal == "zero" else train.features[m].mean(0))
-                 for m, f in split.features.items()}
-    v = {name: accuracy_without(head, split, removed, reference)
-         for name, removed in {"none": {"audio", "visual"}, "audio": {"visual"}, "visual": {"audio"},
-                               "audio+visual": set()}.items()}
+    reference = {
+        m: (torch.zeros(f.shape[1]) if removal == "zero" else train.features[m].mean(0))
+        for m, f in split.features.items()
+    }
+    v = {
+        name: accuracy_without(head, split, removed, reference)
+        for name, removed in {
+            "none": {"audio", "visual"},
+            "audio": {"visual"},
+            "visual": {"audio"},
+            "audio+visual": set(),
+        }.items()
+    }
     assert result["coalition_accuracy"] == pytest.approx(v)
-    assert result["shapley"]["audio"] == pytest.approx(0.5 * ((v["audio"] - v["none"]) + (v["audio+visual"] - v["visual"])))
-    assert result["shapley"]["visual"] == pytest.approx(0.5 * ((v["visual"] - v["none"]) + (v["audio+visual"] - v["audio"])))
+    assert result["shapley"]["audio"] == pytest.approx(
+        0.5 * ((v["audio"] - v["none"]) + (v["audio+visual"] - v["visual"]))
+    )
+    assert result["shapley"]["visual"] == pytest.approx(
+        0.5 * ((v["visual"] - v["none"]) + (v["audio+visual"] - v["audio"]))
+    )
     assert sum(result["shapley"].values()) == pytest.approx(result["full"] - result["empty"])
 
 
@@ -118,8 +130,9 @@ def test_confusion_matrices_match_scikit_learn():
 
 @pytest.mark.parametrize("removal", ["zero", "mean"])
 def test_test_command_prints_and_writes_the_analysis(ogm_ge_run, tmp_path, capsys, removal):
-    code = main(["test", "--ckpt", str(ogm_ge_run / "checkpoints" / "best.ckpt"), "--out", str(tmp_path),
-                 "--removal", removal])
+    code = main(
+        ["test", "--ckpt", str(ogm_ge_run / "checkpoints" / "best.ckpt"), "--out", str(tmp_path), "--removal", removal]
+    )
     assert code == 0
     printed = capsys.readouterr().out
     assert "modality contribution" in printed and "imbalance degree" in printed and "per-class accuracy" in printed

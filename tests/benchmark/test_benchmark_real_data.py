@@ -20,8 +20,7 @@ def test_quick_suite_on_real_data(name, tmp_path):
     # The prepared cache is shared with the benchmark command (preparing takes minutes), unless
     # AVBALANCE_BENCHMARK_CACHE points elsewhere.
     cache = Path(os.environ.get("AVBALANCE_BENCHMARK_CACHE", default_cache(suite).parent)) / name
-    summary = run_suite(suite, tmp_path, methods=["baseline"], quick=True, raw=RAW, cache=cache,
-                        report=lambda m: None)
+    summary = run_suite(suite, tmp_path, methods=["baseline"], quick=True, raw=RAW, cache=cache, report=lambda m: None)
     assert set(summary) == {"baseline", "audio_only", "visual_only"}
     metrics = json.loads((tmp_path / "runs" / "baseline" / "seed0" / "metrics.json").read_text())
     assert 0.0 <= metrics["test"]["acc"] <= 1.0 and "acc_audio" in metrics["test"]

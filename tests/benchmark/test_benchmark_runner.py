@@ -109,8 +109,22 @@ def test_cli_errors_in_one_line(capsys, tmp_path):
     assert "unknown benchmark suite" in capsys.readouterr().err
     assert main(["benchmark", "synthetic", "--quick", "--methods", "bogus", "--out", str(tmp_path)]) == 2
     assert "unknown method" in capsys.readouterr().err
-    assert main(["benchmark", "grid-digit", "--quick", "--raw", str(tmp_path), "--cache", str(tmp_path / "c"),
-                 "--out", str(tmp_path / "o")]) == 2
+    assert (
+        main(
+            [
+                "benchmark",
+                "grid-digit",
+                "--quick",
+                "--raw",
+                str(tmp_path),
+                "--cache",
+                str(tmp_path / "c"),
+                "--out",
+                str(tmp_path / "o"),
+            ]
+        )
+        == 2
+    )
     assert "needs the raw data" in capsys.readouterr().err
     assert main(["benchmark", "synthetic", "--quick", "--jobs", "0", "--out", str(tmp_path)]) == 2
     assert "--jobs must be at least 1" in capsys.readouterr().err
@@ -124,7 +138,9 @@ def test_validation_sweep(tmp_path):
     text = (tmp_path / "sweep.md").read_text()
     assert text.count("**(chosen)**") == 1 and "validation" in text
     for number, row in enumerate(rows):
-        metrics = json.loads((tmp_path / "sweep" / "ogm_ge" / f"setting{number}" / "seed0" / "metrics.json").read_text())
+        metrics = json.loads(
+            (tmp_path / "sweep" / "ogm_ge" / f"setting{number}" / "seed0" / "metrics.json").read_text()
+        )
         assert row["values"] == [metrics["val"]["acc"]]
 
 
@@ -153,7 +169,6 @@ def test_sweep_of_a_suite_without_one(tmp_path):
     assert not (tmp_path / "sweep.md").exists()
 
 
-
 @pytest.mark.skipif(not Path("/proc/self").is_dir(), reason="needs /proc to watch the worker process")
 def test_worker_exits_when_the_suite_process_is_killed():
     """A worker of ``--jobs N`` stops by itself when its parent dies, even by SIGKILL."""
@@ -163,11 +178,15 @@ def test_worker_exits_when_the_suite_process_is_killed():
     import sys
     import time
 
-    worker = ("import os, time; from avbalance.benchmark.runner import _exit_with_parent; "
-              "_exit_with_parent(os.getppid()); print('ready', flush=True); time.sleep(60)")
-    parent = ("import subprocess, sys, time; "
-              f"child = subprocess.Popen([sys.executable, '-c', {worker!r}], stdout=subprocess.PIPE, text=True); "
-              "print(child.pid, flush=True); child.stdout.readline(); print('ready', flush=True); time.sleep(60)")
+    worker = (
+        "import os, time; from avbalance.benchmark.runner import _exit_with_parent; "
+        "_exit_with_parent(os.getppid()); print('ready', flush=True); time.sleep(60)"
+    )
+    parent = (
+        "import subprocess, sys, time; "
+        f"child = subprocess.Popen([sys.executable, '-c', {worker!r}], stdout=subprocess.PIPE, text=True); "
+        "print(child.pid, flush=True); child.stdout.readline(); print('ready', flush=True); time.sleep(60)"
+    )
     process = subprocess.Popen([sys.executable, "-c", parent], stdout=subprocess.PIPE, text=True)
     try:
         child = int(process.stdout.readline())
@@ -185,9 +204,15 @@ def test_worker_exits_when_the_suite_process_is_killed():
 def test_sweep_settings_equal_at_this_run_length_are_trained_once():
     from avbalance.benchmark.runner import _distinct_settings
 
-    sweep = {"reconboost": [["method.params.stage_epochs={third}"], ["method.params.stage_epochs=1"],
-                            ["method.params.stage_epochs=2"]]}
+    sweep = {
+        "reconboost": [
+            ["method.params.stage_epochs={third}"],
+            ["method.params.stage_epochs=1"],
+            ["method.params.stage_epochs=2"],
+        ]
+    }
     # 5 epochs: a third is 1 epoch, the same as the second setting
-    assert _distinct_settings(sweep, 5) == {"reconboost": [(0, ["method.params.stage_epochs=1"]),
-                                                           (2, ["method.params.stage_epochs=2"])]}
+    assert _distinct_settings(sweep, 5) == {
+        "reconboost": [(0, ["method.params.stage_epochs=1"]), (2, ["method.params.stage_epochs=2"])]
+    }
     assert [n for n, _ in _distinct_settings(sweep, 16)["reconboost"]] == [0, 1, 2]

@@ -18,8 +18,12 @@ def fake_runs(seeds: int = 5) -> dict:
             test = {"acc": rng.random(), "f1_macro": rng.random()}
             if method not in ("audio_only", "visual_only"):
                 test.update(acc_audio=rng.random(), acc_visual=rng.random())
-            runs.setdefault(method, {})[seed] = {"val": {"acc": rng.random()}, "test": test, "best_epoch": seed,
-                                                 "train_seconds": 1.5 * seed}
+            runs.setdefault(method, {})[seed] = {
+                "val": {"acc": rng.random()},
+                "test": test,
+                "best_epoch": seed,
+                "train_seconds": 1.5 * seed,
+            }
     return runs
 
 
@@ -39,6 +43,7 @@ def test_runs_csv_recomputes_summary(tmp_path):
             assert stats["mean"] == pytest.approx(summary[method][key]["mean"], abs=1e-12)
             assert stats["ci95"] == pytest.approx(summary[method][key]["ci95"], abs=1e-12)
     baseline = [r for r in rows if r["method"] == "baseline"]
-    assert [float(r["test/acc_visual"]) for r in baseline] == [runs["baseline"][s]["test"]["acc_visual"]
-                                                              for s in range(5)]
+    assert [float(r["test/acc_visual"]) for r in baseline] == [
+        runs["baseline"][s]["test"]["acc_visual"] for s in range(5)
+    ]
     assert rows[-1]["test/acc_visual"] == ""  # a unimodal reference has no branch figures

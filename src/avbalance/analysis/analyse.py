@@ -13,9 +13,13 @@ from .runs import LoadedRun, eval_batch_size, load_run, pick_device, split_datas
 from .shapley import check_removal, modality_contributions
 
 
-def analyse_features(model: MultimodalModel, features: SplitFeatures, removal: str = "zero",
-                     train_features: SplitFeatures | None = None, class_names: list[str] | None = None
-                     ) -> dict[str, Any]:
+def analyse_features(
+    model: MultimodalModel,
+    features: SplitFeatures,
+    removal: str = "zero",
+    train_features: SplitFeatures | None = None,
+    class_names: list[str] | None = None,
+) -> dict[str, Any]:
     num_classes = model.head.num_classes
     return {
         "shapley": modality_contributions(model.head, features, removal, train_features),
@@ -23,8 +27,9 @@ def analyse_features(model: MultimodalModel, features: SplitFeatures, removal: s
     }
 
 
-def analyse_run(run: LoadedRun, split: str = "test", removal: str = "zero", accelerator: str = "auto"
-                ) -> dict[str, Any]:
+def analyse_run(
+    run: LoadedRun, split: str = "test", removal: str = "zero", accelerator: str = "auto"
+) -> dict[str, Any]:
     """``{"split", "checkpoint", "shapley": {...}, "confusion": {...}}`` of a loaded run on one split."""
     device, size = pick_device(accelerator), eval_batch_size(run.config)
     features = extract_features(run.model, split_dataset(run.datamodule, split), size, device)
@@ -35,9 +40,14 @@ def analyse_run(run: LoadedRun, split: str = "test", removal: str = "zero", acce
     return {"split": split, "checkpoint": str(run.checkpoint), **result}
 
 
-def analyse_checkpoint(checkpoint: str | Path, split: str = "test", removal: str = "zero",
-                       data_root: str | None = None, batch_size: int | None = None,
-                       accelerator: str = "auto") -> dict[str, Any]:
+def analyse_checkpoint(
+    checkpoint: str | Path,
+    split: str = "test",
+    removal: str = "zero",
+    data_root: str | None = None,
+    batch_size: int | None = None,
+    accelerator: str = "auto",
+) -> dict[str, Any]:
     """:func:`analyse_run` for a run folder or a checkpoint."""
     check_removal(removal)  # before the costly loading
     run = load_run(checkpoint, data_root=data_root, batch_size=batch_size)

@@ -6,7 +6,8 @@ is ``N[k, k] / sum_j N[k, j]`` (the recall of ``k``); it is ``None`` for a class
 
 from __future__ import annotations
 
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 import torch
 from torchmetrics.functional.classification import multiclass_confusion_matrix
@@ -23,7 +24,7 @@ def head_logits(head: FusionHead, features: SplitFeatures, batch_size: int = 102
     device = next(head.parameters()).device
     chunks: dict[str, list[torch.Tensor]] = {}
     for start in range(0, len(features.labels), batch_size):
-        output = head({m: f[start:start + batch_size].to(device) for m, f in features.features.items()})
+        output = head({m: f[start : start + batch_size].to(device) for m, f in features.features.items()})
         for name, logits in {FUSED: output.logits, **output.unimodal_logits}.items():
             chunks.setdefault(name, []).append(logits.float().cpu())
     return {name: torch.cat(parts) for name, parts in chunks.items()}
@@ -34,8 +35,9 @@ def per_class_accuracy(matrix: torch.Tensor) -> list[float | None]:
     return [int(matrix[k, k]) / total if total else None for k, total in enumerate(totals)]
 
 
-def confusion_matrices(logits: Mapping[str, torch.Tensor], labels: torch.Tensor, num_classes: int,
-                       class_names: list[str] | None = None) -> dict[str, Any]:
+def confusion_matrices(
+    logits: Mapping[str, torch.Tensor], labels: torch.Tensor, num_classes: int, class_names: list[str] | None = None
+) -> dict[str, Any]:
     """``{"class_names": [...], "outputs": {output: {"matrix": C x C counts, "per_class_acc": [...]}}}``."""
     outputs = {}
     for name, output_logits in logits.items():

@@ -20,8 +20,13 @@ class SplitFeatures:
 
 
 @torch.no_grad()
-def extract_features(model: MultimodalModel, dataset: Dataset, batch_size: int = 64,
-                     device: torch.device | str = "cpu", num_workers: int = 0) -> SplitFeatures:
+def extract_features(
+    model: MultimodalModel,
+    dataset: Dataset,
+    batch_size: int = 64,
+    device: torch.device | str = "cpu",
+    num_workers: int = 0,
+) -> SplitFeatures:
     """Encode a whole split with frozen encoders: eval mode (BatchNorm running statistics, no
     dropout), no gradients, samples in dataset order (no shuffling, nothing dropped)."""
     was_training = model.training

@@ -7,20 +7,28 @@ from __future__ import annotations
 import json
 import os
 import statistics
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable, Sequence
+from typing import Any
 
 from .runs import RunRecord
 
 NON_RESULT_KEYS = {
-    "out", "trainer.seed", "method.params.seed", "trainer.progress_bar", "trainer.accelerator",
-    "trainer.devices", "trainer.num_nodes", "trainer.strategy", "data.root", "data.num_workers",
+    "out",
+    "trainer.seed",
+    "method.params.seed",
+    "trainer.progress_bar",
+    "trainer.accelerator",
+    "trainer.devices",
+    "trainer.num_nodes",
+    "trainer.strategy",
+    "data.root",
+    "data.num_workers",
     "data.eval_batch_size",
 }
 SECTION_ORDER = ("method", "data", "model", "optim", "trainer")
-PALETTE = ["#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2", "#17becf", "#7f7f7f",
-           "#bcbd22"]
+PALETTE = ["#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2", "#17becf", "#7f7f7f", "#bcbd22"]
 
 
 @dataclass
@@ -46,6 +54,7 @@ class Group:
 
 
 # -- grouping --------------------------------------------------------------------------------------
+
 
 def flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     """``{"optim": {"lr": 0.1}}`` -> ``{"optim.lr": 0.1}``; empty sections disappear."""
@@ -109,7 +118,9 @@ def group_runs(records: Sequence[RunRecord]) -> list[Group]:
     for name, record in zip(run_names([r.folder for r in records]), records):
         buckets.setdefault(_canonical(result_config(record.config)), []).append(Run(name, record))
     labels = group_labels([runs[0].record.config for runs in buckets.values()])
-    return [Group(label, PALETTE[i % len(PALETTE)], runs) for i, (label, runs) in enumerate(zip(labels, buckets.values()))]
+    return [
+        Group(label, PALETTE[i % len(PALETTE)], runs) for i, (label, runs) in enumerate(zip(labels, buckets.values()))
+    ]
 
 
 def all_modalities(groups: Sequence[Group]) -> list[str]:
@@ -120,6 +131,7 @@ def all_modalities(groups: Sequence[Group]) -> list[str]:
 
 
 # -- statistics ------------------------------------------------------------------------------------
+
 
 @dataclass
 class Stat:
@@ -149,6 +161,7 @@ def group_metric(group: Group, read: Callable[[Run], float | None]) -> Stat | No
 
 
 # -- what a run holds ------------------------------------------------------------------------------
+
 
 def run_metric(run: Run, key: str, split: str) -> float | None:
     return run.record.metrics.get(split, {}).get(key)

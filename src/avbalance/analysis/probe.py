@@ -54,8 +54,14 @@ def probe_features(splits: dict[str, SplitFeatures], C: float = 1.0, seed: int =
     return results
 
 
-def probe_model(model: MultimodalModel, datasets: dict[str, Any], batch_size: int = 64,
-                device: torch.device | str = "cpu", C: float = 1.0, seed: int = 0) -> dict[str, dict[str, float]]:
+def probe_model(
+    model: MultimodalModel,
+    datasets: dict[str, Any],
+    batch_size: int = 64,
+    device: torch.device | str = "cpu",
+    C: float = 1.0,
+    seed: int = 0,
+) -> dict[str, dict[str, float]]:
     """Probe ``model``'s encoders: ``datasets`` maps ``"train"`` and evaluation splits to datasets."""
     splits = {name: extract_features(model, dataset, batch_size, device) for name, dataset in datasets.items()}
     return probe_features(splits, C=C, seed=seed)
@@ -64,8 +70,9 @@ def probe_model(model: MultimodalModel, datasets: dict[str, Any], batch_size: in
 def probe_run(run: LoadedRun, accelerator: str = "auto", C: float = 1.0, seed: int = 0) -> dict[str, Any]:
     """Probe a loaded run on its train, val and test splits: what ``avbalance probe`` writes to ``probe.json``."""
     datasets = {split: split_dataset(run.datamodule, split) for split in ("train", "val", "test")}
-    results = probe_model(run.model, datasets, batch_size=eval_batch_size(run.config),
-                          device=pick_device(accelerator), C=C, seed=seed)
+    results = probe_model(
+        run.model, datasets, batch_size=eval_batch_size(run.config), device=pick_device(accelerator), C=C, seed=seed
+    )
     return {
         "checkpoint": str(run.checkpoint),
         "classifier": CLASSIFIER.format(C=C),
@@ -75,8 +82,14 @@ def probe_run(run: LoadedRun, accelerator: str = "auto", C: float = 1.0, seed: i
     }
 
 
-def probe_checkpoint(checkpoint: str | Path, data_root: str | None = None, batch_size: int | None = None,
-                     accelerator: str = "auto", C: float = 1.0, seed: int = 0) -> dict[str, Any]:
+def probe_checkpoint(
+    checkpoint: str | Path,
+    data_root: str | None = None,
+    batch_size: int | None = None,
+    accelerator: str = "auto",
+    C: float = 1.0,
+    seed: int = 0,
+) -> dict[str, Any]:
     """Probe a trained run given as a run folder or a checkpoint."""
     run = load_run(checkpoint, data_root=data_root, batch_size=batch_size)
     return probe_run(run, accelerator=accelerator, C=C, seed=seed)

@@ -4,8 +4,8 @@ figure; each output (fused, audio, visual, ...) keeps one line style."""
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import matplotlib
 
@@ -66,8 +66,9 @@ def _panels(count: int, extra_height: float = 0.6, panel_height: float = PANEL_S
     one scale on the page."""
     rows = math.ceil(count / MAX_COLUMNS)
     columns = math.ceil(count / rows)  # balanced rows: 4 panels are 2 x 2, not 3 + 1
-    figure, axes = plt.subplots(rows, columns, figsize=(PANEL_SIZE[0] * columns, panel_height * rows + extra_height),
-                                squeeze=False)
+    figure, axes = plt.subplots(
+        rows, columns, figsize=(PANEL_SIZE[0] * columns, panel_height * rows + extra_height), squeeze=False
+    )
     cells = list(axes.flat)
     for axis in cells[count:]:
         axis.set_visible(False)
@@ -95,8 +96,15 @@ def plot_learning_curves(groups: Sequence[Group], path: Path, split: str, with_l
             epochs, mean, std = history_curve(group, key)
             if not len(epochs):
                 continue
-            axis.plot(epochs, mean, color=group.color, linestyle=LINE_STYLES.get(panel, "-"), linewidth=1.8,
-                      marker="o" if len(epochs) <= 20 else None, markersize=3)
+            axis.plot(
+                epochs,
+                mean,
+                color=group.color,
+                linestyle=LINE_STYLES.get(panel, "-"),
+                linewidth=1.8,
+                marker="o" if len(epochs) <= 20 else None,
+                markersize=3,
+            )
             axis.fill_between(epochs, mean - std, mean + std, color=group.color, alpha=0.15, linewidth=0)
         ylabel = "loss" if panel == "loss" else "accuracy"
         _style(axis, "training loss" if panel == "loss" else f"{panel} ({split})", "epoch", ylabel)
@@ -112,9 +120,11 @@ def method_curves(group: Group) -> dict[str, dict[str, tuple[np.ndarray, np.ndar
             for key, value in row.items():
                 if not key.startswith("method/"):
                     continue
-                name = key[len("method/"):-len("_epoch")]
+                name = key[len("method/") : -len("_epoch")]
                 quantity, _, modality = name.rpartition("/")
-                collected.setdefault(quantity or name, {}).setdefault(modality, {}).setdefault(row["epoch"], []).append(value)
+                collected.setdefault(quantity or name, {}).setdefault(modality, {}).setdefault(row["epoch"], []).append(
+                    value
+                )
     return {q: {m: _mean_std(v) for m, v in by_modality.items()} for q, by_modality in collected.items()}
 
 
@@ -130,13 +140,21 @@ def plot_method_logs(groups: Sequence[Group], path: Path) -> bool:
         for group, group_curves in zip(groups, curves):
             for modality, (epochs, mean, std) in group_curves.get(quantity, {}).items():
                 modalities += [modality] if modality not in modalities else []
-                axis.plot(epochs, mean, color=group.color, linestyle=LINE_STYLES.get(modality, ":"), linewidth=1.8,
-                          marker="o" if len(epochs) <= 20 else None, markersize=3)
+                axis.plot(
+                    epochs,
+                    mean,
+                    color=group.color,
+                    linestyle=LINE_STYLES.get(modality, ":"),
+                    linewidth=1.8,
+                    marker="o" if len(epochs) <= 20 else None,
+                    markersize=3,
+                )
                 axis.fill_between(epochs, mean - std, mean + std, color=group.color, alpha=0.15, linewidth=0)
         _style(axis, quantity, "epoch", "epoch mean")
     with_logs = [group for group, group_curves in zip(groups, curves) if group_curves]
-    handles = _group_handles(with_logs) + [Line2D([], [], color="0.3", linestyle=LINE_STYLES.get(m, ":"), label=m)
-                                           for m in modalities if m]  # "" = a quantity not per modality
+    handles = _group_handles(with_logs) + [
+        Line2D([], [], color="0.3", linestyle=LINE_STYLES.get(m, ":"), label=m) for m in modalities if m
+    ]  # "" = a quantity not per modality
     _legend_below(figure, handles)
     _save(figure, path)
     return True
@@ -154,23 +172,34 @@ def plot_modality_accuracy(groups: Sequence[Group], path: Path, split: str) -> s
     for axis, modality in zip(axes, modalities):
         present = [g for g in groups if modality in g.modalities]
         for x, group in enumerate(present):
-            head = group_metric(group, lambda run: run_metric(run, f"acc_{modality}", split))
-            probe = group_metric(group, lambda run: probe_accuracy(run, modality, split))
+            head = group_metric(group, lambda run, m=modality: run_metric(run, f"acc_{m}", split))
+            probe = group_metric(group, lambda run, m=modality: probe_accuracy(run, m, split))
             if head is not None:
                 bars = axis.bar(x - 0.2, head.mean, 0.38, yerr=head.std, color=group.color, capsize=3)
                 _bar_label(axis, bars, [head.mean])
             if probe is not None:
                 any_probe = True
-                bars = axis.bar(x + 0.2, probe.mean, 0.38, yerr=probe.std, color=group.color, alpha=0.45,
-                                hatch="//", edgecolor="white", capsize=3)
+                bars = axis.bar(
+                    x + 0.2,
+                    probe.mean,
+                    0.38,
+                    yerr=probe.std,
+                    color=group.color,
+                    alpha=0.45,
+                    hatch="//",
+                    edgecolor="white",
+                    capsize=3,
+                )
                 _bar_label(axis, bars, [probe.mean])
         axis.set_xticks([])
         axis.set_ylim(0, 1.08)
         _style(axis, f"{modality} ({split})", "", "accuracy")
     handles = _group_handles(groups)
     if any_probe:
-        handles += [Patch(facecolor="0.4", label="own logits"),
-                    Patch(facecolor="0.75", hatch="//", edgecolor="white", label="linear probe")]
+        handles += [
+            Patch(facecolor="0.4", label="own logits"),
+            Patch(facecolor="0.75", hatch="//", edgecolor="white", label="linear probe"),
+        ]
     _legend_below(figure, handles)
     return _save(figure, path)
 
@@ -190,8 +219,9 @@ def plot_shapley(groups: Sequence[Group], path: Path) -> bool:
         stats = [group_metric(group, lambda run, m=m: shapley_value(run, m)) for m in modalities]
         kept = [(x, s) for x, s in zip(offsets, stats) if s is not None]
         errors = [s.std or 0 for _, s in kept] if any(s.std for _, s in kept) else None
-        bars = axis.bar([x for x, _ in kept], [s.mean for _, s in kept], width * 0.92, color=group.color,
-                        yerr=errors, capsize=3)
+        bars = axis.bar(
+            [x for x, _ in kept], [s.mean for _, s in kept], width * 0.92, color=group.color, yerr=errors, capsize=3
+        )
         _bar_label(axis, bars, [s.mean for _, s in kept])
     axis.axhline(0, color="0.3", linewidth=0.8)
     axis.set_xticks(range(len(modalities)), modalities)
@@ -207,8 +237,9 @@ def summed_confusion(group: Group) -> tuple[list[str], dict[str, list[list[int]]
     if not analysed:
         return None
     outputs = analysed[0]["outputs"]
-    summed = {name: np.sum([np.array(a["outputs"][name]["matrix"]) for a in analysed], axis=0).tolist()
-              for name in outputs}
+    summed = {
+        name: np.sum([np.array(a["outputs"][name]["matrix"]) for a in analysed], axis=0).tolist() for name in outputs
+    }
     return analysed[0]["class_names"], summed
 
 
@@ -227,8 +258,15 @@ def plot_confusion(group: Group, path: Path) -> bool:
         axis.imshow(normalised, cmap="Blues", vmin=0, vmax=1)
         if count <= 12:
             for (i, j), value in np.ndenumerate(normalised):
-                axis.text(j, i, f"{100 * value:.0f}", ha="center", va="center", fontsize=7,
-                          color="white" if value > 0.6 else "0.2")
+                axis.text(
+                    j,
+                    i,
+                    f"{100 * value:.0f}",
+                    ha="center",
+                    va="center",
+                    fontsize=7,
+                    color="white" if value > 0.6 else "0.2",
+                )
         ticks = range(count) if count <= 30 else []
         labels = class_names if count <= 30 else []
         axis.set_xticks(ticks, labels, rotation=90, fontsize=7)

@@ -83,7 +83,8 @@ footer { color: var(--muted); font-size: 12px; text-align: center; padding: 0 0 
 <nav>
 <a href="#runs">Runs</a><a href="#metrics">Final metrics</a><a href="#curves">Learning curves</a>
 <a href="#method">Method coefficients</a><a href="#modalities">Per-modality accuracy</a>
-<a href="#probes">Linear probes</a><a href="#shapley">Modality contribution</a><a href="#confusion">Confusion matrices</a>
+<a href="#probes">Linear probes</a><a href="#shapley">Modality contribution</a>
+<a href="#confusion">Confusion matrices</a>
 {% if cost %}<a href="#cost">Cost</a>{% endif %}
 {% if figures | selectattr("section", "equalto", "robustness") | list %}<a href="#robustness">Robustness</a>{% endif %}
 </nav>
@@ -175,7 +176,8 @@ or pass <code>--probe</code> to <code>avbalance report</code>.</p>
 <div class="grid">
 {% for table in class_tables %}
 <details{% if table.rows | length <= 12 %} open{% endif %}>
-<summary><span class="swatch" style="background: {{ table.group.color }}"></span>{{ table.group.label }}: per-class {{ split }} accuracy (%)</summary>
+<summary><span class="swatch" style="background: {{ table.group.color }}"></span>
+{{ table.group.label }}: per-class {{ split }} accuracy (%)</summary>
 <div class="scroll"><table>
 <thead><tr>{% for column in table.columns %}<th>{{ column }}</th>{% endfor %}</tr></thead>
 <tbody>
@@ -199,8 +201,9 @@ or pass <code>--probe</code> to <code>avbalance report</code>.</p>
 </html>
 """
 
-_ENVIRONMENT = jinja2.Environment(autoescape=True, trim_blocks=True, lstrip_blocks=True,
-                                  undefined=jinja2.StrictUndefined)
+_ENVIRONMENT = jinja2.Environment(
+    autoescape=True, trim_blocks=True, lstrip_blocks=True, undefined=jinja2.StrictUndefined
+)
 
 
 def render(**context: Any) -> str:

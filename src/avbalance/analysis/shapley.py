@@ -28,9 +28,10 @@ modality hurts (negative value). It is undefined (``None``) when ``G <= 0`` or f
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from itertools import combinations
 from math import factorial
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 import torch
 
@@ -56,8 +57,9 @@ def check_removal(rule: str) -> None:
         raise ConfigError(f"unknown removal rule {rule!r}; choose one of: {', '.join(REMOVAL_RULES)}")
 
 
-def reference_features(rule: str, features: SplitFeatures, train_features: SplitFeatures | None = None
-                       ) -> dict[str, torch.Tensor]:
+def reference_features(
+    rule: str, features: SplitFeatures, train_features: SplitFeatures | None = None
+) -> dict[str, torch.Tensor]:
     """The feature that stands in for each removed modality, shape (D_m,)."""
     check_removal(rule)
     if rule == "zero":
@@ -68,8 +70,13 @@ def reference_features(rule: str, features: SplitFeatures, train_features: Split
 
 
 @torch.no_grad()
-def coalition_accuracy(head: FusionHead, features: SplitFeatures, coalition: frozenset[str],
-                       reference: Mapping[str, torch.Tensor], batch_size: int = 1024) -> float:
+def coalition_accuracy(
+    head: FusionHead,
+    features: SplitFeatures,
+    coalition: frozenset[str],
+    reference: Mapping[str, torch.Tensor],
+    batch_size: int = 1024,
+) -> float:
     """Fused accuracy with the modalities outside ``coalition`` replaced by their reference feature."""
     device = next(head.parameters()).device
     count = len(features.labels)
@@ -77,10 +84,10 @@ def coalition_accuracy(head: FusionHead, features: SplitFeatures, coalition: fro
     for start in range(0, count, batch_size):
         chunk = {}
         for modality, feature in features.features.items():
-            part = feature[start:start + batch_size]
+            part = feature[start : start + batch_size]
             chunk[modality] = (part if modality in coalition else reference[modality].expand_as(part)).to(device)
         predictions = head(chunk).logits.argmax(dim=1).cpu()
-        correct += int((predictions == features.labels[start:start + batch_size]).sum())
+        correct += int((predictions == features.labels[start : start + batch_size]).sum())
     return correct / count
 
 
@@ -112,8 +119,9 @@ def imbalance(phi: Mapping[str, float], gain: float) -> dict[str, Any]:
     }
 
 
-def modality_contributions(head: FusionHead, features: SplitFeatures, removal: str = "zero",
-                           train_features: SplitFeatures | None = None) -> dict[str, Any]:
+def modality_contributions(
+    head: FusionHead, features: SplitFeatures, removal: str = "zero", train_features: SplitFeatures | None = None
+) -> dict[str, Any]:
     """Coalition accuracies, Shapley values and the imbalance degree of a model on a split."""
     modalities = list(features.features)
     reference = reference_features(removal, features, train_features)

@@ -6,9 +6,38 @@ import math
 from typing import Any
 
 # Two-sided 97.5 % quantiles of Student's t for 1..30 degrees of freedom (scipy is used when present).
-_T975 = [12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179, 2.160, 2.145,
-         2.131, 2.120, 2.110, 2.101, 2.093, 2.086, 2.080, 2.074, 2.069, 2.064, 2.060, 2.056, 2.052, 2.048,
-         2.045, 2.042]
+_T975 = [
+    12.706,
+    4.303,
+    3.182,
+    2.776,
+    2.571,
+    2.447,
+    2.365,
+    2.306,
+    2.262,
+    2.228,
+    2.201,
+    2.179,
+    2.160,
+    2.145,
+    2.131,
+    2.120,
+    2.110,
+    2.101,
+    2.093,
+    2.086,
+    2.080,
+    2.074,
+    2.069,
+    2.064,
+    2.060,
+    2.056,
+    2.052,
+    2.048,
+    2.045,
+    2.042,
+]
 
 REFERENCES = {"audio_only": "audio", "visual_only": "visual"}
 METRICS = ("acc", "f1_macro")
@@ -47,8 +76,9 @@ def aggregate(runs: dict[str, dict[int, dict[str, Any]]], modalities=("audio", "
     unimodal ``<m>``-only model of the same seed (negative: the branch is under-trained).
     """
     summary: dict[str, Any] = {}
-    reference_acc = {m: {seed: r["test"]["acc"] for seed, r in runs.get(name, {}).items()}
-                     for name, m in REFERENCES.items()}
+    reference_acc = {
+        m: {seed: r["test"]["acc"] for seed, r in runs.get(name, {}).items()} for name, m in REFERENCES.items()
+    }
     for method, by_seed in runs.items():
         seeds = sorted(by_seed)
         entry: dict[str, Any] = {"seeds": seeds}
@@ -64,8 +94,11 @@ def aggregate(runs: dict[str, dict[int, dict[str, Any]]], modalities=("audio", "
                 entry[key] = summary_stats(values)
         if method not in REFERENCES:
             for m in modalities:
-                gaps = [by_seed[s]["test"][f"acc_{m}"] - reference_acc[m][s] for s in seeds
-                        if f"acc_{m}" in by_seed[s]["test"] and s in reference_acc[m]]
+                gaps = [
+                    by_seed[s]["test"][f"acc_{m}"] - reference_acc[m][s]
+                    for s in seeds
+                    if f"acc_{m}" in by_seed[s]["test"] and s in reference_acc[m]
+                ]
                 entry[f"gap_{m}"] = summary_stats(gaps)
         summary[method] = entry
     return summary

@@ -10,9 +10,16 @@ from typing import Any
 
 from .aggregate import REFERENCES, summary_stats
 
-COLUMNS = [("acc", "fused acc"), ("f1_macro", "fused F1"), ("acc_audio", "audio acc"),
-           ("f1_macro_audio", "audio F1"), ("acc_visual", "visual acc"), ("f1_macro_visual", "visual F1"),
-           ("gap_audio", "audio gap"), ("gap_visual", "visual gap")]
+COLUMNS = [
+    ("acc", "fused acc"),
+    ("f1_macro", "fused F1"),
+    ("acc_audio", "audio acc"),
+    ("f1_macro_audio", "audio F1"),
+    ("acc_visual", "visual acc"),
+    ("f1_macro_visual", "visual F1"),
+    ("gap_audio", "audio gap"),
+    ("gap_visual", "visual gap"),
+]
 
 
 # Columns shown when the runs hold them (the runner stores them; older runs have none):
@@ -55,8 +62,11 @@ def cell(stats: dict[str, Any] | None) -> str:
 
 def order(summary: dict[str, Any]) -> list[str]:
     joint = [m for m in summary if m not in REFERENCES]
-    return (["baseline"] if "baseline" in joint else []) + sorted(m for m in joint if m != "baseline") + \
-        [r for r in REFERENCES if r in summary]
+    return (
+        (["baseline"] if "baseline" in joint else [])
+        + sorted(m for m in joint if m != "baseline")
+        + [r for r in REFERENCES if r in summary]
+    )
 
 
 def markdown_table(summary: dict[str, Any], runs: dict[str, dict[int, dict[str, Any]]]) -> str:
@@ -78,8 +88,9 @@ def markdown_table(summary: dict[str, Any], runs: dict[str, dict[int, dict[str, 
     return "\n".join(lines)
 
 
-def write_report(out: Path, summary: dict[str, Any], runs: dict[str, dict[int, dict[str, Any]]],
-                 info: dict[str, Any]) -> None:
+def write_report(
+    out: Path, summary: dict[str, Any], runs: dict[str, dict[int, dict[str, Any]]], info: dict[str, Any]
+) -> None:
     out.mkdir(parents=True, exist_ok=True)
     (out / "summary.json").write_text(json.dumps(_json_safe({"info": info, "summary": summary}), indent=2))
     write_runs_csv(out / "runs.csv", runs)
@@ -87,36 +98,61 @@ def write_report(out: Path, summary: dict[str, Any], runs: dict[str, dict[int, d
         (out / "command.txt").write_text(info["command"] + "\n")
     plot_accuracy(summary, out / "accuracy.png", info)
     plot_gaps(summary, out / "imbalance.png", info)
-    text = [f"# Benchmark: {info['suite']}{' (quick mode)' if info['quick'] else ''}", "",
-            info["description"] + ".", ""]
+    text = [
+        f"# Benchmark: {info['suite']}{' (quick mode)' if info['quick'] else ''}",
+        "",
+        info["description"] + ".",
+        "",
+    ]
     if info.get("command"):
         text += ["Reproduce (from the repository root):", "", "```bash", info["command"], "```", ""]
-    text += [f"{info['seeds']} seed(s), {info['epochs']} epochs per run; the best epoch is chosen on the "
-             "validation split, the numbers are on the test split.", "",
-             "Cells: mean ± sample standard deviation over seeds [± half-width of the 95 % Student-t "
-             "confidence interval of the mean], in percent. *audio/visual acc* of a joint model: its "
-             "audio-only / visual-only output (the branch's logits); of `audio_only` / `visual_only`: the "
-             "unimodal reference model. *gap*: per seed, the branch accuracy of the joint model minus the "
-             "accuracy of the unimodal reference of the same seed (negative: the branch learned less "
-             "than it can on its own — the imbalance). *acc with audio/visual missing*: fused test accuracy with "
-             "that modality's encoder feature replaced by zeros, as for the Shapley values. *params*, "
-             "*MFLOPs/sample* (one inference forward pass; 2 FLOPs per multiply-accumulate) and *ms/step* (the "
-             "method's training step on one batch, one thread, mean of 3 timed steps): see docs/robustness.md. "
-             "*s/run*: training seconds per run.", "",
-             markdown_table(summary, runs), "",
-             "![test accuracy](accuracy.png)", "", "![imbalance](imbalance.png)", "",
-             "## Recipe", "", "Shared overrides (`avbalance train --set ...`):", "", "```",
-             *info["recipe"], "```", "", "Per method:", ""]
+    text += [
+        f"{info['seeds']} seed(s), {info['epochs']} epochs per run; the best epoch is chosen on the "
+        "validation split, the numbers are on the test split.",
+        "",
+        "Cells: mean ± sample standard deviation over seeds [± half-width of the 95 % Student-t "
+        "confidence interval of the mean], in percent. *audio/visual acc* of a joint model: its "
+        "audio-only / visual-only output (the branch's logits); of `audio_only` / `visual_only`: the "
+        "unimodal reference model. *gap*: per seed, the branch accuracy of the joint model minus the "
+        "accuracy of the unimodal reference of the same seed (negative: the branch learned less "
+        "than it can on its own — the imbalance). *acc with audio/visual missing*: fused test accuracy with "
+        "that modality's encoder feature replaced by zeros, as for the Shapley values. *params*, "
+        "*MFLOPs/sample* (one inference forward pass; 2 FLOPs per multiply-accumulate) and *ms/step* (the "
+        "method's training step on one batch, one thread, mean of 3 timed steps): see docs/robustness.md. "
+        "*s/run*: training seconds per run.",
+        "",
+        markdown_table(summary, runs),
+        "",
+        "![test accuracy](accuracy.png)",
+        "",
+        "![imbalance](imbalance.png)",
+        "",
+        "## Recipe",
+        "",
+        "Shared overrides (`avbalance train --set ...`):",
+        "",
+        "```",
+        *info["recipe"],
+        "```",
+        "",
+        "Per method:",
+        "",
+    ]
     for name, overrides in info["method_overrides"].items():
         text.append(f"- `{name}`: {' '.join(f'`{o}`' for o in overrides) or 'defaults'}")
-    text += ["", f"Per-run files: `runs/<method>/seed<k>/` (`metrics.json`, `history.json`, `config.yaml`, "
-             f"`run.json`); every run's figures, one row per method and seed: `runs.csv` (any mean, std or "
-             f"interval above can be recomputed from it); aggregated numbers: `summary.json`. Total training time "
-             f"{info['train_seconds']:.0f} s (sum over runs)."]
+    text += [
+        "",
+        f"Per-run files: `runs/<method>/seed<k>/` (`metrics.json`, `history.json`, `config.yaml`, "
+        f"`run.json`); every run's figures, one row per method and seed: `runs.csv` (any mean, std or "
+        f"interval above can be recomputed from it); aggregated numbers: `summary.json`. Total training time "
+        f"{info['train_seconds']:.0f} s (sum over runs).",
+    ]
     if info.get("trained"):
-        text[-1] += (f" The last invocation trained {info['trained']} run(s), {info.get('jobs', 1)} at a time, "
-                     f"in {info.get('wall_seconds', 0):.0f} s of wall-clock time"
-                     f"{' and reused ' + str(info['reused']) + ' finished run(s)' if info.get('reused') else ''}.")
+        text[-1] += (
+            f" The last invocation trained {info['trained']} run(s), {info.get('jobs', 1)} at a time, "
+            f"in {info.get('wall_seconds', 0):.0f} s of wall-clock time"
+            f"{' and reused ' + str(info['reused']) + ' finished run(s)' if info.get('reused') else ''}."
+        )
     text.append("")
     (out / "README.md").write_text("\n".join(text))
 
@@ -126,8 +162,12 @@ def run_rows(runs: dict[str, dict[int, dict[str, Any]]]) -> list[dict[str, Any]]
     rows = []
     for method in order({m: None for m in runs}):
         for seed, result in sorted(runs[method].items()):
-            row: dict[str, Any] = {"method": method, "seed": seed, "best_epoch": result.get("best_epoch"),
-                                   "train_seconds": result.get("train_seconds")}
+            row: dict[str, Any] = {
+                "method": method,
+                "seed": seed,
+                "best_epoch": result.get("best_epoch"),
+                "train_seconds": result.get("train_seconds"),
+            }
             for split in ("val", "test"):
                 row.update({f"{split}/{k}": v for k, v in sorted(result.get(split, {}).items())})
             row.update({f"test/acc_{m}_missing": v for m, v in result.get("robustness", {}).get("missing", {}).items()})
@@ -151,10 +191,12 @@ def _bars(ax, summary, methods, keys, labels):
     width = 0.8 / len(keys)
     x = np.arange(len(methods))
     for i, (key, label) in enumerate(zip(keys, labels)):
-        means = [100 * summary[m].get(key, {}).get("mean", math.nan) if summary[m].get(key) else math.nan
-                 for m in methods]
-        errors = [100 * summary[m][key]["ci95"] if summary[m].get(key) and summary[m][key]["n"] > 1 else 0.0
-                  for m in methods]
+        means = [
+            100 * summary[m].get(key, {}).get("mean", math.nan) if summary[m].get(key) else math.nan for m in methods
+        ]
+        errors = [
+            100 * summary[m][key]["ci95"] if summary[m].get(key) and summary[m][key]["n"] > 1 else 0.0 for m in methods
+        ]
         errors = [0.0 if math.isnan(e) else e for e in errors]
         ax.bar(x + (i - (len(keys) - 1) / 2) * width, means, width, yerr=errors, capsize=2, label=label)
     ax.set_xticks(x)
@@ -187,7 +229,9 @@ def plot_gaps(summary: dict[str, Any], path: Path, info: dict[str, Any]) -> None
 
     methods = [m for m in order(summary) if m not in REFERENCES]
     fig, ax = plt.subplots(figsize=(max(6, 0.55 * len(methods) + 2), 4))
-    _bars(ax, summary, methods, ["gap_audio", "gap_visual"], ["audio branch − audio-only", "visual branch − visual-only"])
+    _bars(
+        ax, summary, methods, ["gap_audio", "gap_visual"], ["audio branch − audio-only", "visual branch − visual-only"]
+    )
     ax.axhline(0, color="black", linewidth=0.8)
     ax.set_ylabel("accuracy gap (points)")
     ax.set_title(f"{info['suite']}: imbalance (branch vs unimodal model), 95 % CI")

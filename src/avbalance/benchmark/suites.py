@@ -16,8 +16,11 @@ from ..errors import ConfigError
 # Methods with a warm-up measured in epochs get a third of the run.
 COMMON_METHOD_PARAMS: dict[str, list[str]] = {
     "ogm": ["method.params.alpha=0.5", "method.params.modulation_starts=0", "method.params.modulation_ends={epochs}"],
-    "ogm_ge": ["method.params.alpha=0.5", "method.params.modulation_starts=0",
-               "method.params.modulation_ends={epochs}"],
+    "ogm_ge": [
+        "method.params.alpha=0.5",
+        "method.params.modulation_starts=0",
+        "method.params.modulation_ends={epochs}",
+    ],
     "mmcosine": ["method.params.scaling=10"],
     "umt": ["method.params.pretrain_epochs={third}"],
     "gblending": ["method.params.super_epoch={third}"],
@@ -32,8 +35,13 @@ COMMON_METHOD_PARAMS: dict[str, list[str]] = {
     "mbsd": ["method.params.modulation_ends={epochs}"],
 }
 
-DETERMINISTIC = ["trainer.deterministic=true", "trainer.progress_bar=false", "trainer.accelerator=cpu",
-                 "trainer.devices=1", "data.num_workers=0"]
+DETERMINISTIC = [
+    "trainer.deterministic=true",
+    "trainer.progress_bar=false",
+    "trainer.accelerator=cpu",
+    "trainer.devices=1",
+    "data.num_workers=0",
+]
 
 
 @dataclass
@@ -77,16 +85,39 @@ class Suite:
         return DETERMINISTIC + [o.format(**values) for o in self.recipe] + extra + run
 
 
-SMALL_GRID = ["model.width=8", "model.layers=[1,1,1]", "data.batch_size=64", "optim.name=sgd", "optim.lr=0.05",
-              "optim.momentum=0.9", "optim.weight_decay=0.0001", "optim.scheduler=cosine"]
+SMALL_GRID = [
+    "model.width=8",
+    "model.layers=[1,1,1]",
+    "data.batch_size=64",
+    "optim.name=sgd",
+    "optim.lr=0.05",
+    "optim.momentum=0.9",
+    "optim.weight_decay=0.0001",
+    "optim.scheduler=cosine",
+]
 # The mouth of GRID speaker s1 (360x288 frames, fixed camera): x, y, width, height in pixels.
 S1_MOUTH = "105,178,90,72"
 
 
 def grid_prepare(task: str) -> list[str]:
     """``avbalance prepare`` arguments of a GRID suite: speaker s1's mouth at 32x32, 40-bin fbank."""
-    return ["grid", "--root", "{raw}/grid", "--out", "{cache}", "--task", task, "--size", "32",
-            "--mel-bins", "40", "--crop", S1_MOUTH, "--workers", "2"]
+    return [
+        "grid",
+        "--root",
+        "{raw}/grid",
+        "--out",
+        "{cache}",
+        "--task",
+        task,
+        "--size",
+        "32",
+        "--mel-bins",
+        "40",
+        "--crop",
+        S1_MOUTH,
+        "--workers",
+        "2",
+    ]
 
 
 def grid_loader(frames: int) -> list[str]:
@@ -100,29 +131,45 @@ def grid_loader(frames: int) -> list[str]:
 # schedule, or the learned weight from the official 0.95 or BalanceMM's 0.05); and ReconBoost's stage
 # lengths (a third of the run each, or 1 + 1 epochs as BalanceMM).
 VALIDATION_SWEEP = {
-    "ogm_ge": [[f"method.params.alpha={a}", f"method.params.modulation_ends={e}"]
-               for a, e in ((0.1, "{epochs}"), (0.5, "{epochs}"), (1.0, "{epochs}"), (0.5, "{third}"))],
+    "ogm_ge": [
+        [f"method.params.alpha={a}", f"method.params.modulation_ends={e}"]
+        for a, e in ((0.1, "{epochs}"), (0.5, "{epochs}"), (1.0, "{epochs}"), (0.5, "{third}"))
+    ],
     "agm": [[f"method.params.alpha={a}"] for a in (0.1, 1.0, 2.5)],
     "pmr": [[f"method.params.alpha={a}"] for a in (0.6, 1.0, 2.0)],
-    "lfm": [["method.params.weighting=fitted"],
-            ["method.params.weighting=learned", "method.params.init_weight=0.95"],
-            ["method.params.weighting=learned", "method.params.init_weight=0.05"]],
-    "reconboost": [["method.params.stage_epochs={third}", "method.params.correct_epochs={third}"],
-                   ["method.params.stage_epochs=1", "method.params.correct_epochs=1"]],
+    "lfm": [
+        ["method.params.weighting=fitted"],
+        ["method.params.weighting=learned", "method.params.init_weight=0.95"],
+        ["method.params.weighting=learned", "method.params.init_weight=0.05"],
+    ],
+    "reconboost": [
+        ["method.params.stage_epochs={third}", "method.params.correct_epochs={third}"],
+        ["method.params.stage_epochs=1", "method.params.correct_epochs=1"],
+    ],
 }
 
 # OGM / OGM-GE with alpha 0.1 over the whole run (a suite's sweep chose it)
-OGM_ALPHA_0_1 = {m: ["method.params.alpha=0.1", "method.params.modulation_starts=0",
-                     "method.params.modulation_ends={epochs}"] for m in ("ogm", "ogm_ge")}
+OGM_ALPHA_0_1 = {
+    m: ["method.params.alpha=0.1", "method.params.modulation_starts=0", "method.params.modulation_ends={epochs}"]
+    for m in ("ogm", "ogm_ge")
+}
 
 SUITES: dict[str, Suite] = {
     "synthetic": Suite(
         name="synthetic",
         description="the built-in synthetic audio-visual data (audio easy, visual weak); no preparation",
         dataset="synthetic",
-        recipe=["data.dataset=synthetic", "data.options.train_size=1200", "data.options.test_size=400",
-                "model.width=8", "model.layers=[1,1,1]", "data.batch_size=64", "optim.name=sgd",
-                "optim.lr=0.01", "optim.scheduler=cosine"],
+        recipe=[
+            "data.dataset=synthetic",
+            "data.options.train_size=1200",
+            "data.options.test_size=400",
+            "model.width=8",
+            "model.layers=[1,1,1]",
+            "data.batch_size=64",
+            "optim.name=sgd",
+            "optim.lr=0.01",
+            "optim.scheduler=cosine",
+        ],
         epochs=10,
         quick_epochs=1,
         quick_recipe=["data.options.train_size=192", "data.options.test_size=64"],
@@ -131,7 +178,7 @@ SUITES: dict[str, Suite] = {
     "grid-digit": Suite(
         name="grid-digit",
         description="GRID speaker s1, word-level spoken digit (10 classes): the digit word cut out of "
-                    "each clip with the alignment, 3 mouth-crop frames at 32x32 + 1 s 40-bin log-mel fbank",
+        "each clip with the alignment, 3 mouth-crop frames at 32x32 + 1 s 40-bin log-mel fbank",
         dataset="grid",
         prepare=grid_prepare("digit"),
         raw_required="grid/s1",
@@ -145,7 +192,7 @@ SUITES: dict[str, Suite] = {
     "grid-command": Suite(
         name="grid-command",
         description="GRID speaker s1, whole-sentence clips labelled by the command word (4 classes): "
-                    "5 mouth-crop frames at 32x32 + 3 s 40-bin log-mel fbank",
+        "5 mouth-crop frames at 32x32 + 3 s 40-bin log-mel fbank",
         dataset="grid",
         prepare=grid_prepare("sentence"),
         raw_required="grid/s1",
@@ -159,7 +206,7 @@ SUITES: dict[str, Suite] = {
     "avmnist": Suite(
         name="avmnist",
         description="AV-MNIST: FSDD spoken digits paired by class with MNIST images (10 classes), "
-                    "28x28 image + 1 s 40-bin log-mel fbank",
+        "28x28 image + 1 s 40-bin log-mel fbank",
         dataset="avmnist",
         prepare=["avmnist", "--root", "{raw}", "--out", "{cache}", "--workers", "2"],
         raw_required="fsdd/recordings",
