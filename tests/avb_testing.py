@@ -1,5 +1,6 @@
 """Small shared helpers for the tests (tiny models and batches, epoch data, plain training loops, paths)."""
 
+from contextlib import contextmanager
 from pathlib import Path
 from unittest import mock
 
@@ -52,6 +53,30 @@ def indexed_batches(count: int, batch_size: int, modalities=TWO, seed: int = 0) 
         batch["index"] = torch.arange(number * batch_size, (number + 1) * batch_size)
         batches.append(batch)
     return batches
+
+
+@contextmanager
+def registered(registry, builder):
+    """``builder`` registered in ``registry`` under ``builder.name`` inside the block, removed after it."""
+    registry.add(builder.name, builder)
+    try:
+        yield builder
+    finally:
+        registry.remove(builder.name)
+
+
+class TinySamples(torch.utils.data.Dataset):
+    """``size`` tiny samples for a DataLoader: sample ``i`` is drawn with seed ``i``, labelled ``i % 5``."""
+
+    def __init__(self, size):
+        self.size = size
+
+    def __len__(self):
+        return self.size
+
+    def __getitem__(self, index):
+        sample = {key: value[0] for key, value in tiny_batch(1, seed=index).items()}
+        return {**sample, "label": torch.tensor(index % 5)}
 
 
 class ListData:

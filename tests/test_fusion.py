@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from avb_testing import tiny_spec
+from avb_testing import registered, tiny_spec
 from avbalance.errors import ConfigError
 from avbalance.models import HEADS, FusionHead, HeadOutput, build_head, build_model, register_head, shapley_split
 from avbalance.registry import RegistryError
@@ -173,9 +173,8 @@ class MeanHead(FusionHead):
 
 @pytest.fixture
 def mean_head():
-    register_head(MeanHead)
-    yield MeanHead
-    HEADS.remove(MeanHead.name)
+    with registered(HEADS, MeanHead):
+        yield MeanHead
 
 
 def test_a_registered_head_is_built_by_name_in_a_model(mean_head):

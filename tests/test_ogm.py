@@ -251,18 +251,6 @@ def test_ogm_ge_noise_standard_deviation_statistically():
     assert checked >= 3
 
 
-def test_ogm_warns_under_adam(tiny_model):
-    method = get_method("ogm_ge")
-    with pytest.warns(UserWarning, match="Adam"):
-        method.setup(tiny_model, torch.optim.Adam(tiny_model.parameters()))
-    import warnings
-
-    with warnings.catch_warnings():
-        warnings.simplefilter("error")
-        method.setup(tiny_model, torch.optim.Adam(tiny_model.parameters()))  # only once
-        get_method("ogm").setup(tiny_model, torch.optim.SGD(tiny_model.parameters(), lr=0.1))
-
-
 def test_ogm_refuses_one_modality():
     from avb_testing import tiny_spec
     from avbalance.models import build_model

@@ -5,6 +5,7 @@ import json
 import pytest
 import torch
 
+from avb_testing import registered
 from avbalance.engine import evaluate, load_config, train
 from avbalance.methods import method_names, registry
 from avbalance.methods.base import Method, PlainStep
@@ -55,11 +56,8 @@ class HalfZeroVisual(Method):
 
 @pytest.fixture
 def test_methods():
-    for cls in (StepBaseline, HalfZeroVisual):
-        registry.register_method(cls)
-    yield
-    for cls in (StepBaseline, HalfZeroVisual):
-        registry.METHODS.remove(cls.name)
+    with registered(registry.METHODS, StepBaseline), registered(registry.METHODS, HalfZeroVisual):
+        yield
 
 
 def _last_state(run):

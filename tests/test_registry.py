@@ -5,6 +5,7 @@ import textwrap
 
 import pytest
 
+from avb_testing import registered
 from avbalance.errors import ConfigError
 from avbalance.methods import METHODS, Method, get_method, register_method
 from avbalance.registry import Registry, RegistryError
@@ -120,9 +121,8 @@ class Halving(Method):
 
 @pytest.fixture
 def halving():
-    register_method(Halving)
-    yield Halving
-    METHODS.remove(Halving.name)
+    with registered(METHODS, Halving):
+        yield Halving
 
 
 def test_methods_registry_builds_by_name_with_hyperparameters(halving):

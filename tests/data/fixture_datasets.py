@@ -22,18 +22,18 @@ def frequency(index: int) -> float:
     return 300.0 + 120.0 * index
 
 
+def write_tone_video(path: Path, seconds: float, fps: int, index: int, rate: int = 16000, **options) -> Path:
+    """A video whose audio track is class ``index``'s tone (sampled at ``rate``) over the whole clip."""
+    audio = tone(seconds, rate, frequency(index))
+    return write_video(path, seconds=seconds, fps=fps, audio=audio, audio_rate=rate, **options)
+
+
 def make_cremad(root: Path, actors=(1001, 1002, 1003, 1004, 1005)) -> Path:
     """Every actor says one sentence with every emotion; flv video with an mp3 track + 16 kHz wav."""
     for actor in actors:
         for index, emotion in enumerate(CREMAD_EMOTIONS):
             stem = f"{actor}_DFA_{emotion}_XX"
-            write_video(
-                root / "VideoFlash" / f"{stem}.flv",
-                seconds=2.5,
-                fps=10,
-                audio=tone(2.5, 22050, frequency(index)),
-                audio_rate=22050,
-            )
+            write_tone_video(root / "VideoFlash" / f"{stem}.flv", 2.5, fps=10, index=index, rate=22050)
             write_wav(root / "AudioWAV" / f"{stem}.wav", tone(2.2, 16000, frequency(index)), 16000)
     return root
 
@@ -47,9 +47,7 @@ def make_ave(root: Path) -> Path:
             for _ in range(count):
                 video_id = f"vid{number:03d}"
                 number += 1
-                write_video(
-                    root / "AVE" / f"{video_id}.mp4", seconds=3.0, fps=10, audio=tone(3.0, 16000, frequency(index))
-                )
+                write_tone_video(root / "AVE" / f"{video_id}.mp4", 3.0, fps=10, index=index)
                 rows[split].append(f"{category}&{video_id}&good&1&3")
     header = "Category&VideoID&Quality&StartTime&EndTime"
     (root / "Annotations.txt").write_text("\n".join([header, *rows["train"], *rows["val"], *rows["test"]]) + "\n")
@@ -71,12 +69,7 @@ def make_kinetics_sounds(root: Path) -> Path:
                     youtube_id = f"{split}{index}{k}-x_Y"
                     writer.writerow([label, youtube_id, 10, 12, split, 0])
                     folder = root / split / label.replace(" ", "_")
-                    write_video(
-                        folder / f"{youtube_id}_000010_000012.mp4",
-                        seconds=2.0,
-                        fps=10,
-                        audio=tone(2.0, 16000, frequency(index)),
-                    )
+                    write_tone_video(folder / f"{youtube_id}_000010_000012.mp4", 2.0, fps=10, index=index)
     (root / "classes.txt").write_text("playing drums\nplaying piano\n")
     return root
 
@@ -89,12 +82,7 @@ def make_vggsound(root: Path) -> Path:
         for k, split in enumerate(["train", "train", "train", "test"]):
             youtube_id = f"v{index}{k}"
             rows.append([youtube_id, 30 + k, label, split])
-            write_video(
-                root / "video" / f"{youtube_id}_{30 + k:06d}.mp4",
-                seconds=2.0,
-                fps=10,
-                audio=tone(2.0, 16000, frequency(index)),
-            )
+            write_tone_video(root / "video" / f"{youtube_id}_{30 + k:06d}.mp4", 2.0, fps=10, index=index)
     rows.append(["gone", 5, labels[0], "train"])  # no video on disk
     with open(root / "vggsound.csv", "w", newline="") as handle:
         csv.writer(handle).writerows(rows)
@@ -149,12 +137,7 @@ def make_voxceleb(root: Path) -> Path:
     for index, speaker in enumerate(["id00012", "id00015"]):
         for video in ("aaaa", "bbbb", "cccc"):
             for utt in ("00001", "00002"):
-                write_video(
-                    root / "mp4" / speaker / video / f"{utt}.mp4",
-                    seconds=1.5,
-                    fps=10,
-                    audio=tone(1.5, 16000, frequency(index)),
-                )
+                write_tone_video(root / "mp4" / speaker / video / f"{utt}.mp4", 1.5, fps=10, index=index)
     for video in ("dddd", "eeee", "ffff"):
         write_wav(root / "wav" / "id10001" / video / "00001.wav", tone(1.5, 16000, frequency(2)), 16000)
         write_frame_folder(root / "frames" / "id10001" / video / "00001", count=30, size=24)
@@ -210,13 +193,7 @@ def make_grid(root: Path, extension: str = ".mpg") -> Path:
     """GRID speaker s1: 3 s clips whose words are aligned 0.4 s apart after 0.5 s of silence."""
     for index, sentence in enumerate(GRID_SENTENCES):
         stem = f"clip{index:02d}"
-        write_video(
-            root / "s1" / f"{stem}{extension}",
-            seconds=3.0,
-            fps=25,
-            size=(48, 48),
-            audio=tone(3.0, 16000, frequency(index)),
-        )
+        write_tone_video(root / "s1" / f"{stem}{extension}", 3.0, fps=25, index=index, size=(48, 48))
         lines = ["0 12500 sil"]
         for k, word in enumerate(sentence.split()):
             start = 12500 + k * 10000

@@ -173,36 +173,19 @@ def test_voxceleb_evaluation_set(tmp_path):
         read_prepared_clips(tmp_path / "none")
 
 
-# Settings written by the prepare command before the options became models: a cache prepared
-# then must resume, so the same flags must give exactly these settings.
+def earlier_settings(fps: float, size: int, audio: str, sample_rate: int, seconds: float) -> dict:
+    """A settings record as the prepare command wrote it before the options became models (the keys
+    not given here had the same value for every dataset)."""
+    recipe = {"name": audio, "sample_rate": sample_rate, "seconds": seconds, "n_fft": 512, "hop": 353, "mel_bins": 128}
+    fixed = {"waveform": False, "folder_fps": 25.0, "min_seconds": 0.1, "allow_missing_audio": False}
+    return {"fps": fps, "size": size, **fixed, "audio": recipe}
+
+
+# A cache prepared with the earlier command must resume, so the same flags must give exactly these settings.
 EARLIER_SETTINGS = {
-    ("esc50",): {
-        "fps": 1.0,
-        "size": 224,
-        "waveform": False,
-        "folder_fps": 25.0,
-        "min_seconds": 0.1,
-        "allow_missing_audio": False,
-        "audio": {"name": "ogm", "sample_rate": 22050, "seconds": 5.0, "n_fft": 512, "hop": 353, "mel_bins": 128},
-    },
-    ("grid", "--size", "16"): {
-        "fps": 25.0,
-        "size": 16,
-        "waveform": False,
-        "folder_fps": 25.0,
-        "min_seconds": 0.1,
-        "allow_missing_audio": False,
-        "audio": {"name": "fbank", "sample_rate": 16000, "seconds": 1.0, "n_fft": 512, "hop": 353, "mel_bins": 128},
-    },
-    ("voxceleb", "--size", "16"): {
-        "fps": 1.0,
-        "size": 16,
-        "waveform": False,
-        "folder_fps": 25.0,
-        "min_seconds": 0.1,
-        "allow_missing_audio": False,
-        "audio": {"name": "fbank", "sample_rate": 16000, "seconds": 4.0, "n_fft": 512, "hop": 353, "mel_bins": 128},
-    },
+    ("esc50",): earlier_settings(1.0, 224, "ogm", 22050, 5.0),
+    ("grid", "--size", "16"): earlier_settings(25.0, 16, "fbank", 16000, 1.0),
+    ("voxceleb", "--size", "16"): earlier_settings(1.0, 16, "fbank", 16000, 4.0),
 }
 
 

@@ -24,7 +24,7 @@ from fixture_datasets import (
     make_voxceleb,
 )
 from fixture_media import tone, write_frame_folder, write_video, write_wav
-from prep_helpers import prepare
+from prep_helpers import prepare, prepared_cache
 
 from avbalance.data import build_dataset
 from avbalance.data.prepare.cache import PreparedCache
@@ -107,8 +107,7 @@ def test_cremad_official_lists(tmp_path):
 def test_ave_official_splits_and_event_segments(tmp_path):
     raw = make_ave(tmp_path / "raw")
     out = tmp_path / "cache"
-    assert prepare("ave", raw, out, "--size", "16", "--seconds", "3", "--event-only") == 0
-    cache = PreparedCache(out)
+    cache = prepared_cache("ave", raw, out, "--size", "16", "--seconds", "3", "--event-only")
     assert cache.class_names == ["Church bell", "Dog bark", "Male speech"]
     assert Counter(r["split"] for r in cache.ok_rows()) == {"train": 9, "val": 3, "test": 3}
     # the event is [1, 3) s of each clip at 1 fps: two frames per clip
@@ -122,8 +121,7 @@ def test_ave_official_splits_and_event_segments(tmp_path):
 def test_kinetics_sounds_class_list_and_splits(tmp_path):
     raw = make_kinetics_sounds(tmp_path / "raw")
     out = tmp_path / "cache"
-    assert prepare("kinetics_sounds", raw, out, "--size", "16", "--seconds", "2") == 0
-    cache = PreparedCache(out)
+    cache = prepared_cache("kinetics_sounds", raw, out, "--size", "16", "--seconds", "2")
     assert cache.class_names == ["playing drums", "playing piano"]
     assert (out / "classes.txt").read_text() == "playing drums\nplaying piano\n"
     assert Counter(r["split"] for r in cache.ok_rows()) == {"train": 6, "test": 2}
@@ -152,8 +150,7 @@ def test_vggsound_derived_classes_and_audio_window(tmp_path):
 def test_esc50_folds(tmp_path):
     raw = make_esc50(tmp_path / "raw")
     out = tmp_path / "cache"
-    assert prepare("esc50", raw, out) == 0
-    cache = PreparedCache(out)
+    cache = prepared_cache("esc50", raw, out)
     assert cache.class_names == ["dog", "rooster", "rain"] and set(cache.modalities) == {"audio"}
     splits = build_dataset("esc50", str(out), test_fold=2, val_fold=3)
     assert (len(splits.train), len(splits.val), len(splits.test)) == (9, 3, 3)
@@ -166,8 +163,7 @@ def test_esc50_folds(tmp_path):
 def test_ssw60_keeps_videos_without_audio(tmp_path):
     raw = make_ssw60(tmp_path / "raw")
     out = tmp_path / "cache"
-    assert prepare("ssw60", raw, out, "--size", "16", "--seconds", "2") == 0
-    cache = PreparedCache(out)
+    cache = prepared_cache("ssw60", raw, out, "--size", "16", "--seconds", "2")
     assert cache.class_names == ["Canada Goose", "Wood Duck"]
     rows = {r["id"]: r for r in cache.ok_rows()}
     assert len(rows) == 6 and rows["4812"]["audio_present"] == "0" and rows["4800"]["audio_present"] == "1"
@@ -219,8 +215,7 @@ def test_voxceleb_identities_from_mp4_and_frame_folders(tmp_path):
 def test_ucf101_rgb_and_flow(tmp_path):
     raw = make_ucf101(tmp_path / "raw")
     out = tmp_path / "cache"
-    assert prepare("ucf101", raw, out, "--size", "16", "--fps", "2") == 0
-    cache = PreparedCache(out)
+    cache = prepared_cache("ucf101", raw, out, "--size", "16", "--fps", "2")
     assert cache.class_names == ["ApplyEyeMakeup", "Archery"] and set(cache.modalities) == {"visual", "flow"}
     assert Counter(r["split"] for r in cache.ok_rows()) == {"train": 4, "test": 2}
     row = cache.ok_rows()[0]
@@ -242,8 +237,7 @@ def test_ucf101_rgb_and_flow(tmp_path):
 def test_grid_digit_words_are_cut_with_the_alignment(tmp_path, extension):
     raw = make_grid(tmp_path / "raw", extension)
     out = tmp_path / "cache"
-    assert prepare("grid", raw, out, "--size", "16") == 0
-    cache = PreparedCache(out)
+    cache = prepared_cache("grid", raw, out, "--size", "16")
     assert cache.info == {"task": "digit"} and len(cache.ok_rows()) == 10
     # each word lasts 0.4 s: 10 frames at 25 fps, cut from 2.1 s to 2.5 s (frames 52-61 of 75)
     row = cache.ok_rows()[0]

@@ -7,7 +7,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from avb_testing import tiny_batch, tiny_spec
+from avb_testing import TinySamples, tiny_batch, tiny_spec
 from avbalance.engine.epoch_data import LoaderEpochData
 from avbalance.methods import get_method
 from avbalance.methods.gblending import blending_weights, mean_losses
@@ -97,21 +97,9 @@ def test_weights_loss_and_gradients_follow_the_paper(seed):
         torch.testing.assert_close(g, w, atol=1e-6, rtol=0)
 
 
-class Samples(torch.utils.data.Dataset):
-    def __init__(self, size):
-        self.size = size
-
-    def __len__(self):
-        return self.size
-
-    def __getitem__(self, index):
-        batch = tiny_batch(1, seed=index)
-        return {**{k: v[0] for k, v in batch.items()}, "label": torch.tensor(index % 5)}
-
-
 def test_each_refresh_trains_its_copies_on_new_orders(tiny_model):
     """The copies of a refresh read new shuffled orders, and so does every later refresh."""
-    data = LoaderEpochData(Samples(24), Samples(8), 4, torch.device("cpu"), seed=3)
+    data = LoaderEpochData(TinySamples(24), TinySamples(8), 4, torch.device("cpu"), seed=3)
     orders = []
     original = data.train_batches
 

@@ -50,9 +50,41 @@ def ogm_step(method, model, optimizer, batch):
     return output
 
 
+def plain_step(model, batch, optimizer):
+    """The parameter change of one unmodulated ``optimizer`` step on fixed gradients."""
+    before = snapshot(model)
+    model(batch)
+    fixed_gradients(model)
+    optimizer.step()
+    return deltas(model, before)
+
+
+def method_step(method, model, optimizer, batch):
+    """One training step: the method's loss, backward, its gradient hook, the optimizer step."""
+    output = model(batch)
+    loss = method.loss(output, batch)
+    optimizer.zero_grad()
+    loss.backward()
+    method.after_backward(model, output, batch)
+    optimizer.step()
+
+
 def selected_names(model, modality, selection="conv"):
     chosen = {id(p) for p in select_tensors(model.encoders[modality], selection)}
     return {name for name, p in model.named_parameters() if id(p) in chosen}
+
+
+def adamw_reference(plain, batch, alpha=0.6):
+    """OGM's coefficients for ``batch`` and the change of one plain AdamW step (lr 1e-2) of ``plain``."""
+    k = ogm_coefficients(plain(batch).unimodal_logits, batch["label"], alpha)
+    return k, plain_step(plain, batch, torch.optim.AdamW(plain.parameters(), lr=1e-2))
+
+
+def assert_scaled_updates(got, reference, k, model, **tolerance):
+    """Each modality's selected tensors moved by its coefficient times their plain update."""
+    for modality, coefficient in k.items():
+        for name in selected_names(model, modality):
+            torch.testing.assert_close(got[name], float(coefficient) * reference[name], **tolerance)
 
 
 def test_lr_scales_adamw_update_by_coefficient_while_grad_is_cancelled():
@@ -65,17 +97,15 @@ def test_lr_scales_adamw_update_by_coefficient_while_grad_is_cancelled():
     results = {}
     for name, model in (("plain", plain), ("lr", via_lr), ("grad", via_grad)):
         optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2, weight_decay=0.05)
-        before = snapshot(model)
         if name == "plain":
-            model(batch)
-            fixed_gradients(model)
-            optimizer.step()
-        else:
-            method = get_method("ogm", alpha=alpha, modulate_via=name)
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")  # grad under AdamW warns that it cancels
-                method.setup(model, optimizer)
-            ogm_step(method, model, optimizer, batch)
+            results[name] = plain_step(model, batch, optimizer)
+            continue
+        method = get_method("ogm", alpha=alpha, modulate_via=name)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # grad under AdamW warns that it cancels
+            method.setup(model, optimizer)
+        before = snapshot(model)
+        ogm_step(method, model, optimizer, batch)
         results[name] = deltas(model, before)
 
     for modality, coefficient in k.items():
@@ -99,18 +129,14 @@ def test_lr_keeps_update_bit_exact_when_coefficient_is_one():
     k = ogm_coefficients(plain(batch).unimodal_logits, batch["label"], 0.6)
     kept = [m for m, c in k.items() if float(c) == 1.0]
     assert kept
-    before = snapshot(plain)
-    optimizer = torch.optim.Adam(plain.parameters(), lr=1e-2)
-    plain(batch)
-    fixed_gradients(plain)
-    optimizer.step()
+    reference = plain_step(plain, batch, torch.optim.Adam(plain.parameters(), lr=1e-2))
     method = get_method("ogm", alpha=0.6, modulate_via="lr")
     optimizer = torch.optim.Adam(via_lr.parameters(), lr=1e-2)
     method.setup(via_lr, optimizer)
     ogm_step(method, via_lr, optimizer, batch)
     for name in selected_names(plain, kept[0]):
         assert torch.equal(dict(via_lr.named_parameters())[name], dict(plain.named_parameters())[name])
-        assert not torch.equal(dict(via_lr.named_parameters())[name], before[name])
+        assert reference[name].any()  # the step moved the parameter
 
 
 def sgd_run(modulate_via, steps=3):
@@ -119,13 +145,7 @@ def sgd_run(modulate_via, steps=3):
     method = get_method("ogm_ge", alpha=0.5, seed=4, modulate_via=modulate_via)
     method.setup(model, optimizer)
     for step in range(steps):
-        batch = tiny_batch(seed=step)
-        output = model(batch)
-        loss = method.loss(output, batch)
-        optimizer.zero_grad()
-        loss.backward()
-        method.after_backward(model, output, batch)
-        optimizer.step()
+        method_step(method, model, optimizer, tiny_batch(seed=step))
     return model, method
 
 
@@ -151,16 +171,18 @@ def test_auto_resolution_by_optimizer():
     assert is_adaptive(MyAdamVariant(params, lr=0.1))
 
 
-def test_auto_says_once_what_it_chose_and_explicit_grad_keeps_the_adam_warning(tiny_model):
-    method = get_method("ogm")
-    with pytest.warns(UserWarning, match="modulate_via='auto' scales .* under AdamW"):
-        method.setup(tiny_model, torch.optim.AdamW(tiny_model.parameters()))
+@pytest.mark.parametrize(("method_name", "adaptive"), [("ogm", torch.optim.AdamW), ("ogm_ge", torch.optim.Adam)])
+def test_auto_says_once_what_it_chose_and_explicit_grad_keeps_the_adam_warning(tiny_model, method_name, adaptive):
+    method = get_method(method_name)
+    with pytest.warns(UserWarning, match=f"modulate_via='auto' scales .* under {adaptive.__name__},"):
+        method.setup(tiny_model, adaptive(tiny_model.parameters()))
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        method.setup(tiny_model, torch.optim.AdamW(tiny_model.parameters()))
+        method.setup(tiny_model, adaptive(tiny_model.parameters()))  # only once
         get_method("agm", modulate_via="lr").setup(tiny_model, torch.optim.Adam(tiny_model.parameters()))
+        get_method("ogm").setup(tiny_model, torch.optim.SGD(tiny_model.parameters(), lr=0.1))
     with pytest.warns(UserWarning, match="cancels"):
-        get_method("ogm", modulate_via="grad").setup(tiny_model, torch.optim.Adam(tiny_model.parameters()))
+        get_method(method_name, modulate_via="grad").setup(tiny_model, torch.optim.Adam(tiny_model.parameters()))
 
 
 def test_lr_needs_the_optimizer(tiny_model):
@@ -177,13 +199,7 @@ def test_lr_needs_the_optimizer(tiny_model):
 def test_setup_twice_does_not_stack_hooks_and_a_new_optimizer_releases_the_old():
     plain, twice, moved = twin_models(3)
     batch = tiny_batch(seed=1)
-    k = ogm_coefficients(plain(batch).unimodal_logits, batch["label"], 0.6)
-    optimizer = torch.optim.AdamW(plain.parameters(), lr=1e-2)
-    before = snapshot(plain)
-    plain(batch)
-    fixed_gradients(plain)
-    optimizer.step()
-    reference = deltas(plain, before)
+    k, reference = adamw_reference(plain, batch)
 
     method = get_method("ogm", alpha=0.6, modulate_via="lr")
     optimizer = torch.optim.AdamW(twice.parameters(), lr=1e-2)
@@ -191,10 +207,7 @@ def test_setup_twice_does_not_stack_hooks_and_a_new_optimizer_releases_the_old()
     method.setup(twice, optimizer)
     before = snapshot(twice)
     ogm_step(method, twice, optimizer, batch)
-    twice_deltas = deltas(twice, before)
-    for modality, coefficient in k.items():
-        for name in selected_names(plain, modality):
-            torch.testing.assert_close(twice_deltas[name], float(coefficient) * reference[name])
+    assert_scaled_updates(deltas(twice, before), reference, k, plain)
 
     old = torch.optim.AdamW(moved.parameters(), lr=1e-2)
     method = get_method("ogm", alpha=0.6, modulate_via="lr")
@@ -211,13 +224,7 @@ def test_lr_under_a_closure_step_as_lightning_runs_it():
     ``optimizer.step(closure)``: after the pre-hook. The update is still scaled by the step's k."""
     plain, closure_model = twin_models(2)
     batch = tiny_batch(seed=1)
-    k = ogm_coefficients(plain(batch).unimodal_logits, batch["label"], 0.6)
-    optimizer = torch.optim.AdamW(plain.parameters(), lr=1e-2)
-    before = snapshot(plain)
-    plain(batch)
-    fixed_gradients(plain)
-    optimizer.step()
-    reference = deltas(plain, before)
+    k, reference = adamw_reference(plain, batch)
 
     method = get_method("ogm", alpha=0.6, modulate_via="lr")
     optimizer = torch.optim.AdamW(closure_model.parameters(), lr=1e-2)
@@ -231,21 +238,13 @@ def test_lr_under_a_closure_step_as_lightning_runs_it():
         return torch.zeros(())
 
     optimizer.step(closure)
-    got = deltas(closure_model, before)
-    for modality, coefficient in k.items():
-        for name in selected_names(plain, modality):
-            torch.testing.assert_close(got[name], float(coefficient) * reference[name], rtol=1e-5, atol=1e-8)
+    assert_scaled_updates(deltas(closure_model, before), reference, k, plain, rtol=1e-5, atol=1e-8)
 
 
 def test_lr_outside_the_window_takes_no_snapshot_and_leaves_the_update():
     plain, late = twin_models(2)
     batch = tiny_batch(seed=1)
-    optimizer = torch.optim.AdamW(plain.parameters(), lr=1e-2)
-    before = snapshot(plain)
-    plain(batch)
-    fixed_gradients(plain)
-    optimizer.step()
-    reference = deltas(plain, before)
+    reference = plain_step(plain, batch, torch.optim.AdamW(plain.parameters(), lr=1e-2))
     method = get_method("ogm", alpha=0.6, modulation_starts=2, modulate_via="lr")
     optimizer = torch.optim.AdamW(late.parameters(), lr=1e-2)
     method.setup(late, optimizer)
@@ -258,13 +257,7 @@ def test_lr_outside_the_window_takes_no_snapshot_and_leaves_the_update():
 
 def adamw_ogm_ge_steps(method, model, optimizer, seeds):
     for seed in seeds:
-        batch = tiny_batch(seed=seed)
-        output = model(batch)
-        loss = method.loss(output, batch)
-        optimizer.zero_grad()
-        loss.backward()
-        method.after_backward(model, output, batch)
-        optimizer.step()
+        method_step(method, model, optimizer, tiny_batch(seed=seed))
 
 
 def test_lr_state_dict_round_trip_continues_identically():

@@ -5,7 +5,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from avb_testing import SHAPES, ListData, tiny_batch, tiny_spec
+from avb_testing import ListData, TinySamples, tiny_batch, tiny_spec
 from avbalance.engine.epoch_data import LoaderEpochData
 from avbalance.errors import ConfigError
 from avbalance.methods import get_method
@@ -156,22 +156,6 @@ def test_defaults_follow_the_official_code_and_the_rule_sets_mu():
         get_method("pmr", mu=-0.1)
 
 
-class Samples(torch.utils.data.Dataset):
-    def __init__(self, size):
-        self.size = size
-
-    def __len__(self):
-        return self.size
-
-    def __getitem__(self, index):
-        generator = torch.Generator().manual_seed(index)
-        return {
-            "audio": torch.randn(*SHAPES["audio"], generator=generator),
-            "visual": torch.randn(*SHAPES["visual"], generator=generator),
-            "label": torch.tensor(index % 5),
-        }
-
-
 def _prototype_subsets(data, tiny_model, epochs):
     """The training indices each epoch's prototype pass reads."""
     seen = []
@@ -196,7 +180,7 @@ def test_prototypes_come_from_a_fresh_reproducible_subset_every_epoch(tiny_model
     a run resumed at an epoch start draws what the uninterrupted run draws."""
 
     def epoch_data(seed, epoch=0):
-        return LoaderEpochData(Samples(200), Samples(20), 4, torch.device("cpu"), seed=seed, epoch=epoch)
+        return LoaderEpochData(TinySamples(200), TinySamples(20), 4, torch.device("cpu"), seed=seed, epoch=epoch)
 
     subsets = _prototype_subsets(epoch_data(7), tiny_model, range(4))
     assert all(len(s) == 20 for s in subsets)

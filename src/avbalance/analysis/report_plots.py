@@ -86,6 +86,14 @@ def _style(axis, title: str, xlabel: str, ylabel: str | None = None) -> None:
     axis.spines[["top", "right"]].set_visible(False)
 
 
+def _plot_band(axis, curve: tuple[np.ndarray, np.ndarray, np.ndarray], color, linestyle: str) -> None:
+    """A mean curve ``(epochs, mean, std)`` with its ± std band; markers only while they stay readable."""
+    epochs, mean, std = curve
+    marker = "o" if len(epochs) <= 20 else None
+    axis.plot(epochs, mean, color=color, linestyle=linestyle, linewidth=1.8, marker=marker, markersize=3)
+    axis.fill_between(epochs, mean - std, mean + std, color=color, alpha=0.15, linewidth=0)
+
+
 def plot_learning_curves(groups: Sequence[Group], path: Path, split: str, with_loss: bool = False) -> str:
     """One panel per output (and the loss), one line per group: mean over runs, band ± std."""
     panels = [FUSED, *all_modalities(groups)] + (["loss"] if with_loss else [])
@@ -93,19 +101,9 @@ def plot_learning_curves(groups: Sequence[Group], path: Path, split: str, with_l
     for axis, panel in zip(axes, panels):
         key = f"{split}/loss" if panel == "loss" else f"{split}/acc" + ("" if panel == FUSED else f"_{panel}")
         for group in groups:
-            epochs, mean, std = history_curve(group, key)
-            if not len(epochs):
-                continue
-            axis.plot(
-                epochs,
-                mean,
-                color=group.color,
-                linestyle=LINE_STYLES.get(panel, "-"),
-                linewidth=1.8,
-                marker="o" if len(epochs) <= 20 else None,
-                markersize=3,
-            )
-            axis.fill_between(epochs, mean - std, mean + std, color=group.color, alpha=0.15, linewidth=0)
+            curve = history_curve(group, key)
+            if len(curve[0]):
+                _plot_band(axis, curve, group.color, LINE_STYLES.get(panel, "-"))
         ylabel = "loss" if panel == "loss" else "accuracy"
         _style(axis, "training loss" if panel == "loss" else f"{panel} ({split})", "epoch", ylabel)
     _legend_below(figure, _group_handles(groups))
@@ -138,18 +136,9 @@ def plot_method_logs(groups: Sequence[Group], path: Path) -> bool:
     modalities: list[str] = []
     for axis, quantity in zip(axes, quantities):
         for group, group_curves in zip(groups, curves):
-            for modality, (epochs, mean, std) in group_curves.get(quantity, {}).items():
+            for modality, curve in group_curves.get(quantity, {}).items():
                 modalities += [modality] if modality not in modalities else []
-                axis.plot(
-                    epochs,
-                    mean,
-                    color=group.color,
-                    linestyle=LINE_STYLES.get(modality, ":"),
-                    linewidth=1.8,
-                    marker="o" if len(epochs) <= 20 else None,
-                    markersize=3,
-                )
-                axis.fill_between(epochs, mean - std, mean + std, color=group.color, alpha=0.15, linewidth=0)
+                _plot_band(axis, curve, group.color, LINE_STYLES.get(modality, ":"))
         _style(axis, quantity, "epoch", "epoch mean")
     with_logs = [group for group, group_curves in zip(groups, curves) if group_curves]
     handles = _group_handles(with_logs) + [

@@ -154,6 +154,23 @@ OGM_ALPHA_0_1 = {
     for m in ("ogm", "ogm_ge")
 }
 
+
+def validated_suite(
+    name: str, description: str, dataset: str, recipe: list[str], epochs: int, prepare: list[str], raw_required: str
+) -> Suite:
+    """A real-data suite with the validation sweep. Its OGM / OGM-GE settings were chosen by ``--sweep``
+    on validation (benchmarks/results/<name>/sweep.md)."""
+    suite = Suite(name, description, dataset, recipe, epochs, prepare=prepare, raw_required=raw_required)
+    suite.sweep, suite.method_params = VALIDATION_SWEEP, OGM_ALPHA_0_1
+    return suite
+
+
+def grid_suite(name: str, description: str, task: str, frames: int, options: list[str], epochs: int) -> Suite:
+    """A suite on GRID speaker s1 (mouth crops at 32x32, 40-bin fbank) with the small model."""
+    recipe = [*grid_loader(frames), *options, *SMALL_GRID]
+    return validated_suite(name, description, "grid", recipe, epochs, grid_prepare(task), "grid/s1")
+
+
 SUITES: dict[str, Suite] = {
     "synthetic": Suite(
         name="synthetic",
@@ -175,47 +192,33 @@ SUITES: dict[str, Suite] = {
         quick_recipe=["data.options.train_size=192", "data.options.test_size=64"],
         sweep={"ogm_ge": [["method.params.alpha=0.1"], ["method.params.alpha=0.5"]]},
     ),
-    "grid-digit": Suite(
-        name="grid-digit",
-        description="GRID speaker s1, word-level spoken digit (10 classes): the digit word cut out of "
+    "grid-digit": grid_suite(
+        "grid-digit",
+        "GRID speaker s1, word-level spoken digit (10 classes): the digit word cut out of "
         "each clip with the alignment, 3 mouth-crop frames at 32x32 + 1 s 40-bin log-mel fbank",
-        dataset="grid",
-        prepare=grid_prepare("digit"),
-        raw_required="grid/s1",
-        recipe=[*grid_loader(3), *SMALL_GRID],
+        task="digit",
+        frames=3,
+        options=[],
         epochs=16,
-        quick_epochs=1,
-        sweep=VALIDATION_SWEEP,
-        # chosen by `--sweep` on validation (benchmarks/results/grid-digit/sweep.md)
-        method_params=OGM_ALPHA_0_1,
     ),
-    "grid-command": Suite(
-        name="grid-command",
-        description="GRID speaker s1, whole-sentence clips labelled by the command word (4 classes): "
+    "grid-command": grid_suite(
+        "grid-command",
+        "GRID speaker s1, whole-sentence clips labelled by the command word (4 classes): "
         "5 mouth-crop frames at 32x32 + 3 s 40-bin log-mel fbank",
-        dataset="grid",
-        prepare=grid_prepare("sentence"),
-        raw_required="grid/s1",
-        recipe=[*grid_loader(5), "data.options.task=command", *SMALL_GRID],
+        task="sentence",
+        frames=5,
+        options=["data.options.task=command"],
         epochs=8,
-        quick_epochs=1,
-        sweep=VALIDATION_SWEEP,
-        # chosen by `--sweep` on validation (benchmarks/results/grid-command/sweep.md)
-        method_params=OGM_ALPHA_0_1,
     ),
-    "avmnist": Suite(
-        name="avmnist",
-        description="AV-MNIST: FSDD spoken digits paired by class with MNIST images (10 classes), "
+    "avmnist": validated_suite(
+        "avmnist",
+        "AV-MNIST: FSDD spoken digits paired by class with MNIST images (10 classes), "
         "28x28 image + 1 s 40-bin log-mel fbank",
         dataset="avmnist",
         prepare=["avmnist", "--root", "{raw}", "--out", "{cache}", "--workers", "2"],
         raw_required="fsdd/recordings",
         recipe=["data.dataset=avmnist", *SMALL_GRID],
         epochs=5,
-        quick_epochs=1,
-        sweep=VALIDATION_SWEEP,
-        # chosen by `--sweep` on validation (benchmarks/results/avmnist/sweep.md)
-        method_params=OGM_ALPHA_0_1,
     ),
 }
 

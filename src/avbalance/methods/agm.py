@@ -144,18 +144,11 @@ class AGM(ModulationTarget, ModulationWindow, Method):
     min_modalities = 2
     scales_gradients = True
 
-    def __init__(
-        self,
-        preset: Literal["official", "balancemm"] = "official",
-        alpha: float | None = None,
-        clip: float | None = None,
-        clip_grad: float | None = None,
-        apply: Literal["shares", "encoders"] | None = None,
-        modulate: TensorSelection | None = None,
-        modulation_starts: int = 0,
-        modulation_ends: int | None = None,
-        modulate_via: ModulateVia = "auto",
-    ) -> None:
+    def __init__(self, preset: Literal["official", "balancemm"] = "official", alpha: float | None = None,
+                 clip: float | None = None, clip_grad: float | None = None,
+                 apply: Literal["shares", "encoders"] | None = None, modulate: TensorSelection | None = None,
+                 modulation_starts: int = 0, modulation_ends: int | None = None,
+                 modulate_via: ModulateVia = "auto") -> None:  # fmt: skip
         super().__init__()
         self.init_target(modulate_via)
         given = {"alpha": alpha, "clip": clip, "clip_grad": clip_grad, "apply": apply, "modulate": modulate}

@@ -68,15 +68,9 @@ class AMCo(Method):
     min_modalities = 2
     overrides_step = True
 
-    def __init__(
-        self,
-        sigma: float = 0.5,
-        eps: float = 0.3,
-        rate: float = 0.1,
-        schedule: Literal["progress", "balancemm"] = "progress",
-        dependence: Literal["unmasked", "masked"] = "unmasked",
-        seed: int | None = None,
-    ) -> None:
+    def __init__(self, sigma: float = 0.5, eps: float = 0.3, rate: float = 0.1,
+                 schedule: Literal["progress", "balancemm"] = "progress",
+                 dependence: Literal["unmasked", "masked"] = "unmasked", seed: int | None = None) -> None:  # fmt: skip
         super().__init__()
         if eps <= 0:
             raise ValueError(f"eps must be > 0, got {eps}")

@@ -82,15 +82,9 @@ class CML(ModulationWindow, Method):
     name = "cml"
     min_modalities = 2
 
-    def __init__(
-        self,
-        lam: float = 0.1,
-        modulation_starts: int = 0,
-        modulation_ends: int = 80,
-        hinge: Literal["sample", "batch"] = "sample",
-        mask: bool = True,
-        seed: int | None = None,
-    ) -> None:
+    def __init__(self, lam: float = 0.1, modulation_starts: int = 0, modulation_ends: int = 80,
+                 hinge: Literal["sample", "batch"] = "sample", mask: bool = True,
+                 seed: int | None = None) -> None:  # fmt: skip
         super().__init__()
         check_param(lam >= 0, self.name, f"lam must be >= 0, got {lam}")
         self.lam, self.hinge, self.mask, self.seed = lam, hinge, mask, seed

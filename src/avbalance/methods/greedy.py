@@ -64,15 +64,9 @@ class Greedy(Method):
     min_modalities = 2
     max_modalities = 2
 
-    def __init__(
-        self,
-        threshold: float = 0.01,
-        window: int = 5,
-        starting_epoch: int = 2,
-        loss_on: Literal["unimodal", "fused"] = "unimodal",
-        stages: list[int] | None = None,
-        ratio: int = 4,
-    ) -> None:
+    def __init__(self, threshold: float = 0.01, window: int = 5, starting_epoch: int = 2,
+                 loss_on: Literal["unimodal", "fused"] = "unimodal", stages: list[int] | None = None,
+                 ratio: int = 4) -> None:  # fmt: skip
         super().__init__()
         if window < 1:
             raise ValueError(f"window must be >= 1, got {window}")

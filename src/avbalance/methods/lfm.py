@@ -97,22 +97,12 @@ class LFM(Method):
     name = "lfm"
     min_modalities = 2
 
-    def __init__(
-        self,
-        weighting: Literal["fitted", "learned", "heuristic"] = "fitted",
-        alignment: Literal["divergence", "contrastive"] = "divergence",
-        classification: Literal["mean", "fused"] = "mean",
-        unimodal_ce: bool = False,
-        scale: float = 2.0,
-        temperature: float = 0.07,
-        init_weight: float = 0.95,
-        lr_alpha: float = 1e-4,
-        halve_every: int = 20,
-        decay: float = 0.3,
-        hvp_samples: int = 8,
-        pretrained: list[str] | None = None,
-        pretrain_epochs: int = 0,
-    ) -> None:
+    def __init__(self, weighting: Literal["fitted", "learned", "heuristic"] = "fitted",
+                 alignment: Literal["divergence", "contrastive"] = "divergence",
+                 classification: Literal["mean", "fused"] = "mean", unimodal_ce: bool = False, scale: float = 2.0,
+                 temperature: float = 0.07, init_weight: float = 0.95, lr_alpha: float = 1e-4, halve_every: int = 20,
+                 decay: float = 0.3, hvp_samples: int = 8, pretrained: list[str] | None = None,
+                 pretrain_epochs: int = 0) -> None:  # fmt: skip
         super().__init__()
         check_param(scale > 0, self.name, f"scale must be > 0, got {scale}")
         check_param(temperature > 0, self.name, f"temperature must be > 0, got {temperature}")

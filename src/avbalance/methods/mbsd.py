@@ -102,14 +102,10 @@ class MBSD(NeedsSplitHead, ModulationWindow, Method):
     name = "mbsd"
     min_modalities = 2
 
-    def __init__(
-        self,
-        modulation_starts: int = 0,
-        modulation_ends: int = 80,
-        similarity: Literal["logits", "probs"] = "logits",
-        distill: Literal["bernoulli_kl", "balancemm"] = "bernoulli_kl",
-        detach_weights: bool = True,
-    ) -> None:
+    def __init__(self, modulation_starts: int = 0, modulation_ends: int = 80,
+                 similarity: Literal["logits", "probs"] = "logits",
+                 distill: Literal["bernoulli_kl", "balancemm"] = "bernoulli_kl",
+                 detach_weights: bool = True) -> None:  # fmt: skip
         super().__init__()
         self.modulation_starts, self.modulation_ends = modulation_starts, modulation_ends
         self.similarity, self.distill, self.detach_weights = similarity, distill, detach_weights

@@ -82,22 +82,14 @@ class OGM(ModulationTarget, ModulationWindow, Method):
     scales_gradients = True
     add_noise = False
 
-    def __init__(
-        self,
-        alpha: float = 0.1,
-        modulation_starts: int = 0,
-        modulation_ends: int = 50,
-        modulate: TensorSelection = "conv",
-        modulate_via: ModulateVia = "auto",
-    ) -> None:
+    def __init__(self, alpha: float = 0.1, modulation_starts: int = 0, modulation_ends: int = 50,
+                 modulate: TensorSelection = "conv", modulate_via: ModulateVia = "auto") -> None:  # fmt: skip
         super().__init__()
         self.init_target(modulate_via)
         if alpha < 0:
             raise ValueError(f"alpha must be >= 0, got {alpha}")
-        self.alpha = alpha
-        self.modulation_starts = modulation_starts
-        self.modulation_ends = modulation_ends
-        self.modulate = modulate
+        self.alpha, self.modulate = alpha, modulate
+        self.modulation_starts, self.modulation_ends = modulation_starts, modulation_ends
         self._pending_scores: torch.Tensor | None = None
         self._groups: dict[str, list[torch.nn.Parameter]] | None = None
 

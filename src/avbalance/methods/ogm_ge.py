@@ -29,15 +29,9 @@ class OGMGE(DrawsOnDevice, OGM):
     name = "ogm_ge"
     add_noise = True
 
-    def __init__(
-        self,
-        alpha: float = 0.1,
-        modulation_starts: int = 0,
-        modulation_ends: int = 50,
-        modulate: TensorSelection = "conv",
-        seed: int | None = None,
-        modulate_via: ModulateVia = "auto",
-    ) -> None:
+    def __init__(self, alpha: float = 0.1, modulation_starts: int = 0, modulation_ends: int = 50,
+                 modulate: TensorSelection = "conv", seed: int | None = None,
+                 modulate_via: ModulateVia = "auto") -> None:  # fmt: skip
         super().__init__(alpha, modulation_starts, modulation_ends, modulate, modulate_via)
         self.seed = seed
         self.reset_generators()

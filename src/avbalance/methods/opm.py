@@ -67,15 +67,8 @@ class OPM(DrawsOnDevice, ModulationWindow, Method):
     name = "opm"
     min_modalities = 2
 
-    def __init__(
-        self,
-        q_base: float = 0.5,
-        lam: float = 0.5,
-        p_exe: float = 0.7,
-        modulation_starts: int = 6,
-        modulation_ends: int | None = None,
-        seed: int | None = None,
-    ) -> None:
+    def __init__(self, q_base: float = 0.5, lam: float = 0.5, p_exe: float = 0.7, modulation_starts: int = 6,
+                 modulation_ends: int | None = None, seed: int | None = None) -> None:  # fmt: skip
         super().__init__()
         for key, value in (("q_base", q_base), ("p_exe", p_exe)):
             if not 0 <= value <= 1:

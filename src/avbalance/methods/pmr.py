@@ -91,17 +91,9 @@ class PMR(ModulationWindow, Method):
     name = "pmr"
     min_modalities = 2
 
-    def __init__(
-        self,
-        alpha: float = 1.0,
-        mu: float | None = None,
-        entropy_epochs: int = 10,
-        rule: Literal["official", "paper"] = "official",
-        momentum: float = 0.2,
-        subset_fraction: float = 0.1,
-        modulation_starts: int = 0,
-        modulation_ends: int = 100,
-    ) -> None:
+    def __init__(self, alpha: float = 1.0, mu: float | None = None, entropy_epochs: int = 10,
+                 rule: Literal["official", "paper"] = "official", momentum: float = 0.2, subset_fraction: float = 0.1,
+                 modulation_starts: int = 0, modulation_ends: int = 100) -> None:  # fmt: skip
         super().__init__()
         if not 0 < subset_fraction <= 1:
             raise ConfigError(f"method 'pmr': subset_fraction must be in (0, 1], got {subset_fraction}")

@@ -66,18 +66,10 @@ class ReconBoost(Method):
     min_modalities = 2
     overrides_step = True
 
-    def __init__(
-        self,
-        alpha: float = 0.5,
-        weight1: float = 5.0,
-        weight2: float = 1.0,
-        stage_epochs: int = 4,
-        correct_epochs: int = 4,
-        boost_rate: float = 1.0,
-        head_hidden: int | None = 256,
-        reconcile: Literal["gradient", "detached", "none"] = "gradient",
-        reset_optimizer: bool = True,
-    ) -> None:
+    def __init__(self, alpha: float = 0.5, weight1: float = 5.0, weight2: float = 1.0, stage_epochs: int = 4,
+                 correct_epochs: int = 4, boost_rate: float = 1.0, head_hidden: int | None = 256,
+                 reconcile: Literal["gradient", "detached", "none"] = "gradient",
+                 reset_optimizer: bool = True) -> None:  # fmt: skip
         super().__init__()
         if stage_epochs < 1 or correct_epochs < 0:
             raise ValueError("stage_epochs must be >= 1 and correct_epochs >= 0")

@@ -93,17 +93,10 @@ class Valuation(Method):
     overrides_step = True
     resamples_data = True
 
-    def __init__(
-        self,
-        level: Literal["sample", "modality"] = "sample",
-        warmup: int = 5,
-        removal: Literal["feature", "input"] = "feature",
-        value_scale: Literal["official", "shapley"] = "official",
-        upper: float = 1.0,
-        part_ratio: float = 0.2,
-        alpha: float = 1.0,
-        seed: int | None = None,
-    ) -> None:
+    def __init__(self, level: Literal["sample", "modality"] = "sample", warmup: int = 5,
+                 removal: Literal["feature", "input"] = "feature",
+                 value_scale: Literal["official", "shapley"] = "official", upper: float = 1.0, part_ratio: float = 0.2,
+                 alpha: float = 1.0, seed: int | None = None) -> None:  # fmt: skip
         super().__init__()
         if warmup < 1:
             raise ValueError(f"warmup must be >= 1 (the first epoch trains on the plain set), got {warmup}")

@@ -25,13 +25,8 @@ from .fusion import FusionHead, HeadOutput, build_head, register_head, xavier_li
 class AMCoHead(FusionHead):
     name = "amco"
 
-    def __init__(
-        self,
-        dims: Mapping[str, int],
-        num_classes: int,
-        base: str = "concat",
-        base_options: Mapping[str, Any] | None = None,
-    ):
+    def __init__(self, dims: Mapping[str, int], num_classes: int, base: str = "concat",
+                 base_options: Mapping[str, Any] | None = None):  # fmt: skip
         super().__init__(dims, num_classes)
         if base == self.name:
             raise ValueError("the base head cannot itself be 'amco'")

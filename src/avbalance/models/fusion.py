@@ -118,13 +118,8 @@ class SplitLinearHead(FusionHead):
     """A final linear layer ``fc_out`` over concatenated per-modality *streams*, split in column
     blocks: ``z_m = W_m s_m + b / M`` (or ``s * cos(s_m, W_m)`` in cosine mode), ``z = sum_m z_m``."""
 
-    def __init__(
-        self,
-        dims: Mapping[str, int],
-        num_classes: int,
-        stream_dims: Mapping[str, int],
-        cosine_scale: float | None = None,
-    ):
+    def __init__(self, dims: Mapping[str, int], num_classes: int, stream_dims: Mapping[str, int],
+                 cosine_scale: float | None = None):  # fmt: skip
         super().__init__(dims, num_classes)
         self.stream_dims = dict(stream_dims)
         self.fc_out = xavier_linear(nn.Linear(sum(self.stream_dims.values()), num_classes))

@@ -44,20 +44,13 @@ class SharedHead(FusionHead):
 
     name = "shared"
 
-    def __init__(
-        self,
-        dims: Mapping[str, int],
-        num_classes: int,
-        hidden: int | None = None,
-        combine: Combine = "entropy",
-        boost_rate: float = 1.0,
-    ):
+    def __init__(self, dims: Mapping[str, int], num_classes: int, hidden: int | None = None,
+                 combine: Combine = "entropy", boost_rate: float = 1.0):  # fmt: skip
         super().__init__(dims, num_classes)
         if combine not in ("entropy", "boost", "sum"):
             raise ValueError(f"combine must be entropy, boost or sum, not {combine!r}")
         self.in_dim = max(dims.values())
-        self.hidden = hidden
-        self.combine = combine
+        self.hidden, self.combine = hidden, combine
         self.fc_hidden = xavier_linear(nn.Linear(self.in_dim, hidden)) if hidden else None
         self.fc_out = xavier_linear(nn.Linear(hidden or self.in_dim, num_classes))
         if combine == "boost":

@@ -77,6 +77,15 @@ class LoaderOptions:
             raise ConfigError(f"option augment must be true or false, got {self.augment!r}")
 
 
+def windowed_options(
+    cache: PreparedCache, frames: int, image_size: int | None, augment: bool, audio_seconds: float | None
+) -> LoaderOptions:
+    """Loader options that feed the model ``audio_seconds`` of each clip's stored audio features
+    (a random window in training, the centred one in evaluation; None: all of it)."""
+    window = audio_window(cache, audio_seconds)
+    return LoaderOptions(frames=frames, image_size=image_size, augment=augment, audio_frames=window)
+
+
 def segment_indices(count: int, k: int, train: bool) -> np.ndarray:
     """K indices into ``count`` frames, one per equal segment, non-decreasing (time order)."""
     edges = torch.linspace(0, count, k + 1, dtype=torch.float64)

@@ -66,14 +66,8 @@ class Ucf101(PreparedDataset):
         return listing
 
     @classmethod
-    def load(
-        cls,
-        root: str | None = None,
-        frames: int = 3,
-        image_size: int | None = None,
-        augment: bool = True,
-        flow: bool = True,
-    ):
+    def load(cls, root: str | None = None, frames: int = 3, image_size: int | None = None, augment: bool = True,
+             flow: bool = True):  # fmt: skip
         """UCF-101 from a cache made by ``avbalance prepare ucf101``: ``visual`` and, when prepared
         with optical flow, ``flow`` (``(2, frames, H, W)``, normalised with mean 0.1307 / std
         0.3081 as BalanceMM).

@@ -20,7 +20,7 @@ from pathlib import Path
 from ..prepare.options import PrepareOptions, option
 from ..prepare.plan import ClipTask, Failure, Listing, mark_duplicates
 from ..registry import register_dataset
-from .cached import LoaderOptions, PreparedDataset, audio_window, build_splits
+from .cached import PreparedDataset, build_splits, windowed_options
 from .layout import MediaIndex, audio_visual, read_csv_rows, require_file, sorted_labels
 
 SPLITS = {"train": "train", "test": "test", "val": "val", "validation": "val"}
@@ -62,14 +62,8 @@ class Vggsound(PreparedDataset):
         return listing
 
     @classmethod
-    def load(
-        cls,
-        root: str | None = None,
-        frames: int = 3,
-        image_size: int | None = None,
-        augment: bool = True,
-        audio_seconds: float | None = 5.0,
-    ):
+    def load(cls, root: str | None = None, frames: int = 3, image_size: int | None = None, augment: bool = True,
+             audio_seconds: float | None = 5.0):  # fmt: skip
         """VGGSound from a cache made by ``avbalance prepare vggsound``.
 
         Options: ``frames`` per clip (default 3, as OGM-GE), ``image_size`` (default: stored size),
@@ -77,6 +71,4 @@ class Vggsound(PreparedDataset):
         the stored spectrogram fed to the model, default 5 s = 626 columns; None for all of it).
         """
         cache = cls.open(root)
-        window = audio_window(cache, audio_seconds)
-        options = LoaderOptions(frames=frames, image_size=image_size, augment=augment, audio_frames=window)
-        return build_splits(cache, options)
+        return build_splits(cache, windowed_options(cache, frames, image_size, augment, audio_seconds))
