@@ -24,81 +24,26 @@ def write_manifest(path: Path, indices: range, split_of) -> Path:
     return path
 
 
+TRAIN = (
+    "--dataset manifest --method mmcosine --fusion cosine --epochs 3 --batch-size 16 --optimizer adam --lr 0.003 "
+    "--set model.width=8 --set model.layers=[1,1,1] --set optim.scheduler=none --set trainer.progress_bar=false "
+    "--accelerator cpu"
+).split()
+
+
 def test_fsdd_speakers_verified_on_held_out_recordings(tmp_path):
     if not RECORDINGS.is_dir():
         pytest.skip(f"real data absent: {RECORDINGS} not found (see ../shared/data/README.md)")
     train_csv = write_manifest(tmp_path / "train.csv", range(5, 12), lambda i: "test" if i < 7 else "train")
     eval_csv = write_manifest(tmp_path / "eval.csv", range(0, 2), lambda i: "test")
     for name, csv in (("train", train_csv), ("eval", eval_csv)):
-        assert (
-            main(
-                [
-                    "prepare",
-                    "manifest",
-                    "--root",
-                    str(tmp_path),
-                    "--csv",
-                    str(csv),
-                    "--out",
-                    str(tmp_path / name),
-                    *AUDIO,
-                ]
-            )
-            == 0
-        )
-    assert (
-        main(
-            [
-                "train",
-                "--dataset",
-                "manifest",
-                "--data",
-                str(tmp_path / "train"),
-                "--method",
-                "mmcosine",
-                "--fusion",
-                "cosine",
-                "--epochs",
-                "3",
-                "--batch-size",
-                "16",
-                "--optimizer",
-                "adam",
-                "--lr",
-                "0.003",
-                "--set",
-                "model.width=8",
-                "--set",
-                "model.layers=[1,1,1]",
-                "--set",
-                "optim.scheduler=none",
-                "--set",
-                "trainer.progress_bar=false",
-                "--accelerator",
-                "cpu",
-                "--out",
-                str(tmp_path / "run"),
-            ]
-        )
-        == 0
-    )
-    assert (
-        main(
-            [
-                "verify",
-                "--ckpt",
-                str(tmp_path / "run"),
-                "--data",
-                str(tmp_path / "eval"),
-                "--trials-from-cache",
-                "100",
-                "--seed",
-                "0",
-            ]
-        )
-        == 0
-    )
-    result = json.loads((tmp_path / "run" / "verification.json").read_text())
+        prepare = ["prepare", "manifest", "--root", str(tmp_path), "--csv", str(csv), "--out", str(tmp_path / name)]
+        assert main([*prepare, *AUDIO]) == 0
+    run = tmp_path / "run"
+    assert main(["train", *TRAIN, "--data", str(tmp_path / "train"), "--out", str(run)]) == 0
+    verify = ["verify", "--ckpt", str(run), "--data", str(tmp_path / "eval"), "--trials-from-cache", "100"]
+    assert main([*verify, "--seed", "0"]) == 0
+    result = json.loads((run / "verification.json").read_text())
     assert result["trials"] == 200 and set(result) >= {"fused", "audio"}
     assert result["fused"]["eer"] < 0.3, result  # six speakers, 60 held-out recordings
-    assert (tmp_path / "run" / "trials.txt").is_file() and (tmp_path / "run" / "det.png").is_file()
+    assert (run / "trials.txt").is_file() and (run / "det.png").is_file()
