@@ -235,6 +235,14 @@ class Figure:
 
 
 def draw_figures(groups: Sequence[Group], out: Path, split: str, removal: str) -> list[Figure]:
+    return [
+        *curve_figures(groups, out),
+        *comparison_figures(groups, out, split, removal),
+        *confusion_figures(groups, out, split),
+    ]
+
+
+def curve_figures(groups: Sequence[Group], out: Path) -> list[Figure]:
     figures = [
         Figure(
             "curves",
@@ -261,6 +269,12 @@ def draw_figures(groups: Sequence[Group], out: Path, split: str, removal: str) -
                 "OGM-GE, each modality's gradient coefficient (1 = unchanged) and score ratio.",
             )
         )
+    return figures
+
+
+def comparison_figures(groups: Sequence[Group], out: Path, split: str, removal: str) -> list[Figure]:
+    """Modalities compared: per-modality accuracy, Shapley values, robustness."""
+    figures: list[Figure] = []
     figures.append(
         Figure(
             "modality",
@@ -293,6 +307,11 @@ def draw_figures(groups: Sequence[Group], out: Path, split: str, removal: str) -
                 "'avbalance test --robustness' (robustness.json) or the benchmark runner.",
             )
         )
+    return figures
+
+
+def confusion_figures(groups: Sequence[Group], out: Path, split: str) -> list[Figure]:
+    figures: list[Figure] = []
     for index, group in enumerate(groups):
         name = f"confusion_{index + 1}.png"
         if plots.plot_confusion(group, out / name):

@@ -88,6 +88,20 @@ def markdown_table(summary: dict[str, Any], runs: dict[str, dict[int, dict[str, 
     return "\n".join(lines)
 
 
+LEGEND = (
+    "Cells: mean ± sample standard deviation over seeds [± half-width of the 95 % Student-t "
+    "confidence interval of the mean], in percent. *audio/visual acc* of a joint model: its "
+    "audio-only / visual-only output (the branch's logits); of `audio_only` / `visual_only`: the "
+    "unimodal reference model. *gap*: per seed, the branch accuracy of the joint model minus the "
+    "accuracy of the unimodal reference of the same seed (negative: the branch learned less "
+    "than it can on its own — the imbalance). *acc with audio/visual missing*: fused test accuracy with "
+    "that modality's encoder feature replaced by zeros, as for the Shapley values. *params*, "
+    "*MFLOPs/sample* (one inference forward pass; 2 FLOPs per multiply-accumulate) and *ms/step* (the "
+    "method's training step on one batch, one thread, mean of 3 timed steps): see docs/robustness.md. "
+    "*s/run*: training seconds per run."
+)
+
+
 def write_report(
     out: Path, summary: dict[str, Any], runs: dict[str, dict[int, dict[str, Any]]], info: dict[str, Any]
 ) -> None:
@@ -98,6 +112,11 @@ def write_report(
         (out / "command.txt").write_text(info["command"] + "\n")
     plot_accuracy(summary, out / "accuracy.png", info)
     plot_gaps(summary, out / "imbalance.png", info)
+    (out / "README.md").write_text(readme_text(summary, runs, info))
+
+
+def readme_text(summary: dict[str, Any], runs: dict[str, dict[int, dict[str, Any]]], info: dict[str, Any]) -> str:
+    """The suite's README: how to reproduce it, the table, the plots, the recipe and the files."""
     text = [
         f"# Benchmark: {info['suite']}{' (quick mode)' if info['quick'] else ''}",
         "",
@@ -110,16 +129,7 @@ def write_report(
         f"{info['seeds']} seed(s), {info['epochs']} epochs per run; the best epoch is chosen on the "
         "validation split, the numbers are on the test split.",
         "",
-        "Cells: mean ± sample standard deviation over seeds [± half-width of the 95 % Student-t "
-        "confidence interval of the mean], in percent. *audio/visual acc* of a joint model: its "
-        "audio-only / visual-only output (the branch's logits); of `audio_only` / `visual_only`: the "
-        "unimodal reference model. *gap*: per seed, the branch accuracy of the joint model minus the "
-        "accuracy of the unimodal reference of the same seed (negative: the branch learned less "
-        "than it can on its own — the imbalance). *acc with audio/visual missing*: fused test accuracy with "
-        "that modality's encoder feature replaced by zeros, as for the Shapley values. *params*, "
-        "*MFLOPs/sample* (one inference forward pass; 2 FLOPs per multiply-accumulate) and *ms/step* (the "
-        "method's training step on one batch, one thread, mean of 3 timed steps): see docs/robustness.md. "
-        "*s/run*: training seconds per run.",
+        LEGEND,
         "",
         markdown_table(summary, runs),
         "",
@@ -127,34 +137,36 @@ def write_report(
         "",
         "![imbalance](imbalance.png)",
         "",
-        "## Recipe",
+        *recipe_lines(info),
         "",
-        "Shared overrides (`avbalance train --set ...`):",
-        "",
-        "```",
-        *info["recipe"],
-        "```",
-        "",
-        "Per method:",
+        files_line(info),
         "",
     ]
+    return "\n".join(text)
+
+
+def recipe_lines(info: dict[str, Any]) -> list[str]:
+    lines = ["## Recipe", "", "Shared overrides (`avbalance train --set ...`):", "", "```", *info["recipe"], "```"]
+    lines += ["", "Per method:", ""]
     for name, overrides in info["method_overrides"].items():
-        text.append(f"- `{name}`: {' '.join(f'`{o}`' for o in overrides) or 'defaults'}")
-    text += [
-        "",
-        f"Per-run files: `runs/<method>/seed<k>/` (`metrics.json`, `history.json`, `config.yaml`, "
-        f"`run.json`); every run's figures, one row per method and seed: `runs.csv` (any mean, std or "
-        f"interval above can be recomputed from it); aggregated numbers: `summary.json`. Total training time "
-        f"{info['train_seconds']:.0f} s (sum over runs).",
-    ]
+        lines.append(f"- `{name}`: {' '.join(f'`{o}`' for o in overrides) or 'defaults'}")
+    return lines
+
+
+def files_line(info: dict[str, Any]) -> str:
+    line = (
+        "Per-run files: `runs/<method>/seed<k>/` (`metrics.json`, `history.json`, `config.yaml`, "
+        "`run.json`); every run's figures, one row per method and seed: `runs.csv` (any mean, std or "
+        "interval above can be recomputed from it); aggregated numbers: `summary.json`. Total training time "
+        f"{info['train_seconds']:.0f} s (sum over runs)."
+    )
     if info.get("trained"):
-        text[-1] += (
+        reused = f" and reused {info['reused']} finished run(s)" if info.get("reused") else ""
+        line += (
             f" The last invocation trained {info['trained']} run(s), {info.get('jobs', 1)} at a time, "
-            f"in {info.get('wall_seconds', 0):.0f} s of wall-clock time"
-            f"{' and reused ' + str(info['reused']) + ' finished run(s)' if info.get('reused') else ''}."
+            f"in {info.get('wall_seconds', 0):.0f} s of wall-clock time{reused}."
         )
-    text.append("")
-    (out / "README.md").write_text("\n".join(text))
+    return line
 
 
 def run_rows(runs: dict[str, dict[int, dict[str, Any]]]) -> list[dict[str, Any]]:
