@@ -10,10 +10,12 @@ import argparse
 import importlib
 import json
 import sys
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from .errors import AvbalanceError
+from .signals import Stopped, exit_status
 
 EXAMPLES = {
     "train": """examples:
@@ -72,14 +74,16 @@ def print_metrics(title: str, metrics: dict[str, float]) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    outputs = ["fused"] + sorted({k[len("acc_"):] for k in metrics if k.startswith("acc_")})
+    outputs = ["fused"] + sorted({k[len("acc_") :] for k in metrics if k.startswith("acc_")})
     table = Table(title=title)
     table.add_column("output")
     for name in ("acc", "f1_macro", "map"):
         table.add_column(name, justify="right")
     for output in outputs:
         suffix = "" if output == "fused" else f"_{output}"
-        table.add_row(output, *(f"{metrics.get(name + suffix, float('nan')):.4f}" for name in ("acc", "f1_macro", "map")))
+        table.add_row(
+            output, *(f"{metrics.get(name + suffix, float('nan')):.4f}" for name in ("acc", "f1_macro", "map"))
+        )
     Console().print(table)
 
 
@@ -98,7 +102,10 @@ def cmd_test(args: argparse.Namespace) -> int:
     from .analysis.cli import print_analysis
     from .engine import load_run
     from .engine.run import evaluate_run
+    from .outputs import check_output_folder
 
+    if args.out:
+        check_output_folder(args.out)  # before the evaluation, not after it
     run = load_run(args.ckpt, data_root=args.data, batch_size=args.batch_size)
     metrics = evaluate_run(run, split=args.split, accelerator=args.accelerator, devices=args.devices)
     print_metrics(f"{args.split} metrics of {args.ckpt}", metrics)
@@ -128,7 +135,9 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from rich.table import Table
 
     from .demo import run_demo
+    from .outputs import check_output_folder
 
+    check_output_folder(args.out)
     console = Console()
     results = run_demo(args.out, epochs=args.epochs, seed=args.seed, report=console.print)
     table = Table(title="synthetic: test accuracy (best-validation epoch)")
@@ -146,8 +155,10 @@ def cmd_convert(args: argparse.Namespace) -> int:
 
     options = {k: v for k, v in {"condition": args.condition, "gate": args.gate}.items() if v}
     spec = convert_checkpoint(args.source, args.target, fusion=args.fusion, num_classes=args.num_classes, **options)
-    print(f"wrote {args.target}: fusion {spec['fusion']}, {spec['num_classes']} classes, "
-          f"encoders {', '.join(spec['encoders'])}")
+    print(
+        f"wrote {args.target}: fusion {spec['fusion']}, {spec['num_classes']} classes, "
+        f"encoders {', '.join(spec['encoders'])}"
+    )
     return 0
 
 
@@ -171,49 +182,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser = OneLineParser(prog="avbalance", description="Balanced multimodal learning.")
     parser.add_argument("--debug", action="store_true", help="show tracebacks for errors")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
-
-    def add(name: str, handler: Callable, help_text: str) -> argparse.ArgumentParser:
-        sub = commands.add_parser(name, help=help_text, description=help_text, epilog=EXAMPLES.get(name),
-                                  formatter_class=argparse.RawDescriptionHelpFormatter)
-        sub.set_defaults(handler=handler)
-        return sub
-
-    train = add("train", cmd_train, "train a model with a balancing method")
-    train.add_argument("--config", help="YAML config file")
-    train.add_argument("--set", action="append", metavar="KEY=VALUE", help="override any config key (repeatable)")
-    names = _registered_names()
-    for option, (_, kind, help_text) in TRAIN_OPTIONS.items():
-        train.add_argument("--" + option.replace("_", "-"), dest=option, type=kind, help=help_text.format(**names))
-    train.add_argument("--resume", metavar="CKPT", help="continue from a checkpoint, or 'auto' for the run folder's "
-                       "checkpoints/last.ckpt (a fresh start when there is none)")
-
-    test = add("test", cmd_test, "evaluate a trained checkpoint")
-    test.add_argument("--ckpt", required=True, help="checkpoint written by 'avbalance train'")
-    test.add_argument("--split", default="test", choices=["test", "val"])
-    test.add_argument("--data", help="prepared data folder, if it moved since training")
-    test.add_argument("--batch-size", type=int)
-    test.add_argument("--accelerator", default="auto")
-    test.add_argument("--devices", default="auto")
-    test.add_argument("--out", help="folder to write metrics.json into")
-    test.add_argument("--robustness", action="store_true",
-                      help="also evaluate each modality missing and corrupted (noise, frame drops, blur)")
-    test.add_argument("--robustness-seed", type=int, default=0, help="seed of the corruptions (default: 0)")
-    test.add_argument("--removal", default="zero", choices=["zero", "mean"],
-                      help="how a removed modality is replaced for Shapley values (default: %(default)s)")
-
-    demo = add("demo", cmd_demo, "baseline vs OGM-GE vs MMCosine (+ unimodal references) on synthetic data")
-    demo.add_argument("--out", default="runs/demo")
-    demo.add_argument("--epochs", type=int, default=15)
-    demo.add_argument("--seed", type=int, default=0)
-
-    convert = add("convert-checkpoint", cmd_convert, "convert an official OGM-GE / MMCosine checkpoint")
-    convert.add_argument("source", help="official checkpoint (.pth)")
-    convert.add_argument("target", help="avbalance checkpoint to write (.ckpt)")
-    convert.add_argument("--fusion", help="fusion of the checkpoint (default: inferred; 'cosine' for MMCosine)")
-    convert.add_argument("--num-classes", type=int, help="expected number of classes (checked)")
-    convert.add_argument("--condition", help="film: the conditioning modality (default audio)")
-    convert.add_argument("--gate", help="gated: the gating modality (default audio)")
-
+    add_train_parser(commands)
+    add_test_parser(commands)
+    add_demo_and_convert_parsers(commands)
     for module_name in COMMAND_MODULES:
         module = importlib.import_module(module_name)
         sub = module.add_parser(commands)
@@ -222,11 +193,84 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def add_command(commands, name: str, handler: Callable, help_text: str) -> argparse.ArgumentParser:
+    sub = commands.add_parser(
+        name,
+        help=help_text,
+        description=help_text,
+        epilog=EXAMPLES.get(name),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    sub.set_defaults(handler=handler)
+    return sub
+
+
+def add_train_parser(commands) -> None:
+    train = add_command(commands, "train", cmd_train, "train a model with a balancing method")
+    train.add_argument("--config", help="YAML config file")
+    train.add_argument("--set", action="append", metavar="KEY=VALUE", help="override any config key (repeatable)")
+    names = _registered_names()
+    for option, (_, kind, help_text) in TRAIN_OPTIONS.items():
+        train.add_argument("--" + option.replace("_", "-"), dest=option, type=kind, help=help_text.format(**names))
+    train.add_argument(
+        "--resume",
+        metavar="CKPT",
+        help="continue from a checkpoint, or 'auto' for the run folder's "
+        "checkpoints/last.ckpt (a fresh start when there is none)",
+    )
+
+
+def add_test_parser(commands) -> None:
+    test = add_command(commands, "test", cmd_test, "evaluate a trained checkpoint")
+    test.add_argument("--ckpt", required=True, help="checkpoint written by 'avbalance train'")
+    test.add_argument("--split", default="test", choices=["test", "val"])
+    test.add_argument("--data", help="prepared data folder, if it moved since training")
+    test.add_argument("--batch-size", type=int)
+    test.add_argument("--accelerator", default="auto")
+    test.add_argument("--devices", default="auto")
+    test.add_argument("--out", help="folder to write metrics.json into")
+    test.add_argument(
+        "--robustness",
+        action="store_true",
+        help="also evaluate each modality missing and corrupted (noise, frame drops, blur)",
+    )
+    test.add_argument("--robustness-seed", type=int, default=0, help="seed of the corruptions (default: 0)")
+    test.add_argument(
+        "--removal",
+        default="zero",
+        choices=["zero", "mean"],
+        help="how a removed modality is replaced for Shapley values (default: %(default)s)",
+    )
+
+
+def add_demo_and_convert_parsers(commands) -> None:
+    demo = add_command(
+        commands, "demo", cmd_demo, "baseline vs OGM-GE vs MMCosine (+ unimodal references) on synthetic data"
+    )
+    demo.add_argument("--out", default="runs/demo")
+    demo.add_argument("--epochs", type=int, default=15)
+    demo.add_argument("--seed", type=int, default=0)
+
+    convert = add_command(
+        commands, "convert-checkpoint", cmd_convert, "convert an official OGM-GE / MMCosine checkpoint"
+    )
+    convert.add_argument("source", help="official checkpoint (.pth)")
+    convert.add_argument("target", help="avbalance checkpoint to write (.ckpt)")
+    convert.add_argument("--fusion", help="fusion of the checkpoint (default: inferred; 'cosine' for MMCosine)")
+    convert.add_argument("--num-classes", type=int, help="expected number of classes (checked)")
+    convert.add_argument("--condition", help="film: the conditioning modality (default audio)")
+    convert.add_argument("--gate", help="gated: the gating modality (default audio)")
+
+
 # Modules that add their own sub-commands: each has ``add_parser(commands)``, which creates its
 # sub-parser(s) and either sets ``handler`` (a function ``args -> exit status``) on them or returns
 # the one sub-parser it made and provides ``run(args)``.
-COMMAND_MODULES = ("avbalance.prepare_cli", "avbalance.analysis.cli", "avbalance.benchmark.cli",
-                   "avbalance.verification.cli")
+COMMAND_MODULES = (
+    "avbalance.prepare_cli",
+    "avbalance.analysis.cli",
+    "avbalance.benchmark.cli",
+    "avbalance.verification.cli",
+)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -245,6 +289,9 @@ def main(argv: list[str] | None = None) -> int:
             raise
         print(f"avbalance: error: {error}", file=sys.stderr)
         return 2
+    except Stopped as stop:
+        print(f"avbalance: {stop.message}", file=sys.stderr)
+        return exit_status(stop.signum)
     except KeyboardInterrupt:
         print("avbalance: interrupted", file=sys.stderr)
         return 130

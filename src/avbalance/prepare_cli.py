@@ -25,7 +25,8 @@ from .data.prepare.cache import FAILURES
 from .data.prepare.options import PrepareOptions, flag_hints, own_fields
 from .data.prepare.runner import Summary, prepare_dataset
 from .data.registry import get_dataset, prepared_datasets
-from .errors import AvbalanceError
+from .outputs import check_output_folder
+from .signals import StopSignals
 
 DESCRIPTION = """\
 Turn a raw dataset into a prepared cache: frames (uint8) and audio features (float16) in
@@ -164,11 +165,13 @@ def run(args: argparse.Namespace, console: Console | None = None) -> int:
     console = console or Console(stderr=True, highlight=False, soft_wrap=True)
     declaration = get_dataset(args.prepare_dataset)
     options = options_from_args(args, declaration)
-    summary = prepare_dataset(declaration, options, console)
-    return _report(summary, Path(options.out).expanduser(), options.strict, console)
+    check_output_folder(options.out)
+    with StopSignals() as stop:  # SIGTERM stops like Ctrl+C: finished clips are kept
+        summary = prepare_dataset(declaration, options, console)
+    return _report(summary, Path(options.out).expanduser(), options.strict, console, stop.exit_status())
 
 
-def _report(summary: Summary, out: Path, strict: bool, console: Console) -> int:
+def _report(summary: Summary, out: Path, strict: bool, console: Console, interrupted_status: int = 130) -> int:
     for failure in summary.failures[:SHOWN_FAILURES]:
         console.print(f"  failed {failure.id}: {failure.reason}", markup=False)
     if len(summary.failures) > SHOWN_FAILURES:
@@ -176,7 +179,7 @@ def _report(summary: Summary, out: Path, strict: bool, console: Console) -> int:
     line = f"prepared {summary.prepared}, skipped {summary.skipped} (already in the cache), failed {summary.failed}"
     if summary.interrupted:
         console.print(f"interrupted: {line}; rerun the same command to resume", markup=False)
-        return 130
+        return interrupted_status
     if summary.failed:
         line += f" (reasons in {out / FAILURES})"
     console.print(line, markup=False)
@@ -188,13 +191,8 @@ def _report(summary: Summary, out: Path, strict: bool, console: Console) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Entry point of ``python -m avbalance.data.prepare``."""
-    parser = argparse.ArgumentParser(prog="avbalance")
-    commands = parser.add_subparsers(dest="command", required=True)
-    add_parser(commands)
-    args = parser.parse_args(["prepare", *(sys.argv[1:] if argv is None else argv)])
-    try:
-        return run(args)
-    except AvbalanceError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
+    """Entry point of ``python -m avbalance.data.prepare``: ``avbalance prepare`` itself (one-line
+    errors, exit statuses, signals)."""
+    from .cli import main as avbalance_main
+
+    return avbalance_main(["prepare", *(sys.argv[1:] if argv is None else argv)])

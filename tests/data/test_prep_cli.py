@@ -62,7 +62,7 @@ def test_user_errors_are_one_line_without_traceback(tmp_path, capsys):
     assert err.strip().count("\n") == 0 and "raw dataset folder not found" in err and "Traceback" not in err
     assert prepare_main("esc50", tmp_path, tmp_path / "c2") == 2
     err = capsys.readouterr().err
-    assert err.startswith("error: ") and "audio: missing folder" in err and err.strip().count("\n") == 0
+    assert err.startswith("avbalance: error: ") and "audio: missing folder" in err and err.strip().count("\n") == 0
 
 
 def test_avbalance_command(tmp_path):

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import json
-from pathlib import Path
 from typing import Any
 
 from .shapley import REMOVAL_RULES
@@ -28,43 +27,85 @@ MAX_PRINTED_CLASSES = 20
 
 
 def add_parser(commands) -> None:
-    probe = commands.add_parser("probe", help=PROBE_HELP, description=PROBE_HELP, epilog=PROBE_EXAMPLES,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    probe.add_argument("--ckpt", required=True, metavar="RUN",
-                       help="run folder (its checkpoints/best.ckpt is probed) or a checkpoint file")
+    probe = commands.add_parser(
+        "probe",
+        help=PROBE_HELP,
+        description=PROBE_HELP,
+        epilog=PROBE_EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    probe.add_argument(
+        "--ckpt",
+        required=True,
+        metavar="RUN",
+        help="run folder (its checkpoints/best.ckpt is probed) or a checkpoint file",
+    )
     probe.add_argument("--data", help="prepared data folder, if it moved since training")
     probe.add_argument("--batch-size", type=int, help="batch size of the feature extraction")
     probe.add_argument("--accelerator", default="auto", help="cpu, gpu or auto (default: %(default)s)")
-    probe.add_argument("--C", type=float, default=1.0, dest="C",
-                       help="inverse L2 strength of the logistic regression (default: %(default)s)")
+    probe.add_argument(
+        "--C",
+        type=float,
+        default=1.0,
+        dest="C",
+        help="inverse L2 strength of the logistic regression (default: %(default)s)",
+    )
     probe.add_argument("--seed", type=int, default=0, help="seed of the classifier (default: %(default)s)")
     probe.add_argument("--out", help="JSON file to write (default: RUN/probe.json)")
     probe.set_defaults(handler=cmd_probe)
 
-    report = commands.add_parser("report", help=REPORT_HELP, description=REPORT_HELP, epilog=REPORT_EXAMPLES,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    report = commands.add_parser(
+        "report",
+        help=REPORT_HELP,
+        description=REPORT_HELP,
+        epilog=REPORT_EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     report.add_argument("runs", nargs="+", metavar="RUN", help="run folders written by 'avbalance train --out'")
     report.add_argument("--out", default="report", help="folder for index.html and the figures (default: %(default)s)")
     report.add_argument("--title", help="page title")
-    report.add_argument("--split", default="test", choices=["test", "val"],
-                        help="split of the Shapley values and confusion matrices (default: %(default)s)")
-    report.add_argument("--removal", default="zero", choices=REMOVAL_RULES,
-                        help="how a removed modality is replaced for Shapley values (default: %(default)s)")
-    report.add_argument("--no-analysis", dest="analysis", action="store_false",
-                        help="skip Shapley values and confusion matrices (no checkpoint or data is read)")
-    report.add_argument("--probe", action="store_true",
-                        help="probe runs that have no probe.json yet (and save it in the run folder)")
+    report.add_argument(
+        "--split",
+        default="test",
+        choices=["test", "val"],
+        help="split of the Shapley values and confusion matrices (default: %(default)s)",
+    )
+    report.add_argument(
+        "--removal",
+        default="zero",
+        choices=REMOVAL_RULES,
+        help="how a removed modality is replaced for Shapley values (default: %(default)s)",
+    )
+    report.add_argument(
+        "--no-analysis",
+        dest="analysis",
+        action="store_false",
+        help="skip Shapley values and confusion matrices (no checkpoint or data is read)",
+    )
+    report.add_argument(
+        "--probe", action="store_true", help="probe runs that have no probe.json yet (and save it in the run folder)"
+    )
     report.set_defaults(handler=cmd_report)
 
 
 def cmd_probe(args: argparse.Namespace) -> int:
+    from ..errors import ConfigError
+    from ..outputs import check_output_file
     from .probe import probe_checkpoint
     from .runs import resolve_checkpoint, run_folder_of
 
-    result = probe_checkpoint(args.ckpt, data_root=args.data, batch_size=args.batch_size,
-                              accelerator=args.accelerator, C=args.C, seed=args.seed)
+    if not args.C > 0:
+        raise ConfigError(f"--C: must be greater than 0, got {args.C}")
+    out = check_output_file(args.out or run_folder_of(resolve_checkpoint(args.ckpt)) / "probe.json")
+    result = probe_checkpoint(
+        args.ckpt,
+        data_root=args.data,
+        batch_size=args.batch_size,
+        accelerator=args.accelerator,
+        C=args.C,
+        seed=args.seed,
+    )
     print_probe(result)
-    out = Path(args.out) if args.out else run_folder_of(resolve_checkpoint(args.ckpt)) / "probe.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2))
     print(f"written: {out}")
@@ -72,15 +113,25 @@ def cmd_probe(args: argparse.Namespace) -> int:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
+    from ..outputs import check_output_folder
     from .report import write_report
 
-    path = write_report(args.runs, out=args.out, title=args.title, split=args.split, removal=args.removal,
-                        analysis=args.analysis, probe=args.probe)
+    check_output_folder(args.out)
+    path = write_report(
+        args.runs,
+        out=args.out,
+        title=args.title,
+        split=args.split,
+        removal=args.removal,
+        analysis=args.analysis,
+        probe=args.probe,
+    )
     print(f"report: {path}  (open it in a browser)")
     return 0
 
 
 # -- console tables --------------------------------------------------------------------------------
+
 
 def _percent(value: float | None) -> str:
     return "-" if value is None else f"{100 * value:.1f}"
@@ -115,8 +166,10 @@ def print_analysis(analysis: dict[str, Any]) -> None:
     for modality, value in shapley["shapley"].items():
         table.add_row(modality, _percent(value), _percent(shares.get(modality)))
     degree = shapley["imbalance_degree"]
-    table.caption = (f"v(all) {_percent(shapley['full'])}  v(none) {_percent(shapley['empty'])}  "
-                     f"imbalance degree {'-' if degree is None else f'{degree:.2f}'}")
+    table.caption = (
+        f"v(all) {_percent(shapley['full'])}  v(none) {_percent(shapley['empty'])}  "
+        f"imbalance degree {'-' if degree is None else f'{degree:.2f}'}"
+    )
     console.print(table)
 
     confusion = analysis["confusion"]

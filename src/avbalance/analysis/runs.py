@@ -10,10 +10,9 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import yaml
 from torch.utils.data import Dataset
 
-from ..engine.config import RunConfig
+from ..engine.config import RunConfig, read_yaml
 from ..engine.datamodule import BalancedDataModule
 from ..engine.loading import LoadedRun, load_run, resolve_checkpoint, run_folder_of
 from ..errors import ConfigError, DataError
@@ -74,11 +73,47 @@ class RunRecord:
         return list(dict.fromkeys(k[len("acc_") :] for k in keys if k.startswith("acc_")))  # model order
 
 
-def _read_json(path: Path) -> Any:
+JSON_KINDS = {
+    dict: "an object",
+    list: "a list",
+    str: "a string",
+    bool: "a boolean",
+    int: "a number",
+    float: "a number",
+    type(None): "null",
+}
+
+
+def _read_json(path: Path, kind: type) -> Any:
+    """The JSON value in ``path``, which must be of ``kind`` (dict or list)."""
     try:
-        return json.loads(path.read_text())
+        value = json.loads(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError:
+        raise DataError(f"{path}: not a UTF-8 text file") from None
     except json.JSONDecodeError as error:
         raise DataError(f"{path}: invalid JSON ({error.msg}, line {error.lineno})") from None
+    if not isinstance(value, kind):
+        expected = JSON_KINDS[kind].split(" ", 1)[1]
+        raise DataError(f"{path}: expected a JSON {expected}, found {JSON_KINDS.get(type(value), 'another value')}")
+    return value
+
+
+def _read_metrics(path: Path) -> dict[str, Any]:
+    """``metrics.json``: its ``val`` and ``test`` entries are objects of metrics."""
+    metrics = _read_json(path, dict)
+    for split in ("val", "test"):
+        if split in metrics and not isinstance(metrics[split], dict):
+            found = JSON_KINDS.get(type(metrics[split]), "another value")
+            raise DataError(f"{path}: {split!r} should be an object of metrics, found {found}")
+    return metrics
+
+
+def _read_history(path: Path) -> list[dict[str, Any]]:
+    """``history.json``: a list of one object per epoch."""
+    history = _read_json(path, list)
+    if not all(isinstance(record, dict) for record in history):
+        raise DataError(f"{path}: expected a list of one object per epoch")
+    return history
 
 
 def read_method_logs(path: Path) -> list[dict[str, float]]:
@@ -87,15 +122,18 @@ def read_method_logs(path: Path) -> list[dict[str, float]]:
     if not path.is_file():
         return []
     rows = []
-    with path.open(newline="") as stream:
-        for row in csv.DictReader(stream):
-            values = {
-                k: float(v) for k, v in row.items() if k and k.startswith("method/") and k.endswith("_epoch") and v
-            }
-            if values:
-                values["step"] = float(row["step"])
-                values["epoch"] = float(row["epoch"])
-                rows.append(values)
+    try:
+        with path.open(newline="", encoding="utf-8") as stream:
+            for row in csv.DictReader(stream):
+                values = {
+                    k: float(v) for k, v in row.items() if k and k.startswith("method/") and k.endswith("_epoch") and v
+                }
+                if values:
+                    values["step"] = float(row["step"])
+                    values["epoch"] = float(row["epoch"])
+                    rows.append(values)
+    except (ValueError, TypeError, KeyError, csv.Error) as error:  # UnicodeDecodeError is a ValueError
+        raise DataError(f"{path}: not a training log as 'avbalance train' writes it ({error})") from None
     return rows
 
 
@@ -111,9 +149,9 @@ def read_run(folder: str | Path) -> RunRecord:
     history_path, probe_path = folder / "history.json", folder / "probe.json"
     return RunRecord(
         folder=folder,
-        config=yaml.safe_load((folder / "config.yaml").read_text()) or {},
-        metrics=_read_json(folder / "metrics.json"),
-        history=_read_json(history_path) if history_path.is_file() else [],
+        config=read_yaml(folder / "config.yaml"),
+        metrics=_read_metrics(folder / "metrics.json"),
+        history=_read_history(history_path) if history_path.is_file() else [],
         method_logs=read_method_logs(folder / "metrics.csv"),
-        probe=_read_json(probe_path) if probe_path.is_file() else None,
+        probe=_read_json(probe_path, dict) if probe_path.is_file() else None,
     )

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import shlex
+from contextlib import contextmanager
 from pathlib import Path
 
 from .suites import SUITES
@@ -11,6 +12,7 @@ from .suites import SUITES
 
 def _report(message: str) -> None:
     print(message, flush=True)
+
 
 EXAMPLES = """examples:
   avbalance benchmark synthetic --quick --out runs/bench-quick
@@ -21,43 +23,78 @@ EXAMPLES = """examples:
 def add_parser(commands) -> argparse.ArgumentParser:
     lines = "\n".join(f"  {name:13s} {suite.description}" for name, suite in SUITES.items())
     sub = commands.add_parser(
-        "benchmark", help="train every method for N seeds on a suite; Markdown table + plots",
+        "benchmark",
+        help="train every method for N seeds on a suite; Markdown table + plots",
         description="Train every requested balancing method, plus audio-only and visual-only references, for N "
-                    "seeds with one shared recipe; write a Markdown table (mean ± std and 95 %% CI of fused, "
-                    "audio and visual test accuracy and macro-F1, and the imbalance gap) and PNG plots. "
-                    "Finished runs are reused when the command is rerun.\n\nsuites:\n" + lines.replace("%", "%%"),
-        epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
+        "seeds with one shared recipe; write a Markdown table (mean ± std and 95 %% CI of fused, "
+        "audio and visual test accuracy and macro-F1, and the imbalance gap) and PNG plots. "
+        "Finished runs are reused when the command is rerun.\n\nsuites:\n" + lines.replace("%", "%%"),
+        epilog=EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     sub.add_argument("suite", metavar="SUITE", help=f"one of: {', '.join(SUITES)}")
     sub.add_argument("--seeds", type=int, help="number of seeds 0..N-1 (default: 5; 1 with --quick)")
-    sub.add_argument("--methods", nargs="+", metavar="METHOD",
-                     help="methods to run (default: every registered method); references are always added")
+    sub.add_argument(
+        "--methods",
+        nargs="+",
+        metavar="METHOD",
+        help="methods to run (default: every registered method); references are always added",
+    )
     sub.add_argument("--no-references", action="store_true", help="skip the audio-only and visual-only models")
     sub.add_argument("--quick", action="store_true", help="1 seed, few epochs, small data: exercises the whole path")
     sub.add_argument("--out", help="results folder (default: benchmarks/results/SUITE, or runs/benchmark/SUITE-quick)")
-    sub.add_argument("--raw", default="../shared/data", help="raw data folder holding grid/, mnist/, fsdd/ "
-                     "(default: %(default)s)")
+    sub.add_argument(
+        "--raw", default="../shared/data", help="raw data folder holding grid/, mnist/, fsdd/ (default: %(default)s)"
+    )
     sub.add_argument("--cache", help="prepared-data folder (default: ~/.cache/avbalance/benchmark/SUITE)")
-    sub.add_argument("--jobs", type=int, default=None, metavar="N",
-                     help="runs trained at once, in separate processes of one thread each (default: one per "
-                          "core, at most 8); results do not depend on it")
-    sub.add_argument("--sweep", action="store_true",
-                     help="instead: the suite's validation sweep (OGM-GE alpha x window, LFM initial weight, "
-                          "ReconBoost stages), 2 seeds by default; writes sweep.md ranked by validation accuracy")
+    sub.add_argument(
+        "--jobs",
+        type=int,
+        default=None,
+        metavar="N",
+        help="runs trained at once, in separate processes of one thread each (default: one per "
+        "core, at most 8); results do not depend on it",
+    )
+    sub.add_argument(
+        "--sweep",
+        action="store_true",
+        help="instead: the suite's validation sweep (OGM-GE alpha x window, LFM initial weight, "
+        "ReconBoost stages), 2 seeds by default; writes sweep.md ranked by validation accuracy",
+    )
     sub.set_defaults(handler=run)
     return sub
 
 
+@contextmanager
+def finished_runs_kept():
+    """A stopped suite says how to go on (its finished runs are reused)."""
+    from ..signals import Stopped
+
+    try:
+        yield
+    except Stopped as stop:
+        raise Stopped(stop.signum, "interrupted; finished runs are kept: rerun the same command to go on") from None
+
+
 def run(args: argparse.Namespace) -> int:
     from ..errors import ConfigError
+    from ..outputs import check_output_folder
+    from ..signals import StopSignals
     from .runner import default_jobs, run_suite
     from .suites import get_suite
 
     suite = get_suite(args.suite)
     if args.jobs is not None and args.jobs < 1:
         raise ConfigError(f"--jobs must be at least 1, got {args.jobs}")
+    if args.seeds is not None and args.seeds < 1:
+        raise ConfigError(f"--seeds: must be at least 1, got {args.seeds}")
     jobs = args.jobs or default_jobs()
-    out = Path(args.out) if args.out else (Path("runs/benchmark") / f"{suite.name}-quick" if args.quick
-                                           else Path("benchmarks/results") / suite.name)
+    out = (
+        Path(args.out)
+        if args.out
+        else (Path("runs/benchmark") / f"{suite.name}-quick" if args.quick else Path("benchmarks/results") / suite.name)
+    )
+    check_output_folder(out)
     parts = ["avbalance", "benchmark", suite.name]
     if args.seeds:
         parts += ["--seeds", str(args.seeds)]
@@ -70,13 +107,32 @@ def run(args: argparse.Namespace) -> int:
     parts += ["--jobs", str(jobs), "--out", str(out)]
     if suite.prepare is not None:
         parts += ["--raw", args.raw]
-    if args.sweep:
-        from .runner import run_sweep
+    with StopSignals(), finished_runs_kept():  # SIGTERM stops like Ctrl+C: workers stop, finished runs stay
+        if args.sweep:
+            from .runner import run_sweep
 
-        run_sweep(suite, out, seeds=args.seeds or 2, quick=args.quick, raw=args.raw, cache=args.cache, jobs=jobs,
-                  report=_report)
-        return 0
-    run_suite(suite, out, seeds=args.seeds, methods=args.methods, quick=args.quick, raw=args.raw,
-              cache=args.cache, references=not args.no_references, command=shlex.join(parts), jobs=jobs,
-              report=_report)
+            run_sweep(
+                suite,
+                out,
+                seeds=args.seeds or 2,
+                quick=args.quick,
+                raw=args.raw,
+                cache=args.cache,
+                jobs=jobs,
+                report=_report,
+            )
+            return 0
+        run_suite(
+            suite,
+            out,
+            seeds=args.seeds,
+            methods=args.methods,
+            quick=args.quick,
+            raw=args.raw,
+            cache=args.cache,
+            references=not args.no_references,
+            command=shlex.join(parts),
+            jobs=jobs,
+            report=_report,
+        )
     return 0

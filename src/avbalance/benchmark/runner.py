@@ -10,9 +10,9 @@ import shlex
 import shutil
 import time
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from ..errors import DataError
 from .aggregate import REFERENCES, aggregate
@@ -50,8 +50,9 @@ def all_methods() -> list[str]:
     return list(method_names())
 
 
-def prepare_data(suite: Suite, raw: str | Path | None, cache: str | Path | None, quick: bool,
-                 report: Callable[[str], None] = print) -> Path | None:
+def prepare_data(
+    suite: Suite, raw: str | Path | None, cache: str | Path | None, quick: bool, report: Callable[[str], None] = print
+) -> Path | None:
     """The prepared cache of the suite, created with ``avbalance prepare`` unless already complete."""
     if suite.prepare is None:
         return None
@@ -61,8 +62,10 @@ def prepare_data(suite: Suite, raw: str | Path | None, cache: str | Path | None,
     if marker.is_file() and json.loads(marker.read_text()).get("command") == command:
         return cache
     if raw is None or not (Path(raw) / (suite.raw_required or "")).exists():
-        raise DataError(f"suite {suite.name!r} needs the raw data ({Path(raw or '?') / (suite.raw_required or '')} "
-                        f"not found); pass --raw DIR (the folder holding grid/, mnist/, fsdd/)")
+        raise DataError(
+            f"suite {suite.name!r} needs the raw data ({Path(raw or '?') / (suite.raw_required or '')} "
+            f"not found); pass --raw DIR (the folder holding grid/, mnist/, fsdd/)"
+        )
     from ..cli import main as cli_main
 
     report(f"preparing {suite.name} data: avbalance prepare {shlex.join(command)}")
@@ -77,9 +80,21 @@ def _finished(folder: Path, overrides: list[str]) -> dict[str, Any] | None:
     run_file, metrics_file = folder / RUN_FILE, folder / "metrics.json"
     if not (run_file.is_file() and metrics_file.is_file()):
         return None
-    if json.loads(run_file.read_text()).get("overrides") != overrides:
+    if read_json_object(run_file).get("overrides") != overrides:
         return None  # a different recipe: train again
-    return json.loads(metrics_file.read_text())
+    return read_json_object(metrics_file)
+
+
+def read_json_object(path: Path) -> dict[str, Any]:
+    """A finished run's JSON file; a damaged one is named, for the user to delete its run folder."""
+    try:
+        content = json.loads(path.read_text(encoding="utf-8"))
+    except (ValueError, OSError) as error:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
+        content = error
+    if not isinstance(content, dict):
+        problem = f"invalid JSON ({content})" if isinstance(content, Exception) else "not a JSON object"
+        raise DataError(f"{path}: {problem}; delete {path.parent} to train this run again")
+    return content
 
 
 def reuse_finished(runs: list[tuple[Any, list[str], Path]]) -> tuple[dict[Any, dict[str, Any]], list]:
@@ -97,9 +112,9 @@ def reuse_finished(runs: list[tuple[Any, list[str], Path]]) -> tuple[dict[Any, d
 
 def train_one(overrides: list[str], folder: Path) -> dict[str, Any]:
     """Train in a scratch folder, then keep only the small files (no checkpoints, no logs)."""
-    from ..engine import load_config, train
-
     import torch
+
+    from ..engine import load_config, train
 
     # One intra-op thread per run: the small models gain nothing from more, and on a busy machine
     # extra threads oversubscribe the cores (measured 4x slower with 2 threads under load).
@@ -175,10 +190,19 @@ def _exit_with_parent(parent: int) -> None:
     threading.Thread(target=watch, daemon=True).start()
 
 
-def run_suite(suite: Suite, out: str | Path, seeds: int | None = None, methods: list[str] | None = None,
-              quick: bool = False, raw: str | Path | None = None, cache: str | Path | None = None,
-              references: bool = True, command: str | None = None, jobs: int = 1,
-              report: Callable[[str], None] = print) -> dict[str, Any]:
+def run_suite(
+    suite: Suite,
+    out: str | Path,
+    seeds: int | None = None,
+    methods: list[str] | None = None,
+    quick: bool = False,
+    raw: str | Path | None = None,
+    cache: str | Path | None = None,
+    references: bool = True,
+    command: str | None = None,
+    jobs: int = 1,
+    report: Callable[[str], None] = print,
+) -> dict[str, Any]:
     """Train ``methods`` (default: every registered method) and the unimodal references for
     ``seeds`` seeds (0..N-1), then write ``README.md`` (table), ``summary.json`` and PNG plots
     into ``out``. Runs live in ``out/runs/<method>/seed<k>/``; a run whose ``run.json`` matches the
@@ -187,48 +211,75 @@ def run_suite(suite: Suite, out: str | Path, seeds: int | None = None, methods: 
     out = Path(out)
     seeds = seeds or (1 if quick else suite.seeds)
     methods = list(methods) if methods else all_methods()
+    check_methods(methods)
+    names = methods + ([r for r in REFERENCES if r not in methods] if references else [])
+    root = prepare_data(suite, raw, cache, quick, report)
+    data = [f"data.root={root}"] if root is not None else []
+    # method by method: a stopped suite leaves whole methods
+    jobs_list = [
+        (
+            (name, seed),
+            suite.overrides(name, quick) + data + [f"trainer.seed={seed}"],
+            out / "runs" / name / f"seed{seed}",
+        )
+        for name in names
+        for seed in range(seeds)
+    ]
+    started = time.perf_counter()
+    results, counts = finish_runs(jobs_list, jobs, report)
+    runs: dict[str, dict[int, dict[str, Any]]] = {name: {} for name in names}
+    for (name, seed), metrics in sorted(results.items()):
+        runs[name][seed] = metrics
+    summary = aggregate(runs)
+    info = {
+        "suite": suite.name,
+        "description": suite.description,
+        "quick": quick,
+        "seeds": seeds,
+        "epochs": suite.quick_epochs if quick else suite.epochs,
+        "command": command,
+        "recipe": suite.overrides("baseline", quick)[:-1] if "baseline" in methods else suite.recipe,
+        "method_overrides": {
+            n: [o for o in suite.overrides(n, quick) if o.startswith(("method.", "data.modalities"))] for n in names
+        },
+        **counts,
+        "jobs": jobs,
+        "wall_seconds": round(time.perf_counter() - started, 1),
+        "train_seconds": round(sum(r.get("train_seconds", 0.0) for by in runs.values() for r in by.values()), 1),
+    }
+    write_report(out, summary, runs, info)
+    report(f"table: {out / 'README.md'}   plots: {out / 'accuracy.png'}, {out / 'imbalance.png'}")
+    return summary
+
+
+def check_methods(methods: list[str]) -> None:
     unknown = sorted(set(methods) - set(all_methods()) - set(REFERENCES))
     if unknown:
         from ..errors import ConfigError
 
         raise ConfigError(f"unknown method(s): {', '.join(unknown)}; choose from: {', '.join(all_methods())}")
-    names = methods + ([r for r in REFERENCES if r not in methods] if references else [])
-    root = prepare_data(suite, raw, cache, quick, report)
-    data = [f"data.root={root}"] if root is not None else []
 
-    # method by method: a stopped suite leaves whole methods
-    order = [(name, seed) for name in names for seed in range(seeds)]
-    runs: dict[str, dict[int, dict[str, Any]]] = {name: {} for name in names}
-    finished, pending = reuse_finished([((name, seed), suite.overrides(name, quick) + data + [f"trainer.seed={seed}"],
-                                         out / "runs" / name / f"seed{seed}") for name, seed in order])
-    for (name, seed), metrics in finished.items():
-        runs[name][seed] = metrics
-    reused = len(finished)
-    if reused:
-        report(f"reusing {reused} finished run(s) of {len(order)}")
+
+def finish_runs(
+    runs: list[tuple[Any, list[str], Path]], jobs: int, report: Callable[[str], None]
+) -> tuple[dict[Any, dict[str, Any]], dict[str, int]]:
+    """Every run's metrics, reusing finished runs and training the others (``jobs`` at once) with
+    a progress line each; and how many were ``trained`` and ``reused``."""
+    finished, pending = reuse_finished(runs)
+    results = dict(finished)
+    if finished:
+        report(f"reusing {len(finished)} finished run(s) of {len(runs)}")
     started = time.perf_counter()
-    trained = 0
-    for (name, seed), metrics in train_many(pending, jobs):
-        runs[name][seed] = metrics
-        trained += 1
+    for trained, (key, metrics) in enumerate(train_many(pending, jobs), 1):
+        results[key] = metrics
         elapsed = time.perf_counter() - started
         eta = elapsed / trained * (len(pending) - trained)
-        report(f"[{reused + trained}/{len(order)}] {name} seed {seed}: test acc {metrics['test']['acc']:.3f} "
-               f"(trained in {metrics['train_seconds']:.1f}s; elapsed {elapsed:.0f}s, ETA {eta:.0f}s)")
-    runs = {name: dict(sorted(by_seed.items())) for name, by_seed in runs.items()}
-
-    summary = aggregate(runs)
-    info = {"suite": suite.name, "description": suite.description, "quick": quick, "seeds": seeds,
-            "epochs": suite.quick_epochs if quick else suite.epochs, "command": command,
-            "recipe": suite.overrides("baseline", quick)[:-1] if "baseline" in methods else suite.recipe,
-            "method_overrides": {n: [o for o in suite.overrides(n, quick) if o.startswith(("method.", "data.modalities"))]
-                                 for n in names},
-            "trained": trained, "reused": reused, "jobs": jobs,
-            "wall_seconds": round(time.perf_counter() - started, 1),
-            "train_seconds": round(sum(r.get("train_seconds", 0.0) for by in runs.values() for r in by.values()), 1)}
-    write_report(out, summary, runs, info)
-    report(f"table: {out / 'README.md'}   plots: {out / 'accuracy.png'}, {out / 'imbalance.png'}")
-    return summary
+        name, seed = key
+        report(
+            f"[{len(finished) + trained}/{len(runs)}] {name} seed {seed}: test acc {metrics['test']['acc']:.3f} "
+            f"(trained in {metrics['train_seconds']:.1f}s; elapsed {elapsed:.0f}s, ETA {eta:.0f}s)"
+        )
+    return results, {"trained": len(pending), "reused": len(finished)}
 
 
 def _distinct_settings(sweep: dict[str, list[list[str]]], epochs: int) -> dict[str, list[tuple[int, list[str]]]]:
@@ -245,9 +296,16 @@ def _distinct_settings(sweep: dict[str, list[list[str]]], epochs: int) -> dict[s
     return distinct
 
 
-def run_sweep(suite: Suite, out: str | Path, seeds: int = 2, quick: bool = False, raw: str | Path | None = None,
-              cache: str | Path | None = None, jobs: int = 1,
-              report: Callable[[str], None] = print) -> list[dict[str, Any]]:
+def run_sweep(
+    suite: Suite,
+    out: str | Path,
+    seeds: int = 2,
+    quick: bool = False,
+    raw: str | Path | None = None,
+    cache: str | Path | None = None,
+    jobs: int = 1,
+    report: Callable[[str], None] = print,
+) -> list[dict[str, Any]]:
     """Train every setting of ``suite.sweep`` for ``seeds`` seeds and rank the settings by mean
     *validation* accuracy (the test split is not read). Writes ``sweep.md`` and ``sweep.json``."""
     from ..errors import ConfigError
@@ -261,10 +319,18 @@ def run_sweep(suite: Suite, out: str | Path, seeds: int = 2, quick: bool = False
     data = [f"data.root={root}"] if root is not None else []
     epochs = suite.quick_epochs if quick else suite.epochs
     settings = _distinct_settings(suite.sweep, epochs)
-    finished, pending = reuse_finished([
-        ((method, number, seed), suite.sweep_overrides(method, setting, quick) + data + [f"trainer.seed={seed}"],
-         out / "sweep" / method / f"setting{number}" / f"seed{seed}")
-        for method, numbered in settings.items() for number, setting in numbered for seed in range(seeds)])
+    finished, pending = reuse_finished(
+        [
+            (
+                (method, number, seed),
+                suite.sweep_overrides(method, setting, quick) + data + [f"trainer.seed={seed}"],
+                out / "sweep" / method / f"setting{number}" / f"seed{seed}",
+            )
+            for method, numbered in settings.items()
+            for number, setting in numbered
+            for seed in range(seeds)
+        ]
+    )
     val_acc = {key: metrics["val"]["acc"] for key, metrics in finished.items()}
     for key, metrics in train_many(pending, jobs):
         val_acc[key] = metrics["val"]["acc"]
@@ -276,6 +342,17 @@ def run_sweep(suite: Suite, out: str | Path, seeds: int = 2, quick: bool = False
             stats = summary_stats(values)
             rows.append({"method": method, "setting": setting, "val_acc": stats, "values": values})
             report(f"sweep {method} {' '.join(setting)}: val acc {stats['mean']:.3f} over {seeds} seed(s)")
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "sweep.md").write_text(
+        f"# Validation sweep: {suite.name}\n\nSelected on the validation split only ({seeds} seed(s), "
+        f"{epochs} epochs); the test split is not read.\n\n" + "\n".join(sweep_table(rows)) + "\n"
+    )
+    (out / "sweep.json").write_text(json.dumps(rows, indent=2))
+    return rows
+
+
+def sweep_table(rows: list[dict[str, Any]]) -> list[str]:
+    """The sweep's Markdown table; each method's best setting by mean validation accuracy is marked."""
     lines = ["| method | setting | val acc (mean ± std, %) | per seed |", "|---|---|---|---|"]
     best: dict[str, dict[str, Any]] = {}
     for row in rows:
@@ -285,12 +362,8 @@ def run_sweep(suite: Suite, out: str | Path, seeds: int = 2, quick: bool = False
         mark = " **(chosen)**" if best[row["method"]] is row else ""
         stats = row["val_acc"]
         spread = f" ± {100 * stats['std']:.1f}" if stats["n"] > 1 else ""
-        lines.append(f"| {row['method']} | `{' '.join(row['setting'])}`{mark} | {100 * stats['mean']:.1f}{spread} | "
-                     f"{', '.join(f'{100 * v:.1f}' for v in row['values'])} |")
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "sweep.md").write_text(
-        f"# Validation sweep: {suite.name}\n\nSelected on the validation split only ({seeds} seed(s), "
-        f"{epochs} epochs); the test split is not read.\n\n"
-        + "\n".join(lines) + "\n")
-    (out / "sweep.json").write_text(json.dumps(rows, indent=2))
-    return rows
+        lines.append(
+            f"| {row['method']} | `{' '.join(row['setting'])}`{mark} | {100 * stats['mean']:.1f}{spread} | "
+            f"{', '.join(f'{100 * v:.1f}' for v in row['values'])} |"
+        )
+    return lines

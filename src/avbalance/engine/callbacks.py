@@ -4,6 +4,9 @@ on resume (``load_state_dict``), so that a resumed run continues exactly."""
 
 from __future__ import annotations
 
+import shutil
+import signal
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import lightning as L
@@ -11,6 +14,8 @@ import torch
 from lightning.pytorch.callbacks import Callback
 
 from ..errors import AvbalanceError
+from ..outputs import write_text_atomic
+from ..signals import StopSignals
 from .resume import capture_rng, restore_rng
 
 if TYPE_CHECKING:
@@ -98,3 +103,73 @@ class GeneratorStates(Callback):
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         restore_rng(state)
+
+
+class TrainingInterrupted(Exception):
+    """Training stopped by a signal, after saving the state to resume from (``signum``: which)."""
+
+    def __init__(self, signum: int, message: str):
+        super().__init__(message)
+        self.signum = signum
+
+
+class StopOnSignal(Callback):
+    """SIGTERM or SIGINT during training: the step under way finishes, ``last`` is saved (the state a
+    step checkpoint holds, so ``--resume auto`` continues exactly) and :class:`TrainingInterrupted`
+    ends the fit. A second signal stops at once."""
+
+    def __init__(self, last: Path):
+        self.stop, self.last = StopSignals(at_once=False), last
+
+    def on_train_start(self, trainer: L.Trainer, module: L.LightningModule) -> None:
+        # Over Lightning's own SIGTERM handler (registered after on_fit_start), which would stop
+        # without saving, and under DDP would broadcast from inside the handler.
+        self.stop.install()
+
+    def on_train_batch_end(self, trainer: L.Trainer, module: L.LightningModule, *args: Any) -> None:
+        received = self.stop.received is not None
+        if trainer.world_size > 1:  # every process stops at the same step
+            received = trainer.strategy.reduce_boolean_decision(received, all=False)
+        if not received:
+            return
+        trainer.save_checkpoint(self.last)
+        raise TrainingInterrupted(
+            self.stop.received or signal.SIGTERM,
+            f"interrupted at epoch {trainer.current_epoch} step {trainer.global_step}; resume with --resume auto",
+        )
+
+
+class RunFolderGuard(Callback):
+    """Writes the run's ``config.yaml`` when training starts (everything is built by then), and,
+    until the run has saved its first checkpoint, puts the folder back as it was after a failure:
+    a new folder is removed; in an existing one, files the run added are removed and the top-level
+    files it rewrote (config.yaml, hparams.yaml, metrics.csv, ...) get their old bytes back."""
+
+    def __init__(self, out: Path, config_text: str):
+        self.out, self.config_text, self.existed, self.committed = out, config_text, out.exists(), False
+        self.before = set(out.rglob("*")) if self.existed else set()
+        self.new_root = out  # the outermost folder the run creates (runs/a/b when runs/ does not exist)
+        while not self.new_root.parent.exists() and self.new_root.parent != self.new_root:
+            self.new_root = self.new_root.parent
+        self.saved = {path: path.read_bytes() for path in out.iterdir() if path.is_file()} if self.existed else {}
+
+    def on_train_start(self, trainer: L.Trainer, module: L.LightningModule) -> None:
+        if trainer.is_global_zero:
+            self.out.mkdir(parents=True, exist_ok=True)
+            write_text_atomic(self.out / "config.yaml", self.config_text)
+
+    def on_save_checkpoint(self, trainer: L.Trainer, module: L.LightningModule, checkpoint: dict[str, Any]) -> None:
+        self.committed = True
+
+    def restore(self) -> None:
+        if self.committed:
+            return
+        if not self.existed:
+            shutil.rmtree(self.new_root, ignore_errors=True)
+            return
+        for path in sorted(self.out.rglob("*"), reverse=True):  # children before their folders
+            if path not in self.before:
+                shutil.rmtree(path, ignore_errors=True) if path.is_dir() else path.unlink(missing_ok=True)
+        for path, content in self.saved.items():
+            if not path.is_file() or path.read_bytes() != content:
+                path.write_bytes(content)

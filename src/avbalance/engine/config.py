@@ -19,6 +19,9 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from ..errors import ConfigError
 from .optim import OPTIMIZERS, SCHEDULERS, check_registered
 
+#: The largest count a setting takes (a batch size beyond it cannot be indexed).
+MAX_COUNT = 2**31 - 1
+
 
 class Section(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
@@ -30,8 +33,8 @@ class DataConfig(Section):
     options: dict[str, Any] = Field(default_factory=dict)  # dataset-specific options
     modalities: list[str] | None = None  # train on this subset only (default: all of the dataset's)
     val_fraction: float = Field(0.1, gt=0, lt=1)  # carved from train when the dataset has no val split
-    batch_size: int = Field(64, ge=1)
-    eval_batch_size: int | None = Field(None, ge=1)
+    batch_size: int = Field(64, ge=1, le=MAX_COUNT)
+    eval_batch_size: int | None = Field(None, ge=1, le=MAX_COUNT)
     num_workers: int = Field(0, ge=0)
 
 
@@ -39,7 +42,7 @@ class ModelConfig(Section):
     fusion: str = "concat"
     fusion_options: dict[str, Any] = Field(default_factory=dict)
     width: int | None = Field(None, ge=1)  # ResNet base width (64 = ResNet-18); default: dataset's advice
-    layers: list[int] | None = None  # blocks per stage ([2, 2, 2, 2] = ResNet-18)
+    layers: list[int] | None = Field(None, min_length=1)  # blocks per stage ([2, 2, 2, 2] = ResNet-18)
     encoders: dict[str, dict[str, Any]] = Field(default_factory=dict)  # per-modality overrides
     pretrained: dict[str, str] = Field(default_factory=dict)  # modality -> weights file for its encoder
 
@@ -129,10 +132,16 @@ def set_path(tree: dict, path: list[str], value: Any) -> None:
 
 def read_yaml(path: str | Path) -> dict:
     path = Path(path)
+    if path.is_dir():
+        raise ConfigError(f"{path}: a folder, not a config file; give a YAML file")
     if not path.is_file():
         raise ConfigError(f"{path}: no such config file")
     try:
-        content = yaml.safe_load(path.read_text())
+        content = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError:
+        raise ConfigError(f"{path}: not a UTF-8 text file; save the config as UTF-8") from None
+    except OSError as error:
+        raise ConfigError(f"{path}: cannot read ({error.strerror})") from None
     except yaml.YAMLError as error:
         mark = getattr(error, "problem_mark", None)
         where = f" line {mark.line + 1}" if mark is not None else ""
@@ -172,5 +181,6 @@ def load_config(
     return validate(tree, source)
 
 
-def save_config(config: RunConfig, path: str | Path) -> None:
-    Path(path).write_text(yaml.safe_dump(config.model_dump(), sort_keys=False))
+def config_text(config: RunConfig) -> str:
+    """The YAML text of ``config`` (as ``config.yaml`` of a run folder)."""
+    return yaml.safe_dump(config.model_dump(), sort_keys=False)

@@ -8,11 +8,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..errors import CheckpointError, ConfigError
+from ..data.base import DatasetInfo
+from ..data.registry import prepared_datasets
+from ..errors import CheckpointError, ConfigError, DataError
 from ..models import build_model
 from ..models.checkpoint import load_state, model_state, read_checkpoint
 from ..models.model import MultimodalModel
-from .config import RunConfig
+from .config import RunConfig, validate
 from .datamodule import BalancedDataModule
 
 
@@ -53,17 +55,49 @@ def load_run(checkpoint: str | Path, data_root: str | None = None, batch_size: i
     batch size. The validation split is carved from train with the seed saved in the config, so it
     is the very split the run was selected on.
     """
+    if batch_size is not None and batch_size < 1:
+        raise ConfigError(f"--batch-size: must be at least 1, got {batch_size}")
     path = resolve_checkpoint(checkpoint)
     saved = read_checkpoint(path)
     state = saved.get("avbalance", {})
     if "config" not in state or "model_spec" not in state:
         raise ConfigError(f"{path}: no training config inside; give a checkpoint written by 'avbalance train'")
-    config = RunConfig.model_validate(state["config"])
+    config = validate(state["config"], f"{path}: its training config")
     if data_root is not None:
+        if config.data.dataset not in prepared_datasets():
+            raise ConfigError(
+                f"{data_root}: --data applies to runs trained on a prepared cache; "
+                f"this run was trained on {config.data.dataset!r}"
+            )
         config.data.root = data_root
     if batch_size is not None:
         config.data.eval_batch_size = batch_size
+    datamodule = BalancedDataModule(config.data, seed=config.trainer.seed)
+    check_data_fits(datamodule.info, state["model_spec"], config.data.root or config.data.dataset)
     model = build_model(state["model_spec"])
     load_state(model, model_state(saved), path)
-    datamodule = BalancedDataModule(config.data, seed=config.trainer.seed)
     return LoadedRun(model.eval(), state["model_spec"], datamodule, config, path)
+
+
+def _names(names) -> str:
+    names = list(names)
+    return ", ".join(names[:5]) + (", ..." if len(names) > 5 else "")
+
+
+def check_data_fits(info: DatasetInfo, spec: dict[str, Any], data: str) -> None:
+    """The data a checkpoint is evaluated on has its model's classes and modalities (and channels)."""
+    if info.num_classes != spec["num_classes"]:
+        classes = f" ({_names(info.class_names)})" if info.class_names else ""
+        raise DataError(
+            f"{data}: {info.num_classes} classes{classes}, but the checkpoint's model has {spec['num_classes']}"
+        )
+    if set(info.modalities) != set(spec["encoders"]):
+        raise DataError(
+            f"{data}: modalities {_names(info.modalities)}, but the checkpoint's model uses {_names(spec['encoders'])}"
+        )
+    for modality, shape in info.input_shapes.items():
+        expected = spec["encoders"][modality].get("in_channels")
+        if expected is not None and shape[0] != expected:
+            raise DataError(
+                f"{data}: {modality} has {shape[0]} channels, the checkpoint's {modality} encoder takes {expected}"
+            )

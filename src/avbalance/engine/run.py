@@ -16,14 +16,23 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
-from ..errors import ConfigError
+from ..errors import CheckpointError, ConfigError
 from ..methods import get_method
 from ..methods.base import Method
 from ..models import HEADS, build_model, model_spec
-from ..models.checkpoint import atomic_torch_save, read_checkpoint
+from ..models.checkpoint import atomic_torch_save, load_state, model_state, read_checkpoint
 from ..models.pretrained import load_pretrained_encoder
-from .callbacks import EpochHistory, GeneratorStates, NonFiniteGuard
-from .config import RunConfig, save_config
+from ..outputs import check_output_folder, write_text_atomic
+from ..signals import Stopped
+from .callbacks import (
+    EpochHistory,
+    GeneratorStates,
+    NonFiniteGuard,
+    RunFolderGuard,
+    StopOnSignal,
+    TrainingInterrupted,
+)
+from .config import RunConfig, config_text
 from .datamodule import BalancedDataModule, TrainEntries
 from .loading import LoadedRun, load_run
 from .module import BalancedModule, EvaluatedModel
@@ -220,6 +229,35 @@ def resolve_resume(resume: str | None, out: Path) -> str | None:
     return resume
 
 
+def spec_difference(here: Any, there: Any, key: str = "") -> str | None:
+    """The first setting in which two model specs differ, as ``KEY is X here, Y in the checkpoint``."""
+    if isinstance(here, dict) and isinstance(there, dict):
+        for name in {**here, **there}:
+            difference = spec_difference(here.get(name), there.get(name), f"{key}.{name}" if key else name)
+            if difference:
+                return difference
+        return None
+    if here != there and not (isinstance(here, (list, tuple)) and list(here) == list(there or [])):
+        return f"{key} is {here!r} here, {there!r} in the checkpoint"
+    return None
+
+
+def check_resume(path: str, module: BalancedModule) -> None:
+    """The checkpoint to resume from holds this run's model and method (one line naming the first
+    setting that differs); it is loaded into the model here, so a mismatch fails before any output."""
+    saved = read_checkpoint(path)
+    state = saved.get("avbalance", {})
+    if "model_spec" not in state or "state_dict" not in saved:
+        raise CheckpointError(f"{path}: not a checkpoint written by 'avbalance train'; cannot resume from it")
+    difference = spec_difference(module.model_spec, state["model_spec"], "model")
+    if difference is None:
+        method = state.get("config", {}).get("method", {}).get("name", module.config.method.name)
+        difference = spec_difference(module.config.method.name, method, "method")
+    if difference:
+        raise CheckpointError(f"{path}: does not match this run: {difference}")
+    load_state(module.model, model_state(saved), path)
+
+
 def check_split(split: str) -> None:
     if split not in ("val", "test"):
         raise ConfigError(f"unknown split {split!r}; choose val or test")
@@ -236,24 +274,26 @@ def train(config: RunConfig, resume: str | None = None) -> dict[str, Any]:
     """Train, select the best epoch on validation, evaluate it on test. Returns ``metrics.json``'s
     content: ``{"val": {...}, "test": {...}, "best_epoch": int, "best_checkpoint": str, "skipped_steps": int}``.
 
-    ``resume``: a checkpoint to continue from, or ``"auto"`` for the run's last checkpoint."""
+    ``resume``: a checkpoint to continue from, or ``"auto"`` for the run's last checkpoint.
+    Everything is checked before the run folder is touched; until the first checkpoint, a failure
+    leaves it as it was. SIGTERM / SIGINT save ``last.ckpt`` and raise :class:`~avbalance.signals.Stopped`."""
     quiet_lightning()
-    out = Path(config.out)
+    out = check_output_folder(config.out)
     resume = resolve_resume(resume, out)
     run = build_run(config)
     if resume is None:
         load_pretrained(run.module, config)
+    else:
+        check_resume(resume, run.module)
     guard = NonFiniteGuard(config.trainer.nonfinite, config.trainer.precision)
     history, best = EpochHistory(guard), best_checkpoint(out)
-    callbacks = [guard, history, GeneratorStates(), best, latest_checkpoint(out, every_n_epochs=1)]
+    stopper, folder = StopOnSignal(out / CHECKPOINT_DIR / "last.ckpt"), RunFolderGuard(out, config_text(config))
+    callbacks = [guard, history, GeneratorStates(), stopper, folder, best, latest_checkpoint(out, every_n_epochs=1)]
     if config.trainer.checkpoint_every_n_steps:
         callbacks.append(latest_checkpoint(out, every_n_train_steps=config.trainer.checkpoint_every_n_steps))
     loggers = [TensorBoardLogger(str(out), name="", version=""), CSVLogger(str(out), name="", version="")]
     trainer = build_trainer(config, run.method, out, callbacks, loggers)  # bad settings fail before any output
-    out.mkdir(parents=True, exist_ok=True)
-    if trainer.is_global_zero:
-        save_config(config, out / "config.yaml")
-    trainer.fit(run.module, datamodule=run.datamodule, ckpt_path=resume)
+    guarded_fit(trainer, run, resume, stopper, folder)
     records, skipped_steps = list(history.records), guard.skipped_steps  # before evaluation reloads states
 
     best_path = best.best_model_path or str(out / CHECKPOINT_DIR / "last.ckpt")
@@ -268,9 +308,33 @@ def train(config: RunConfig, resume: str | None = None) -> dict[str, Any]:
         "skipped_steps": skipped_steps,
     }
     if trainer.is_global_zero:
-        (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
-        (out / "history.json").write_text(json.dumps(records, indent=2))
+        write_text_atomic(out / "metrics.json", json.dumps(metrics, indent=2))
+        write_text_atomic(out / "history.json", json.dumps(records, indent=2))
     return metrics
+
+
+def guarded_fit(
+    trainer: L.Trainer, run: TrainingRun, resume: str | None, stopper: StopOnSignal, folder: RunFolderGuard
+) -> None:
+    """Fit with SIGTERM / SIGINT caught: they end in :class:`Stopped` once ``last.ckpt`` is saved.
+    A failure before the first checkpoint leaves the run folder as it was."""
+    try:
+        with stopper.stop:
+            trainer.fit(run.module, datamodule=run.datamodule, ckpt_path=resume)
+    except TrainingInterrupted as interrupted:
+        raise Stopped(interrupted.signum, str(interrupted)) from None
+    except BaseException as error:
+        if trainer.is_global_zero:
+            folder.restore()
+        if stopper.stop.received and isinstance(error, (KeyboardInterrupt, SystemExit)):  # a second signal
+            message = "stopped at once by a second signal; resume with --resume auto"
+            raise Stopped(stopper.stop.received, message) from None
+        raise
+    if stopper.stop.received:  # after the last training step: the epoch's checkpoints are complete
+        raise Stopped(
+            stopper.stop.received,
+            f"interrupted after training, at epoch {trainer.current_epoch}; resume with --resume auto to evaluate",
+        )
 
 
 def evaluate_run(

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+from ..errors import ConfigError
 from .encoders import build_encoder, encoder_kind
 from .fusion import build_head
 from .mmtm import MMTMModel
@@ -26,6 +27,11 @@ def model_spec(
 ) -> dict[str, Any]:
     """A spec for :func:`build_model`: one encoder entry per modality (kind, input channels, width,
     layers), the fusion name and options and the class count. ``encoders[m]`` overrides defaults."""
+    unknown = [m for m in encoders or {} if m not in input_shapes]
+    if unknown:
+        raise ConfigError(
+            f"model.encoders: no {unknown[0]!r} modality in this model (modalities: {', '.join(input_shapes)})"
+        )
     specs = {}
     for modality, shape in input_shapes.items():
         spec = {"kind": encoder_kind(shape), "in_channels": int(shape[0]), "width": width, "layers": list(layers)}
@@ -40,9 +46,18 @@ def model_spec(
 
 
 def build_model(spec: Mapping[str, Any]) -> MultimodalModel:
-    encoders = {m: build_encoder(**encoder_spec) for m, encoder_spec in spec["encoders"].items()}
-    dims = {m: encoder.out_dim for m, encoder in encoders.items()}
-    head = build_head(spec["fusion"], dims, spec["num_classes"], **spec.get("fusion_options", {}))
+    """The model of ``spec``; sizes too large for this machine's memory are a one-line ConfigError."""
+    try:
+        encoders = {m: build_encoder(**encoder_spec) for m, encoder_spec in spec["encoders"].items()}
+        dims = {m: encoder.out_dim for m, encoder in encoders.items()}
+        head = build_head(spec["fusion"], dims, spec["num_classes"], **spec.get("fusion_options", {}))
+    except (MemoryError, RuntimeError) as error:
+        if not isinstance(error, MemoryError) and "alloc" not in str(error):
+            raise
+        sizes = "; ".join(
+            f"{m} encoder: width {e.get('width')}, layers {e.get('layers')}" for m, e in spec["encoders"].items()
+        )
+        raise ConfigError(f"the model is too large to allocate ({sizes}); use a smaller model.width") from None
     variant = spec.get("variant")
     if variant is None:
         return MultimodalModel(encoders, head)

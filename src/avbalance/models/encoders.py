@@ -39,6 +39,10 @@ class ResNetEncoder(nn.Module):
         super().__init__()
         if not layers:
             raise ValueError("a ResNet encoder needs at least one stage (layers=[...])")
+        if width < 1:
+            raise ValueError(f"width must be at least 1, got {width}")
+        if any(blocks < 1 for blocks in layers):
+            raise ValueError(f"every entry of layers must be at least 1, got {list(layers)}")
         self.conv1 = nn.Conv2d(in_channels, width, kernel_size=7, stride=2, padding=3, bias=False)
         self.bn1 = nn.BatchNorm2d(width)
         self.relu = nn.ReLU(inplace=True)

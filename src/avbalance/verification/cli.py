@@ -6,6 +6,7 @@ import argparse
 from pathlib import Path
 
 from ..errors import ConfigError, DataError
+from ..outputs import check_output_folder
 from .scoring import NORMS
 
 VERIFY_HELP = "speaker verification: embeddings, cosine scoring of trials, EER and minDCF"
@@ -68,7 +69,9 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError("--ckpt is needed to verify a trial list (without it, --trials-from-cache only writes one)")
     if args.out is None and args.ckpt is None:
         raise ConfigError("--trials-from-cache without --ckpt needs --out DIR for the trial list")
-    out = Path(args.out) if args.out else run_folder_of(resolve_checkpoint(args.ckpt))
+    if args.batch_size is not None and args.batch_size < 1:  # before the trial list is written
+        raise ConfigError(f"--batch-size: must be at least 1, got {args.batch_size}")
+    out = check_output_folder(args.out if args.out else run_folder_of(resolve_checkpoint(args.ckpt)))
     trials_path = Path(args.trials) if args.trials else write_generated_trials(args, out)
     if args.ckpt is None:
         return 0

@@ -60,8 +60,12 @@ def read_csv_rows(path: Path, delimiter: str = ",") -> list[tuple[int, list[str]
         raise DataError(f"{path}: not a readable CSV file ({error})") from None
 
 
-def read_csv_dicts(path: Path, required: list[str]) -> list[tuple[int, dict[str, str]]]:
-    """Rows of a CSV file with a header as dicts; the header must name ``required`` columns."""
+def read_csv_dicts(
+    path: Path, required: list[str], ragged: list[tuple[int, int, int]] | None = None
+) -> list[tuple[int, dict[str, str]]]:
+    """Rows of a CSV file with a header as dicts; the header must name ``required`` columns, each
+    column once. ``ragged``: rows with more or fewer cells than the header are left out and listed
+    there as (line number, cells, header cells)."""
     rows = read_csv_rows(path)
     if not rows:
         raise DataError(f"{path}: empty file, expected a header with {', '.join(required)}")
@@ -69,7 +73,13 @@ def read_csv_dicts(path: Path, required: list[str]) -> list[tuple[int, dict[str,
     missing = [column for column in required if column not in header]
     if missing:
         raise DataError(f"{path}: header lacks column {missing[0]!r} (found: {', '.join(header)})")
-    return [(number, dict(zip(header, cells))) for number, cells in rows[1:]]
+    repeated = [column for index, column in enumerate(header) if column in header[:index]]
+    if repeated:
+        raise DataError(f"{path}: column {repeated[0]!r} appears twice in the header; name each column once")
+    if ragged is None:
+        return [(number, dict(zip(header, cells))) for number, cells in rows[1:]]
+    ragged += [(number, len(cells), len(header)) for number, cells in rows[1:] if len(cells) != len(header)]
+    return [(number, dict(zip(header, cells))) for number, cells in rows[1:] if len(cells) == len(header)]
 
 
 def sorted_labels(labels) -> list[str]:

@@ -100,9 +100,17 @@ class Manifest(PreparedDataset):
             options.csv or root / "manifest.csv", "the clip list with id,label,split and modality columns"
         )
         base = csv_path.parent
-        rows = read_csv_dicts(csv_path, REQUIRED)
+        ragged: list[tuple[int, int, int]] = []
+        rows = read_csv_dicts(csv_path, REQUIRED, ragged)
+        if not rows:
+            lines = "no line has as many cells as the header" if ragged else "no clips below the header"
+            raise DataError(f"{csv_path}: {lines}; add one line per clip")
         columns = _modality_columns(rows, base, csv_path)
-        clips, failures = [], []
+        failures = [
+            Failure(f"line {number}", f"{cells} cells on line {number}, the header has {width}", str(csv_path))
+            for number, cells, width in ragged
+        ]
+        clips = []
         for number, row in rows:
             clip_id = row["id"] or f"line {number}"
             empty = [column for column in ["id", "label", *columns] if not row.get(column)]

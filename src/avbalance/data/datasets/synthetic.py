@@ -89,6 +89,16 @@ def _clips(
     return torch.stack(clips, dim=2)
 
 
+def check_sizes(positive: dict[str, int], non_negative: dict[str, int]) -> None:
+    """Counts and sizes a tensor is made of: a negative one would fail deep inside torch."""
+    for name, value in positive.items():
+        if value < 1:
+            raise ValueError(f"{name} must be at least 1, got {value}")
+    for name, value in non_negative.items():
+        if value < 0:
+            raise ValueError(f"{name} must be at least 0, got {value}")
+
+
 def build_synthetic(
     root: str | None = None,
     num_classes: int = 8,
@@ -111,6 +121,19 @@ def build_synthetic(
     ``val_size`` > 0 draws a separate validation split; with 0 the data module carves the
     validation split out of ``train`` (``data.val_fraction``).
     """
+    check_sizes(
+        {
+            "num_classes": num_classes,
+            "train_size": train_size,
+            "freq_bins": freq_bins,
+            "time_steps": time_steps,
+            "image_size": image_size,
+            "frames": frames,
+        },
+        {"val_size": val_size, "test_size": test_size, "max_shift": max_shift},
+    )
+    if not 0 <= audio_dropout <= 1:
+        raise ValueError(f"audio_dropout must be between 0 and 1, got {audio_dropout}")
     generator = torch.Generator().manual_seed(seed)
     audio_patterns = _smooth_patterns(num_classes, 1, freq_bins, time_steps, generator)
     visual_patterns = _smooth_patterns(num_classes, 3, image_size, image_size, generator)
@@ -128,18 +151,18 @@ def build_synthetic(
     train = make_split(train_size, audio_patterns, visual_patterns, **options)
     test = make_split(test_size, audio_patterns, visual_patterns, **options)
     val = make_split(val_size, audio_patterns, visual_patterns, **options) if val_size > 0 else None
-    info = DatasetInfo(
-        name="synthetic",
-        num_classes=num_classes,
-        input_shapes={
-            "audio": (1, freq_bins, time_steps),
-            "visual": (3, frames, image_size, image_size),
-            **({"flow": (2, frames, image_size, image_size)} if flow_strength > 0 else {}),
-        },
-        class_names=[f"class_{c}" for c in range(num_classes)],
-        recommended_encoder={"width": 8, "layers": [1, 1, 1]},
-    )
+    info = synthetic_info(num_classes, freq_bins, time_steps, image_size, frames, with_flow=flow_strength > 0)
     return DatasetSplits(info=info, train=train, val=val, test=test)
+
+
+def synthetic_info(
+    num_classes: int, freq_bins: int, time_steps: int, image_size: int, frames: int, with_flow: bool
+) -> DatasetInfo:
+    shapes = {"audio": (1, freq_bins, time_steps), "visual": (3, frames, image_size, image_size)}
+    if with_flow:
+        shapes["flow"] = (2, frames, image_size, image_size)
+    classes = [f"class_{c}" for c in range(num_classes)]
+    return DatasetInfo("synthetic", num_classes, shapes, classes, recommended_encoder={"width": 8, "layers": [1, 1, 1]})
 
 
 @register_dataset

@@ -34,6 +34,7 @@ from urllib.parse import quote, unquote
 import numpy as np
 
 from ...errors import DataError
+from ...outputs import write_text_atomic
 from .plan import ClipTask, Failure, Listing, PrepareSettings
 from .process import ClipResult
 
@@ -49,12 +50,6 @@ BASE_COLUMNS = ["id", "label", "label_index", "split", "status", "reason"]
 
 # ---------------------------------------------------------------------------------------------
 # Files written atomically
-
-
-def write_text_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
 
 
 def write_json_atomic(path: Path, data: dict) -> None:

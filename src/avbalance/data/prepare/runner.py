@@ -84,6 +84,7 @@ def run_prepare(
     console: Console | None = None,
 ) -> Summary:
     console = console or Console(stderr=True)
+    _refuse_foreign_folder(out)  # before the lock file is created in it
     out.mkdir(parents=True, exist_ok=True)
     with _exclusive_lock(out):
         _check_same_settings(out, dataset, settings)
@@ -250,11 +251,16 @@ def _check_same_settings(out: Path, dataset: str, settings: PrepareSettings) -> 
                 "use the same options or a new --out folder"
             )
         return
-    if any(p.name != ".lock" for p in out.iterdir()):
+    _refuse_foreign_folder(out)
+    write_json_atomic(path, wanted)
+
+
+def _refuse_foreign_folder(out: Path) -> None:
+    """A folder that holds files but no cache settings is someone else's: never write into it."""
+    if out.is_dir() and not (out / SETTINGS).is_file() and any(p.name != ".lock" for p in out.iterdir()):
         raise ConfigError(
             f"{out} is not empty and is not a cache made by 'avbalance prepare'; choose an empty or new --out folder"
         )
-    write_json_atomic(path, wanted)
 
 
 def _difference(existing: dict, wanted: dict) -> str:
