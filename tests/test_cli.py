@@ -46,6 +46,7 @@ def test_train_writes_the_run_folder(trained_run):
     assert config["trainer"]["epochs"] == 2 and config["data"]["options"]["train_size"] == 240
     metrics = json.loads((trained_run / "metrics.json").read_text())
     expected = {f"{k}{s}" for k in ("acc", "f1_macro", "map") for s in ("", "_audio", "_visual")} | {"samples"}
+    expected |= {"min_branch_acc", "branch_hmean"}
     assert set(metrics["val"]) == expected and set(metrics["test"]) == expected
     assert metrics["test"]["samples"] == 80 and metrics["val"]["samples"] == 24  # 10 % of 240
     assert all(0.0 <= v <= 1.0 for k, v in metrics["test"].items() if k != "samples")

@@ -83,6 +83,7 @@ def test_short_run_ends_with_metrics_or_one_line_refusal(name, count, tmp_path, 
     assert set(metrics) == {
         "samples",
         *(f"{kind}{suffix}" for kind in ("acc", "f1_macro", "map") for suffix in ("", *(f"_{m}" for m in modalities))),
+        *(("min_branch_acc", "branch_hmean") if len(modalities) > 1 else ()),
     }
     assert metrics["samples"] == SMALL_DATA["test_size"] and 0.0 <= metrics["acc"] <= 1.0
     trained = load_model(tmp_path / "run" / "checkpoints" / "last.ckpt")

@@ -7,6 +7,8 @@ Keys: ``acc``, ``f1_macro``, ``map`` for the fused logits and ``acc_<m>``, ``f1_
 * ``f1_macro`` -- per-class F1 averaged over classes; torchmetrics leaves out classes that neither
   occur nor are predicted in the evaluated split (BalanceMM counts them as 0).
 * ``samples`` -- how many samples were evaluated (all ranks together; each sample counts once).
+* ``min_branch_acc``, ``branch_hmean`` -- with two or more modalities: the lowest per-modality
+  accuracy and the harmonic mean of the per-modality accuracies (balance-aware model selection).
 * ``map`` -- macro average precision: per-class AP of the softmax scores (one-vs-rest, exact, no
   thresholds), averaged over classes; a class with no positive sample has no defined AP and is left
   out of the average.
@@ -14,6 +16,7 @@ Keys: ``acc``, ``f1_macro``, ``map`` for the fused logits and ``acc_<m>``, ``f1_
 
 from __future__ import annotations
 
+import statistics
 from collections.abc import Mapping, Sequence
 
 import torch
@@ -30,6 +33,24 @@ def _collection(num_classes: int, full: bool) -> MetricCollection:
         metrics["f1_macro"] = MulticlassF1Score(num_classes, average="macro")
         metrics["map"] = MulticlassAveragePrecision(num_classes, average="macro", thresholds=None)
     return MetricCollection(metrics)
+
+
+def branch_balance(branch_accuracies: Sequence[float]) -> dict[str, float]:
+    """``min_branch_acc`` (the weakest branch) and ``branch_hmean`` (harmonic mean: high only when
+    every branch is), for models of two or more modalities."""
+    if len(branch_accuracies) < 2:
+        return {}
+    return {
+        "min_branch_acc": min(branch_accuracies),
+        "branch_hmean": statistics.harmonic_mean(branch_accuracies),
+    }
+
+
+def metric_names(modalities: Sequence[str], full: bool = True) -> list[str]:
+    """The keys :meth:`MultimodalMetrics.compute` returns for a model of ``modalities``."""
+    kinds = ["acc", "f1_macro", "map"] if full else ["acc"]
+    names = ["samples", *kinds, *(f"{kind}_{m}" for m in modalities for kind in kinds)]
+    return names + list(branch_balance([0.0] * len(modalities)))
 
 
 class MultimodalMetrics(nn.Module):
@@ -54,6 +75,7 @@ class MultimodalMetrics(nn.Module):
             suffix = "" if name == FUSED else f"_{name}"
             for key, value in collection.compute().items():
                 results[f"{key}{suffix}"] = float(value)
+        results.update(branch_balance([results[f"acc_{m}"] for m in self.outputs[1:]]))
         return results
 
     def reset(self) -> None:

@@ -216,3 +216,70 @@ def test_sweep_settings_equal_at_this_run_length_are_trained_once():
         "reconboost": [(0, ["method.params.stage_epochs=1"]), (2, ["method.params.stage_epochs=2"])]
     }
     assert [n for n, _ in _distinct_settings(sweep, 16)["reconboost"]] == [0, 1, 2]
+
+
+def test_select_sets_the_monitor_and_retrains_runs_selected_otherwise(quick_run, tmp_path):
+    import shutil
+
+    import yaml
+
+    out, _, _ = quick_run
+    shutil.copytree(out / "runs" / "baseline", tmp_path / "runs" / "baseline")  # finished with val/acc
+    messages = []
+    suite = get_suite("synthetic")
+    run_suite(suite, tmp_path, methods=["baseline"], quick=True, select="val/acc_visual", report=messages.append)
+    assert not any(m.startswith("reusing") for m in messages)
+    assert sum("trained in" in m for m in messages) == 3
+    monitors = {
+        name: yaml.safe_load((tmp_path / "runs" / name / "seed0" / "config.yaml").read_text())["trainer"]["monitor"]
+        for name in ("baseline", "audio_only", "visual_only")
+    }
+    # the audio-only model has no visual output: it selects on its only output's accuracy
+    assert monitors == {"baseline": "val/acc_visual", "audio_only": "val/acc", "visual_only": "val/acc_visual"}
+    run = json.loads((tmp_path / "runs" / "baseline" / "seed0" / "run.json").read_text())
+    assert run["overrides"][-1] == "trainer.monitor=val/acc_visual"
+    assert "chosen by `val/acc_visual`" in (tmp_path / "README.md").read_text()
+
+
+def test_method_variants_run_the_registered_method_in_their_own_row(tmp_path):
+    import dataclasses
+
+    import yaml
+
+    variant = ["method.params.alpha=0.1", "method.params.modulate_via=lr"]
+    suite = dataclasses.replace(get_suite("synthetic"), method_params={"ogm_ge[lr]": variant})
+    summary = run_suite(suite, tmp_path, methods=["ogm_ge[lr]"], quick=True, references=False, report=lambda m: None)
+    assert set(summary) == {"ogm_ge[lr]"}
+    config = yaml.safe_load((tmp_path / "runs" / "ogm_ge[lr]" / "seed0" / "config.yaml").read_text())
+    assert config["method"] == {"name": "ogm_ge", "params": {"alpha": 0.1, "modulate_via": "lr"}}
+    assert "| ogm_ge[lr] |" in (tmp_path / "README.md").read_text()
+
+
+def test_adamw_suite_rows():
+    suite = get_suite("avmnist-adamw")
+    assert suite.methods == ["baseline", "ogm_ge[grad]", "ogm_ge[lr]", "agm[lr]"]
+    shared = suite.overrides("baseline", quick=False)[:-1]
+    assert "optim.name=adamw" in shared and "optim.lr=0.001" in shared
+    assert not any(o.startswith(("optim.name=sgd", "optim.lr=0.05")) for o in shared)
+    assert shared == [o for o in suite.overrides("audio_only", quick=False) if not o.startswith("data.modalities")]
+    for row, method, via in (
+        ("ogm_ge[grad]", "ogm_ge", "grad"),
+        ("ogm_ge[lr]", "ogm_ge", "lr"),
+        ("agm[lr]", "agm", "lr"),
+    ):
+        overrides = suite.overrides(row, quick=False)
+        assert overrides[: len(shared)] == shared
+        assert f"method.name={method}" in overrides and overrides[-1] == f"method.params.modulate_via={via}"
+
+
+def test_unknown_variant_or_selection_is_one_line(capsys, tmp_path):
+    out = ["--out", str(tmp_path / "o")]
+    assert main(["benchmark", "avmnist-adamw", "--quick", "--methods", "ogm_ge[foo]", *out]) == 2
+    error = capsys.readouterr().err
+    assert "unknown method(s): ogm_ge[foo]" in error and "ogm_ge[lr]" in error and error.count("\n") == 1
+    assert main(["benchmark", "synthetic", "--quick", "--select", "val/loss", *out]) == 2
+    error = capsys.readouterr().err
+    assert "--select: unknown metric 'val/loss'" in error and "val/branch_hmean" in error
+    assert main(["benchmark", "synthetic", "--sweep", "--select", "val/acc_audio", *out]) == 2
+    assert "--select" in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()

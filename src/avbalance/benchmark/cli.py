@@ -17,7 +17,8 @@ def _report(message: str) -> None:
 EXAMPLES = """examples:
   avbalance benchmark synthetic --quick --out runs/bench-quick
   avbalance benchmark grid-digit --raw ../shared/data --out benchmarks/results/grid-digit
-  avbalance benchmark avmnist --raw ../shared/data --methods baseline ogm_ge mmcosine --seeds 5"""
+  avbalance benchmark avmnist --raw ../shared/data --methods baseline ogm_ge mmcosine --seeds 5
+  avbalance benchmark avmnist-adamw --raw ../shared/data --select val/min_branch_acc"""
 
 
 def add_parser(commands) -> argparse.ArgumentParser:
@@ -38,7 +39,14 @@ def add_parser(commands) -> argparse.ArgumentParser:
         "--methods",
         nargs="+",
         metavar="METHOD",
-        help="methods to run (default: every registered method); references are always added",
+        help="methods to run (default: the suite's, else every registered method; a suite's variants are "
+        "named NAME[TAG], e.g. ogm_ge[lr]); references are always added",
+    )
+    sub.add_argument(
+        "--select",
+        metavar="METRIC",
+        help="validation metric that picks each run's best epoch (trainer.monitor, maximised), e.g. "
+        "val/acc_visual, val/min_branch_acc, val/branch_hmean (default: val/acc)",
     )
     sub.add_argument("--no-references", action="store_true", help="skip the audio-only and visual-only models")
     sub.add_argument("--quick", action="store_true", help="1 seed, few epochs, small data: exercises the whole path")
@@ -76,6 +84,25 @@ def finished_runs_kept():
         raise Stopped(stop.signum, "interrupted; finished runs are kept: rerun the same command to go on") from None
 
 
+def reproduce_command(args: argparse.Namespace, suite, jobs: int, out: Path) -> str:
+    """The command line that reproduces this benchmark, for its README."""
+    parts = ["avbalance", "benchmark", suite.name]
+    if args.seeds:
+        parts += ["--seeds", str(args.seeds)]
+    if args.methods:
+        parts += ["--methods", *args.methods]
+    if args.no_references:
+        parts.append("--no-references")
+    if args.quick:
+        parts.append("--quick")
+    if args.select:
+        parts += ["--select", args.select]
+    parts += ["--jobs", str(jobs), "--out", str(out)]
+    if suite.prepare is not None:
+        parts += ["--raw", args.raw]
+    return shlex.join(parts)
+
+
 def run(args: argparse.Namespace) -> int:
     from ..errors import ConfigError
     from ..outputs import check_output_folder
@@ -86,6 +113,8 @@ def run(args: argparse.Namespace) -> int:
     suite = get_suite(args.suite)
     if args.jobs is not None and args.jobs < 1:
         raise ConfigError(f"--jobs must be at least 1, got {args.jobs}")
+    if args.sweep and args.select:
+        raise ConfigError("--select: the sweep ranks settings by validation accuracy; leave --select out")
     if args.seeds is not None and args.seeds < 1:
         raise ConfigError(f"--seeds: must be at least 1, got {args.seeds}")
     jobs = args.jobs or default_jobs()
@@ -95,18 +124,7 @@ def run(args: argparse.Namespace) -> int:
         else (Path("runs/benchmark") / f"{suite.name}-quick" if args.quick else Path("benchmarks/results") / suite.name)
     )
     check_output_folder(out)
-    parts = ["avbalance", "benchmark", suite.name]
-    if args.seeds:
-        parts += ["--seeds", str(args.seeds)]
-    if args.methods:
-        parts += ["--methods", *args.methods]
-    if args.no_references:
-        parts.append("--no-references")
-    if args.quick:
-        parts.append("--quick")
-    parts += ["--jobs", str(jobs), "--out", str(out)]
-    if suite.prepare is not None:
-        parts += ["--raw", args.raw]
+    command = reproduce_command(args, suite, jobs, out)
     with StopSignals(), finished_runs_kept():  # SIGTERM stops like Ctrl+C: workers stop, finished runs stay
         if args.sweep:
             from .runner import run_sweep
@@ -131,8 +149,9 @@ def run(args: argparse.Namespace) -> int:
             raw=args.raw,
             cache=args.cache,
             references=not args.no_references,
-            command=shlex.join(parts),
+            command=command,
             jobs=jobs,
             report=_report,
+            select=args.select,
         )
     return 0

@@ -126,8 +126,8 @@ def readme_text(summary: dict[str, Any], runs: dict[str, dict[int, dict[str, Any
     if info.get("command"):
         text += ["Reproduce (from the repository root):", "", "```bash", info["command"], "```", ""]
     text += [
-        f"{info['seeds']} seed(s), {info['epochs']} epochs per run; the best epoch is chosen on the "
-        "validation split, the numbers are on the test split.",
+        f"{info['seeds']} seed(s), {info['epochs']} epochs per run; the best epoch is chosen by "
+        f"`{info.get('select', 'val/acc')}` on the validation split, the numbers are on the test split.",
         "",
         LEGEND,
         "",

@@ -17,12 +17,13 @@ from typing import Any
 from ..errors import DataError
 from .aggregate import REFERENCES, aggregate
 from .report import write_report
-from .suites import Suite
+from .suites import Suite, base_method, is_variant
 
 KEPT_FILES = ("metrics.json", "history.json", "config.yaml")
 RUN_FILE = "run.json"
 THREADS = 1  # torch intra-op threads per run
 QUICK_CLIPS = 200  # clips prepared for the quick mode
+DEFAULT_SELECTION = "val/acc"
 
 
 def default_cache(suite: Suite) -> Path:
@@ -151,6 +152,29 @@ def run_figures(checkpoint: str) -> dict[str, Any]:
     return {"robustness": {"missing": missing_modality_run(run, "test")}, "cost": run_cost(run)}
 
 
+def selection_overrides(name: str, select: str | None) -> list[str]:
+    """``trainer.monitor`` of a run selected by ``select`` (none for the default ``val/acc``, so runs
+    finished before keep being reused). A unimodal reference selects on ``select`` when its model logs
+    it, else on its only output's accuracy (``val/acc``: what the branch metrics reduce to)."""
+    if select is None or select == DEFAULT_SELECTION:
+        return []
+    from ..metrics import metric_names
+
+    if name in REFERENCES and select not in [f"val/{m}" for m in metric_names([REFERENCES[name]])]:
+        return []
+    return [f"trainer.monitor={select}"]
+
+
+def check_selection(select: str | None) -> None:
+    """``--select``: a validation metric of a two-modality model (the rows of the table)."""
+    from ..errors import ConfigError
+    from ..metrics import metric_names
+
+    known = [f"val/{m}" for m in metric_names(["audio", "visual"])]
+    if select is not None and select not in known:
+        raise ConfigError(f"--select: unknown metric {select!r}; choose one of: {', '.join(known)}")
+
+
 def default_jobs() -> int:
     """Runs trained at once: one per core (each run uses one thread), at most 8."""
     return max(1, min(8, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1))
@@ -202,16 +226,19 @@ def run_suite(
     command: str | None = None,
     jobs: int = 1,
     report: Callable[[str], None] = print,
+    select: str | None = None,
 ) -> dict[str, Any]:
-    """Train ``methods`` (default: every registered method) and the unimodal references for
-    ``seeds`` seeds (0..N-1), then write ``README.md`` (table), ``summary.json`` and PNG plots
+    """Train ``methods`` (default: the suite's, or every registered method) and the unimodal
+    references for ``seeds`` seeds (0..N-1), each run's best epoch chosen by ``select`` (a validation
+    metric; default ``val/acc``), then write ``README.md`` (table), ``summary.json`` and PNG plots
     into ``out``. Runs live in ``out/runs/<method>/seed<k>/``; a run whose ``run.json`` matches the
     current overrides is reused; ``jobs`` runs train at once. Returns the aggregated summary."""
     warnings.filterwarnings("ignore", message=".*Average precision score.*")
     out = Path(out)
     seeds = seeds or (1 if quick else suite.seeds)
-    methods = list(methods) if methods else all_methods()
-    check_methods(methods)
+    methods = list(methods) if methods else list(suite.methods or all_methods())
+    check_methods(methods, suite)
+    check_selection(select)
     names = methods + ([r for r in REFERENCES if r not in methods] if references else [])
     root = prepare_data(suite, raw, cache, quick, report)
     data = [f"data.root={root}"] if root is not None else []
@@ -219,7 +246,7 @@ def run_suite(
     jobs_list = [
         (
             (name, seed),
-            suite.overrides(name, quick) + data + [f"trainer.seed={seed}"],
+            suite.overrides(name, quick) + data + [f"trainer.seed={seed}"] + selection_overrides(name, select),
             out / "runs" / name / f"seed{seed}",
         )
         for name in names
@@ -232,16 +259,10 @@ def run_suite(
         runs[name][seed] = metrics
     summary = aggregate(runs)
     info = {
-        "suite": suite.name,
-        "description": suite.description,
-        "quick": quick,
+        **suite_info(suite, quick, methods, names),
         "seeds": seeds,
-        "epochs": suite.quick_epochs if quick else suite.epochs,
         "command": command,
-        "recipe": suite.overrides("baseline", quick)[:-1] if "baseline" in methods else suite.recipe,
-        "method_overrides": {
-            n: [o for o in suite.overrides(n, quick) if o.startswith(("method.", "data.modalities"))] for n in names
-        },
+        "select": select or DEFAULT_SELECTION,
         **counts,
         "jobs": jobs,
         "wall_seconds": round(time.perf_counter() - started, 1),
@@ -252,12 +273,34 @@ def run_suite(
     return summary
 
 
-def check_methods(methods: list[str]) -> None:
-    unknown = sorted(set(methods) - set(all_methods()) - set(REFERENCES))
+def suite_info(suite: Suite, quick: bool, methods: list[str], names: list[str]) -> dict[str, Any]:
+    """The report's description of the suite: its recipe and each row's own overrides."""
+    return {
+        "suite": suite.name,
+        "description": suite.description,
+        "quick": quick,
+        "epochs": suite.quick_epochs if quick else suite.epochs,
+        "recipe": suite.overrides("baseline", quick)[:-1] if "baseline" in methods else suite.recipe,
+        "method_overrides": {
+            n: [o for o in suite.overrides(n, quick) if o.startswith(("method.", "data.modalities"))] for n in names
+        },
+    }
+
+
+def check_methods(methods: list[str], suite: Suite) -> None:
+    """Registered methods, references, and the variants ``NAME[TAG]`` that ``suite`` declares."""
+    variants = [name for name in suite.method_params if is_variant(name)]
+    unknown = sorted(
+        name
+        for name in methods
+        if name not in REFERENCES
+        and (base_method(name) not in all_methods() or (is_variant(name) and name not in variants))
+    )
     if unknown:
         from ..errors import ConfigError
 
-        raise ConfigError(f"unknown method(s): {', '.join(unknown)}; choose from: {', '.join(all_methods())}")
+        choices = ", ".join([*all_methods(), *variants])
+        raise ConfigError(f"unknown method(s): {', '.join(unknown)}; choose from: {choices}")
 
 
 def finish_runs(

@@ -1,5 +1,9 @@
 """The benchmark suites: dataset, preparation, shared recipe and per-method settings.
 
+A suite's methods are registered method names, or variants ``NAME[TAG]`` (e.g. ``ogm_ge[lr]``): the
+registered method ``NAME`` with the settings the suite declares for the variant in ``method_params``,
+reported in its own row.
+
 Overrides may use ``{epochs}`` (the suite's epochs, or the quick mode's) and ``{third}``
 (``max(1, epochs // 3)``): methods with a warm-up or a schedule in epochs get it scaled to the run
 length, so the same definitions serve the full suite and the quick mode.
@@ -44,6 +48,15 @@ DETERMINISTIC = [
 ]
 
 
+def base_method(name: str) -> str:
+    """The registered method of a row name: ``ogm_ge[lr]`` -> ``ogm_ge``."""
+    return name.split("[", 1)[0]
+
+
+def is_variant(name: str) -> bool:
+    return name != base_method(name)
+
+
 @dataclass
 class Suite:
     name: str
@@ -61,6 +74,7 @@ class Suite:
     notes: str = ""
     # validation sweep (`--sweep`): method -> list of override sets tried (chosen on validation only)
     sweep: dict[str, list[list[str]]] = field(default_factory=dict)
+    methods: list[str] | None = None  # the rows run by default (None: every registered method)
 
     def sweep_overrides(self, method: str, setting: list[str], quick: bool) -> list[str]:
         """The run's overrides with ``setting`` replacing the method's own values of the same keys."""
@@ -80,8 +94,8 @@ class Suite:
         elif method == "visual_only":
             run = ["data.modalities=[visual]"]
         else:
-            params = self.method_params.get(method, COMMON_METHOD_PARAMS.get(method, []))
-            run = [f"method.name={method}"] + [p.format(**values) for p in params]
+            params = self.method_params.get(method, COMMON_METHOD_PARAMS.get(base_method(method), []))
+            run = [f"method.name={base_method(method)}"] + [p.format(**values) for p in params]
         return DETERMINISTIC + [o.format(**values) for o in self.recipe] + extra + run
 
 
@@ -155,6 +169,16 @@ OGM_ALPHA_0_1 = {
 }
 
 
+def adamw_variants() -> dict[str, list[str]]:
+    """Method variants for AdamW: OGM-GE modulating the gradient or (Adam-aware) the update's learning
+    rate, and AGM through the learning rate; each with the suite's usual settings of the method."""
+    return {
+        "ogm_ge[grad]": [*OGM_ALPHA_0_1["ogm_ge"], "method.params.modulate_via=grad"],
+        "ogm_ge[lr]": [*OGM_ALPHA_0_1["ogm_ge"], "method.params.modulate_via=lr"],
+        "agm[lr]": ["method.params.modulate_via=lr"],
+    }
+
+
 def validated_suite(
     name: str, description: str, dataset: str, recipe: list[str], epochs: int, prepare: list[str], raw_required: str
 ) -> Suite:
@@ -221,6 +245,24 @@ SUITES: dict[str, Suite] = {
         epochs=5,
     ),
 }
+# AV-MNIST with AdamW (lr 1e-3, the rest as avmnist): how OGM-GE and AGM modulate under an adaptive
+# optimizer, through the gradient or through the learning rate.
+SUITES["avmnist-adamw"] = Suite(
+    "avmnist-adamw",
+    "AV-MNIST as the avmnist suite, trained with AdamW (lr 1e-3): baseline, OGM-GE modulating the "
+    "gradient or the learning rate, AGM modulating the learning rate",
+    dataset="avmnist",
+    prepare=SUITES["avmnist"].prepare,
+    raw_required=SUITES["avmnist"].raw_required,
+    recipe=[
+        *(o for o in SUITES["avmnist"].recipe if not o.startswith(("optim.name=", "optim.lr=", "optim.momentum="))),
+        "optim.name=adamw",
+        "optim.lr=0.001",
+    ],
+    epochs=SUITES["avmnist"].epochs,
+    method_params=adamw_variants(),
+    methods=["baseline", "ogm_ge[grad]", "ogm_ge[lr]", "agm[lr]"],
+)
 
 
 def get_suite(name: str) -> Suite:

@@ -24,7 +24,7 @@ MAX_COUNT = 2**31 - 1
 
 
 class Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
 
 
 class DataConfig(Section):
@@ -73,8 +73,8 @@ class OptimConfig(Section):
 
 
 class TrainerConfig(Section):
-    epochs: int = Field(100, ge=1)
-    seed: int = 0
+    epochs: int = Field(100, ge=1, le=MAX_COUNT)
+    seed: int = Field(0, ge=0, le=2**32 - 1)  # the range NumPy seeds take
     accelerator: str = "auto"
     devices: int | str = "auto"
     num_nodes: int = Field(1, ge=1)
@@ -83,11 +83,16 @@ class TrainerConfig(Section):
     sync_batchnorm: bool = False  # synchronise BatchNorm statistics across DDP ranks
     deterministic: bool = False
     accumulate_grad_batches: int = Field(1, ge=1)
-    gradient_clip_val: float | None = None
+    gradient_clip_val: float | None = Field(None, ge=0)
     log_every_n_steps: int = Field(10, ge=1)
     checkpoint_every_n_steps: int | None = Field(None, ge=1)  # also refresh last.ckpt every N steps
     nonfinite: Literal["skip", "stop", "off"] = "skip"  # what a NaN/Inf gradient does to the step
     progress_bar: bool = True
+    # model selection: the validation metric that picks the best checkpoint (and early stopping)
+    monitor: str = "val/acc"
+    monitor_mode: Literal["max", "min"] = "max"
+    early_stopping_patience: int | None = Field(None, ge=1)  # epochs without improvement; None: off
+    loggers: list[Literal["tensorboard", "csv", "wandb"]] = Field(default_factory=lambda: ["tensorboard", "csv"])
 
 
 class RunConfig(Section):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -12,13 +13,14 @@ from typing import Any
 
 import lightning as L
 from lightning.fabric.utilities.exceptions import MisconfigurationException
-from lightning.pytorch.callbacks import ModelCheckpoint
-from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
+from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
+from lightning.pytorch.loggers import CSVLogger, Logger, TensorBoardLogger
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
 from ..errors import CheckpointError, ConfigError
 from ..methods import get_method
 from ..methods.base import Method
+from ..metrics import metric_names
 from ..models import HEADS, build_model, model_spec
 from ..models.checkpoint import atomic_torch_save, load_state, model_state, read_checkpoint
 from ..models.pretrained import load_pretrained_encoder
@@ -129,7 +131,15 @@ def build_run(config: RunConfig) -> TrainingRun:
         model = build_model(spec)
     except ValueError as error:
         raise ConfigError(str(error)) from None
+    check_monitor(config.trainer.monitor, model.modalities)
     return TrainingRun(method, datamodule, BalancedModule(model, method, config, spec))
+
+
+def check_monitor(monitor: str, modalities: list[str]) -> None:
+    """``trainer.monitor`` names a validation metric that a model of ``modalities`` logs."""
+    known = [f"val/{name}" for name in metric_names(modalities)]
+    if monitor not in known:
+        raise ConfigError(f"trainer.monitor: unknown metric {monitor!r}; choose one of: {', '.join(known)}")
 
 
 def load_pretrained(module: BalancedModule, config: RunConfig) -> None:
@@ -188,14 +198,15 @@ def build_trainer(config: RunConfig, method: Method, out: Path, callbacks: list,
     )
 
 
-def best_checkpoint(out: Path) -> ModelCheckpoint:
-    """``checkpoints/best.ckpt``, saved when validation ends: before the epoch's end hooks, which
-    may change the model (ReLearning re-initialises encoders), so it holds the validated weights."""
+def best_checkpoint(out: Path, monitor: str = "val/acc", mode: str = "max") -> ModelCheckpoint:
+    """``checkpoints/best.ckpt``: the best epoch by ``monitor`` (``trainer.monitor``), saved when
+    validation ends: before the epoch's end hooks, which may change the model (ReLearning
+    re-initialises encoders), so it holds the validated weights."""
     return ModelCheckpoint(
         dirpath=out / CHECKPOINT_DIR,
         filename="best",
-        monitor="val/acc",
-        mode="max",
+        monitor=monitor,
+        mode=mode,
         save_top_k=1,
         enable_version_counter=False,
         save_on_train_epoch_end=False,
@@ -215,6 +226,55 @@ def latest_checkpoint(out: Path, **every) -> ModelCheckpoint:
         save_on_train_epoch_end=True,
         **every,
     )
+
+
+def early_stopping(config: RunConfig) -> list[EarlyStopping]:
+    """Lightning's early stopping on the selection metric, when ``trainer.early_stopping_patience`` is set."""
+    trainer = config.trainer
+    if trainer.early_stopping_patience is None:
+        return []
+    stopping = EarlyStopping(
+        monitor=trainer.monitor,
+        mode=trainer.monitor_mode,
+        patience=trainer.early_stopping_patience,
+        check_on_train_epoch_end=False,  # decided when validation ends, like the best checkpoint
+    )
+    return [stopping]
+
+
+def wandb_logger(out: Path) -> Logger:
+    """A Weights & Biases logger, offline unless ``WANDB_MODE`` says otherwise; the project is the run
+    folder's parent, the run name the folder's name."""
+    try:
+        import wandb  # noqa: F401  (the optional extra)
+    except ImportError:
+        raise ConfigError(
+            "trainer.loggers: wandb is not installed; install the extra: pip install 'avbalance[wandb]'"
+        ) from None
+    from lightning.pytorch.loggers import WandbLogger
+
+    os.environ.setdefault("WANDB_MODE", "offline")
+    project = out.resolve().parent.name or "avbalance"
+    return WandbLogger(name=out.name, project=project, save_dir=str(out))
+
+
+def build_loggers(config: RunConfig, out: Path) -> list[Logger]:
+    """``trainer.loggers``: TensorBoard event files, ``metrics.csv`` and / or Weights & Biases."""
+    builders = {
+        "tensorboard": lambda: TensorBoardLogger(str(out), name="", version=""),
+        "csv": lambda: CSVLogger(str(out), name="", version=""),
+        "wandb": lambda: wandb_logger(out),
+    }
+    return [builders[name]() for name in dict.fromkeys(config.trainer.loggers)]
+
+
+def best_record_epoch(records: list[dict[str, Any]], monitor: str, mode: str) -> int | None:
+    """The epoch of the best ``monitor`` value in the history (the first of equals, as the checkpoint)."""
+    scored = [r for r in records if monitor in r]
+    if not scored:
+        return None
+    pick = max if mode == "max" else min
+    return pick(scored, key=lambda r: r[monitor])["epoch"]
 
 
 def resolve_resume(resume: str | None, out: Path) -> str | None:
@@ -286,12 +346,13 @@ def train(config: RunConfig, resume: str | None = None) -> dict[str, Any]:
     else:
         check_resume(resume, run.module)
     guard = NonFiniteGuard(config.trainer.nonfinite, config.trainer.precision)
-    history, best = EpochHistory(guard), best_checkpoint(out)
+    history, best = EpochHistory(guard), best_checkpoint(out, config.trainer.monitor, config.trainer.monitor_mode)
     stopper, folder = StopOnSignal(out / CHECKPOINT_DIR / "last.ckpt"), RunFolderGuard(out, config_text(config))
     callbacks = [guard, history, GeneratorStates(), stopper, folder, best, latest_checkpoint(out, every_n_epochs=1)]
     if config.trainer.checkpoint_every_n_steps:
         callbacks.append(latest_checkpoint(out, every_n_train_steps=config.trainer.checkpoint_every_n_steps))
-    loggers = [TensorBoardLogger(str(out), name="", version=""), CSVLogger(str(out), name="", version="")]
+    callbacks += early_stopping(config)
+    loggers = build_loggers(config, out)
     trainer = build_trainer(config, run.method, out, callbacks, loggers)  # bad settings fail before any output
     guarded_fit(trainer, run, resume, stopper, folder)
     records, skipped_steps = list(history.records), guard.skipped_steps  # before evaluation reloads states
@@ -299,7 +360,7 @@ def train(config: RunConfig, resume: str | None = None) -> dict[str, Any]:
     best_path = best.best_model_path or str(out / CHECKPOINT_DIR / "last.ckpt")
     val = _strip(trainer.validate(run.module, datamodule=run.datamodule, ckpt_path=best_path, verbose=False)[0], "val")
     test = _strip(trainer.test(run.module, datamodule=run.datamodule, ckpt_path=best_path, verbose=False)[0], "test")
-    best_epoch = max(records, key=lambda r: r.get("val/acc", float("-inf")))["epoch"] if records else None
+    best_epoch = best_record_epoch(records, config.trainer.monitor, config.trainer.monitor_mode)
     metrics = {
         "val": val,
         "test": test,
