@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import AvbalanceError
-from .signals import Stopped, exit_status
+from .signals import Stopped, exit_status, stop_with
 
 EXAMPLES = {
     "train": """examples:
@@ -107,10 +107,11 @@ def cmd_test(args: argparse.Namespace) -> int:
     if args.out:
         check_output_folder(args.out)  # before the evaluation, not after it
     run = load_run(args.ckpt, data_root=args.data, batch_size=args.batch_size)
-    metrics = evaluate_run(run, split=args.split, accelerator=args.accelerator, devices=args.devices)
-    print_metrics(f"{args.split} metrics of {args.ckpt}", metrics)
-    # Shapley values and confusion matrices of the same model on the same split.
-    analysis = analyse_run(run, split=args.split, removal=args.removal, accelerator=args.accelerator)
+    with stop_with("interrupted during the evaluation; rerun the same command"):
+        metrics = evaluate_run(run, split=args.split, accelerator=args.accelerator, devices=args.devices)
+        print_metrics(f"{args.split} metrics of {args.ckpt}", metrics)
+        # Shapley values and confusion matrices of the same model on the same split.
+        analysis = analyse_run(run, split=args.split, removal=args.removal, accelerator=args.accelerator)
     print_analysis(analysis)
     robustness = None
     if args.robustness:  # missing modalities by the same removal rule, corrupted inputs (seeded)

@@ -118,9 +118,8 @@ class Registry(Generic[T]):
             return dict(options)  # a builder taking **options checks them itself
         hints = _type_hints(builder)
         fields = {key: (hints.get(key, Any), parameter.default) for key, parameter in parameters}
-        model = pydantic.create_model(
-            f"{name}_options", __config__=pydantic.ConfigDict(extra="forbid", arbitrary_types_allowed=True), **fields
-        )
+        settings = pydantic.ConfigDict(extra="forbid", arbitrary_types_allowed=True, allow_inf_nan=False)
+        model = pydantic.create_model(f"{name}_options", __config__=settings, **fields)
         try:
             return model(**options).model_dump()
         except pydantic.ValidationError as error:

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import signal
 import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from types import FrameType
 
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
@@ -59,3 +61,16 @@ class StopSignals:
     def exit_status(self) -> int:
         """130 or 143 for the signal received (130 when a KeyboardInterrupt came some other way)."""
         return exit_status(self.received or signal.SIGINT)
+
+
+@contextmanager
+def stop_with(message: str) -> Iterator[StopSignals]:
+    """Within it, SIGINT and SIGTERM end in :class:`Stopped` with ``message``, also where a library
+    (Lightning's evaluation loops) turns the interrupt into a bare exit."""
+    with StopSignals() as stop:
+        try:
+            yield stop
+        except (KeyboardInterrupt, SystemExit):
+            if stop.received is None:
+                raise
+            raise Stopped(stop.received, message) from None

@@ -112,11 +112,26 @@ def cmd_probe(args: argparse.Namespace) -> int:
     return 0
 
 
+def check_distinct_runs(runs: list[str]) -> None:
+    """Each run once: a run named twice would show up as two identical runs."""
+    from pathlib import Path
+
+    from ..errors import ConfigError
+
+    seen: dict[Path, str] = {}
+    for run in runs:
+        resolved = Path(run).resolve()
+        if resolved in seen:
+            raise ConfigError(f"{run}: the same run folder is given twice (as {seen[resolved]!r} too)")
+        seen[resolved] = run
+
+
 def cmd_report(args: argparse.Namespace) -> int:
     from ..outputs import check_output_folder
     from .report import write_report
 
     check_output_folder(args.out)
+    check_distinct_runs(args.runs)
     path = write_report(
         args.runs,
         out=args.out,

@@ -34,6 +34,8 @@ __all__ = [
 
 
 def pick_device(accelerator: str = "auto") -> torch.device:
+    if accelerator not in ("auto", "cpu", "gpu", "cuda", "mps"):  # mps: evaluated on the CPU here
+        raise ConfigError(f"--accelerator {accelerator!r}: choose cpu, gpu or auto")
     if accelerator in ("auto", "gpu", "cuda") and torch.cuda.is_available():
         return torch.device("cuda")
     return torch.device("cpu")

@@ -117,6 +117,8 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError("--select: the sweep ranks settings by validation accuracy; leave --select out")
     if args.seeds is not None and args.seeds < 1:
         raise ConfigError(f"--seeds: must be at least 1, got {args.seeds}")
+    if args.seeds is not None and args.seeds > 2**32:  # seeds 0..N-1 must be valid random seeds
+        raise ConfigError(f"--seeds: must be at most 2**32, got {args.seeds}")
     jobs = args.jobs or default_jobs()
     out = (
         Path(args.out)

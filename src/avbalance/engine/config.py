@@ -24,7 +24,7 @@ MAX_COUNT = 2**31 - 1
 
 
 class Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
 
 class DataConfig(Section):
@@ -70,6 +70,13 @@ class OptimConfig(Section):
     @classmethod
     def registered_scheduler(cls, name: str) -> str:
         return check_registered(SCHEDULERS, name)
+
+    @field_validator("lr", "momentum", "weight_decay", "gamma")
+    @classmethod
+    def finite(cls, value: float) -> float:  # NaN already fails the bounds; infinity passes them
+        if value == float("inf"):
+            raise ValueError("Input should be a finite number")
+        return value
 
 
 class TrainerConfig(Section):

@@ -84,8 +84,12 @@ class BalancedDataModule(L.LightningDataModule):
         self._resume_at: tuple[int, int] | None = None  # (epoch, batches done) from a checkpoint
 
     def _select_modalities(self, info: DatasetInfo) -> DatasetInfo:
-        if not self.config.modalities:
+        if self.config.modalities is None:
             return info
+        if len(set(self.config.modalities)) != len(self.config.modalities) or not self.config.modalities:
+            raise ConfigError(
+                f"config: data.modalities: give each modality once, at least one (got {self.config.modalities})"
+            )
         unknown = [m for m in self.config.modalities if m not in info.input_shapes]
         if unknown:
             raise ConfigError(

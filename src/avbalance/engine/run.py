@@ -25,7 +25,7 @@ from ..models import HEADS, build_model, model_spec
 from ..models.checkpoint import atomic_torch_save, load_state, model_state, read_checkpoint
 from ..models.pretrained import load_pretrained_encoder
 from ..outputs import check_output_folder, write_text_atomic
-from ..signals import Stopped
+from ..signals import Stopped, StopSignals
 from .callbacks import (
     EpochHistory,
     GeneratorStates,
@@ -175,7 +175,7 @@ def lightning_trainer(config: RunConfig, out: Path, **settings: Any) -> L.Traine
             default_root_dir=str(out),
             **settings,
         )
-    except (MisconfigurationException, ValueError, TypeError) as error:
+    except (MisconfigurationException, ValueError, TypeError, ImportError) as error:  # tpu: no torch_xla
         first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         raise ConfigError(f"trainer settings: {first_line}") from None
 
@@ -358,8 +358,7 @@ def train(config: RunConfig, resume: str | None = None) -> dict[str, Any]:
     records, skipped_steps = list(history.records), guard.skipped_steps  # before evaluation reloads states
 
     best_path = best.best_model_path or str(out / CHECKPOINT_DIR / "last.ckpt")
-    val = _strip(trainer.validate(run.module, datamodule=run.datamodule, ckpt_path=best_path, verbose=False)[0], "val")
-    test = _strip(trainer.test(run.module, datamodule=run.datamodule, ckpt_path=best_path, verbose=False)[0], "test")
+    val, test = final_evaluation(trainer, run, best_path)
     best_epoch = best_record_epoch(records, config.trainer.monitor, config.trainer.monitor_mode)
     metrics = {
         "val": val,
@@ -396,6 +395,21 @@ def guarded_fit(
             stopper.stop.received,
             f"interrupted after training, at epoch {trainer.current_epoch}; resume with --resume auto to evaluate",
         )
+
+
+def final_evaluation(trainer: L.Trainer, run: TrainingRun, best_path: str) -> tuple[dict, dict]:
+    """Validation and test metrics of the best checkpoint. SIGTERM / SIGINT end them in :class:`Stopped`
+    (Lightning would turn them into a bare exit): the checkpoints are complete, a resume evaluates."""
+    with StopSignals() as stop:
+        try:
+            val = trainer.validate(run.module, datamodule=run.datamodule, ckpt_path=best_path, verbose=False)[0]
+            test = trainer.test(run.module, datamodule=run.datamodule, ckpt_path=best_path, verbose=False)[0]
+        except (KeyboardInterrupt, SystemExit):
+            if stop.received is None:
+                raise
+            message = "interrupted during the final evaluation; rerun with --resume auto to evaluate"
+            raise Stopped(stop.received, message) from None
+    return _strip(val, "val"), _strip(test, "test")
 
 
 def evaluate_run(

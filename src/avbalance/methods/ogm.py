@@ -88,6 +88,8 @@ class OGM(ModulationTarget, ModulationWindow, Method):
         self.init_target(modulate_via)
         if alpha < 0:
             raise ValueError(f"alpha must be >= 0, got {alpha}")
+        if modulation_ends < modulation_starts:
+            raise ValueError(f"modulation_ends ({modulation_ends}) is before modulation_starts ({modulation_starts})")
         self.alpha, self.modulate = alpha, modulate
         self.modulation_starts, self.modulation_ends = modulation_starts, modulation_ends
         self._pending_scores: torch.Tensor | None = None

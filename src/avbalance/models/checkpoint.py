@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import pickle
 import tempfile
+import warnings
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -24,17 +25,35 @@ from .model import MultimodalModel
 MODEL_PREFIX = "model."
 
 
+def unpickler_problem(error: pickle.UnpicklingError) -> str:
+    """The line of torch's long ``weights_only`` message that names the problem."""
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    named = [line for line in lines if "GLOBAL" in line or line.startswith("Unsupported")]
+    return (named or lines or ["unsupported content"])[0]
+
+
+def is_pickle(path: Path) -> bool:
+    """Whether the file starts like a pickle of protocol 2 or later (its PROTO opcode)."""
+    with open(path, "rb") as handle:
+        head = handle.read(2)
+    return len(head) == 2 and head[0] == 0x80 and 2 <= head[1] <= 5
+
+
 def read_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
     """Read a checkpoint file without executing code from it; one-line errors on failure."""
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"{path}: no such checkpoint file")
     try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():  # torch warns about pickle protocols before refusing a file
+            warnings.simplefilter("ignore", UserWarning)
+            checkpoint = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as error:
-        first_line = str(error).strip().splitlines()[0] if str(error).strip() else "unsupported content"
+        detail = unpickler_problem(error)
+        if "GLOBAL" not in detail and not is_pickle(path):  # random bytes or a foreign format, not code
+            raise CheckpointError(f"{path}: not a readable PyTorch checkpoint ({detail[:160]})") from None
         raise CheckpointError(
-            f"{path}: refused to load: it contains objects that only arbitrary code could rebuild ({first_line[:160]})"
+            f"{path}: refused to load: it contains objects that only arbitrary code could rebuild ({detail[:160]})"
         ) from None
     except Exception as error:  # torch.load fails on foreign files with many exception types
         detail = (str(error).strip().splitlines() or [type(error).__name__])[0][:160]

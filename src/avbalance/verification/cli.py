@@ -72,6 +72,8 @@ def run(args: argparse.Namespace) -> int:
     if args.batch_size is not None and args.batch_size < 1:  # before the trial list is written
         raise ConfigError(f"--batch-size: must be at least 1, got {args.batch_size}")
     out = check_output_folder(args.out if args.out else run_folder_of(resolve_checkpoint(args.ckpt)))
+    if args.ckpt is not None and args.trials is None:
+        check_model_fits_cache(args)  # before trials.txt is written
     trials_path = Path(args.trials) if args.trials else write_generated_trials(args, out)
     if args.ckpt is None:
         return 0
@@ -90,6 +92,13 @@ def run(args: argparse.Namespace) -> int:
     )
     print_results(verify(settings), out)
     return 0
+
+
+def check_model_fits_cache(args: argparse.Namespace) -> None:
+    """The checkpoint loads and shares a modality with the evaluation cache."""
+    from .embeddings import Embedder, open_eval_cache
+
+    Embedder(args.ckpt, args.batch_size, args.accelerator).shared_modalities(open_eval_cache(args.data))
 
 
 def write_generated_trials(args: argparse.Namespace, out: Path) -> Path:

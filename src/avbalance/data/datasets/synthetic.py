@@ -24,6 +24,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from ...errors import ConfigError
 from ..base import DatasetInfo, DatasetSplits, TensorDictDataset
 from ..declaration import DatasetDeclaration
 from ..registry import register_dataset
@@ -121,6 +122,8 @@ def build_synthetic(
     ``val_size`` > 0 draws a separate validation split; with 0 the data module carves the
     validation split out of ``train`` (``data.val_fraction``).
     """
+    if root is not None:  # a --data given by mistake would otherwise be silently ignored
+        raise ConfigError(f"{root}: dataset 'synthetic' reads no data folder; drop --data (data.root)")
     check_sizes(
         {
             "num_classes": num_classes,

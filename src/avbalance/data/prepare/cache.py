@@ -151,6 +151,8 @@ class PreparedCache:
     def __init__(self, root: str | Path):
         self.root = Path(root)
         meta_path = self.root / META
+        if self.root.is_file():
+            raise DataError(f"{self.root}: a file, not a cache folder; give the folder 'avbalance prepare' wrote")
         if not self.root.is_dir():
             raise DataError(
                 f"{self.root}: no such cache folder; create it with 'avbalance prepare <dataset> --out {self.root}'"
@@ -198,7 +200,18 @@ class PreparedCache:
         needed = BASE_COLUMNS + [f"{m}_{part}" for m in self.modalities for part in ("offset", "count")]
         if rows and (missing := [c for c in needed if c not in rows[0]]):
             raise DataError(f"{path}: manifest lacks column {missing[0]!r}; prepare the cache again")
+        self._check_label_indices(path, rows)
         return rows
+
+    def _check_label_indices(self, path: Path, rows: list[dict]) -> None:
+        """An edited manifest must not point past the classes (it would fail deep inside training)."""
+        valid = {str(i) for i in range(len(self.class_names))}
+        for line, row in enumerate(rows, start=2):
+            if row["status"] == "ok" and row["label_index"] not in valid:
+                raise DataError(
+                    f"{path}: line {line}: label_index {row['label_index']!r} is not one of the "
+                    f"{len(self.class_names)} classes (0..{len(self.class_names) - 1}); prepare the cache again"
+                )
 
     def __getstate__(self):
         # Memory maps are not sent to DataLoader workers; each worker maps the files again.
