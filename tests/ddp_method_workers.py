@@ -51,13 +51,14 @@ def no_norm_spec(method) -> dict:
     return method.adapt_model_spec(spec)
 
 
-def train_method(rank: int, world: int, name: str, params: dict, no_norm: bool) -> dict:
+def train_method(rank: int, world: int, name: str, params: dict, no_norm: bool, optimizer: str = "sgd") -> dict:
     """``EPOCHS`` epochs of ``STEPS`` steps of method ``name`` with the engine's hook order: the
     parameters, the logs after each step and each epoch, and the method's state at the end."""
     method = get_method(name, **params)
     torch.manual_seed(0)  # identical initial replicas
     model = build_model(no_norm_spec(method) if no_norm else method.adapt_model_spec(tiny_spec()))
-    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    make = {"sgd": lambda p: torch.optim.SGD(p, lr=0.1), "adamw": lambda p: torch.optim.AdamW(p, lr=0.01)}[optimizer]
+    optimizer = make(model.parameters())
     data = ShardData(rank, world)
     forward = model
     if world > 1 and not method.overrides_step:  # a head may leave a parameter unused (MMCosine's bias)

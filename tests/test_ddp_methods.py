@@ -36,11 +36,30 @@ def run_settings(name: str) -> dict:
     return {"name": name, "params": params, "no_norm": no_norm}
 
 
+# Update scaling under an adaptive optimizer (modulate_via=lr): the same coefficient on every rank.
+ADAMW_RUNS = {
+    f"{name}-adamw-lr": {
+        **run_settings(name),
+        "params": {**run_settings(name)["params"], "modulate_via": "lr"},
+        "optimizer": "adamw",
+    }
+    for name in ("ogm", "ogm_ge", "agm")
+}
+
+
 @pytest.fixture(scope="module")
 def two_ranks(tmp_path_factory):
     """Every method trained once on two ranks, in one pair of processes."""
-    runs = {name: run_settings(name) for name in method_names()}
+    runs = {name: run_settings(name) for name in method_names()} | ADAMW_RUNS
     return run_workers(train_methods, 2, tmp_path_factory.mktemp("ddp"), runs=runs)
+
+
+@pytest.mark.parametrize("key", ADAMW_RUNS)
+def test_update_scaling_under_adamw_is_identical_on_both_ranks_and_equals_one_process(two_ranks, key):
+    first, second = two_ranks[0][key], two_ranks[1][key]
+    assert torch.equal(first["params"], second["params"])
+    single = train_method(0, 1, **ADAMW_RUNS[key])
+    torch.testing.assert_close(first["params"], single["params"], rtol=1e-5, atol=1e-6)
 
 
 @pytest.mark.parametrize("name", method_names())
