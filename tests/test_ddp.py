@@ -31,36 +31,15 @@ def test_two_ranks_equal_one_process_with_the_doubled_batch(tmp_path):
     assert float(min(logs["coeff/audio"], logs["coeff/visual"])) < 1.0
 
 
+DDP_TRAIN = (
+    "train --method ogm_ge --alpha 0.5 --epochs 2 --accelerator cpu --devices 2 --strategy ddp --batch-size 16 "
+    "--set data.options.train_size=200 --set data.options.test_size=81 --set trainer.progress_bar=false"
+)
+
+
 def test_two_process_cli_training_counts_every_test_sample_once(tmp_path):
     out = tmp_path / "ddp"
-    command = [
-        sys.executable,
-        "-m",
-        "avbalance.cli",
-        "train",
-        "--method",
-        "ogm_ge",
-        "--alpha",
-        "0.5",
-        "--epochs",
-        "2",
-        "--accelerator",
-        "cpu",
-        "--devices",
-        "2",
-        "--strategy",
-        "ddp",
-        "--batch-size",
-        "16",
-        "--out",
-        str(out),
-        "--set",
-        "data.options.train_size=200",
-        "--set",
-        "data.options.test_size=81",
-        "--set",
-        "trainer.progress_bar=false",
-    ]
+    command = [sys.executable, "-m", "avbalance.cli", *DDP_TRAIN.split(), "--out", str(out)]
     result = subprocess.run(command, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
     metrics = json.loads((out / "metrics.json").read_text())

@@ -8,18 +8,10 @@ from avbalance.cli import main
 from avbalance.methods import registry
 from avbalance.methods.ogm_ge import OGMGE
 
-SMALL = [
-    "--epochs",
-    "2",
-    "--batch-size",
-    "32",
-    "--set",
-    "data.options.train_size=200",
-    "--set",
-    "data.options.test_size=40",
-    "--set",
-    "trainer.progress_bar=false",
-]
+SMALL = (
+    "--epochs 2 --batch-size 32 --set data.options.train_size=200 --set data.options.test_size=40 "
+    "--set trainer.progress_bar=false"
+).split()
 
 
 class NaNEveryThirdStep(OGMGE):

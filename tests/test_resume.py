@@ -15,29 +15,11 @@ from avbalance.cli import main
 from avbalance.engine import evaluate
 from avbalance.models.checkpoint import atomic_torch_save, read_checkpoint
 
-RUN = [
-    "train",
-    "--method",
-    "ogm_ge",
-    "--alpha",
-    "0.5",
-    "--epochs",
-    "4",
-    "--batch-size",
-    "32",
-    "--set",
-    "data.options.train_size=300",
-    "--set",
-    "data.options.test_size=40",
-    "--set",
-    "trainer.progress_bar=false",
-    "--set",
-    "trainer.deterministic=true",
-    "--set",
-    "trainer.checkpoint_every_n_steps=3",
-    "--set",
-    "optim.step_size=2",
-]
+RUN = (
+    "train --method ogm_ge --alpha 0.5 --epochs 4 --batch-size 32 --set data.options.train_size=300 "
+    "--set data.options.test_size=40 --set trainer.progress_bar=false --set "
+    "trainer.deterministic=true --set trainer.checkpoint_every_n_steps=3 --set optim.step_size=2"
+).split()
 
 
 def final_weights(run):

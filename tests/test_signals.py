@@ -18,27 +18,11 @@ from avbalance.cli import main
 from avbalance.engine.module import BalancedModule
 from avbalance.models.checkpoint import read_checkpoint
 
-RUN = [
-    "train",
-    "--method",
-    "ogm_ge",
-    "--alpha",
-    "0.5",
-    "--epochs",
-    "2",
-    "--batch-size",
-    "32",
-    "--set",
-    "data.options.train_size=200",
-    "--set",
-    "data.options.test_size=40",
-    "--set",
-    "trainer.progress_bar=false",
-    "--set",
-    "trainer.deterministic=true",
-    "--set",
-    "optim.step_size=1",
-]
+RUN = (
+    "train --method ogm_ge --alpha 0.5 --epochs 2 --batch-size 32 --set data.options.train_size=200 "
+    "--set data.options.test_size=40 --set trainer.progress_bar=false --set "
+    "trainer.deterministic=true --set optim.step_size=1"
+).split()
 STEPS_PER_EPOCH = 5  # 180 training samples (200 less the validation tenth) in full batches of 32
 
 
