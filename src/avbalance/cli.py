@@ -10,10 +10,10 @@ import argparse
 import importlib
 import json
 import sys
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from .commands import add_command
 from .errors import AvbalanceError
 from .signals import Stopped, exit_status, stop_with
 
@@ -194,20 +194,8 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def add_command(commands, name: str, handler: Callable, help_text: str) -> argparse.ArgumentParser:
-    sub = commands.add_parser(
-        name,
-        help=help_text,
-        description=help_text,
-        epilog=EXAMPLES.get(name),
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    sub.set_defaults(handler=handler)
-    return sub
-
-
 def add_train_parser(commands) -> None:
-    train = add_command(commands, "train", cmd_train, "train a model with a balancing method")
+    train = add_command(commands, "train", "train a model with a balancing method", EXAMPLES.get("train"), cmd_train)
     train.add_argument("--config", help="YAML config file")
     train.add_argument("--set", action="append", metavar="KEY=VALUE", help="override any config key (repeatable)")
     names = _registered_names()
@@ -222,7 +210,7 @@ def add_train_parser(commands) -> None:
 
 
 def add_test_parser(commands) -> None:
-    test = add_command(commands, "test", cmd_test, "evaluate a trained checkpoint")
+    test = add_command(commands, "test", "evaluate a trained checkpoint", EXAMPLES.get("test"), cmd_test)
     test.add_argument("--ckpt", required=True, help="checkpoint written by 'avbalance train'")
     test.add_argument("--split", default="test", choices=["test", "val"])
     test.add_argument("--data", help="prepared data folder, if it moved since training")
@@ -246,14 +234,22 @@ def add_test_parser(commands) -> None:
 
 def add_demo_and_convert_parsers(commands) -> None:
     demo = add_command(
-        commands, "demo", cmd_demo, "baseline vs OGM-GE vs MMCosine (+ unimodal references) on synthetic data"
+        commands,
+        "demo",
+        "baseline vs OGM-GE vs MMCosine (+ unimodal references) on synthetic data",
+        EXAMPLES.get("demo"),
+        cmd_demo,
     )
     demo.add_argument("--out", default="runs/demo")
     demo.add_argument("--epochs", type=int, default=15)
     demo.add_argument("--seed", type=int, default=0)
 
     convert = add_command(
-        commands, "convert-checkpoint", cmd_convert, "convert an official OGM-GE / MMCosine checkpoint"
+        commands,
+        "convert-checkpoint",
+        "convert an official OGM-GE / MMCosine checkpoint",
+        EXAMPLES.get("convert-checkpoint"),
+        cmd_convert,
     )
     convert.add_argument("source", help="official checkpoint (.pth)")
     convert.add_argument("target", help="avbalance checkpoint to write (.ckpt)")

@@ -6,6 +6,7 @@ import argparse
 import json
 from typing import Any
 
+from ..commands import add_command
 from .shapley import REMOVAL_RULES
 
 PROBE_HELP = "linear probes on a trained model's frozen encoders (per modality and concatenated)"
@@ -27,13 +28,7 @@ MAX_PRINTED_CLASSES = 20
 
 
 def add_parser(commands) -> None:
-    probe = commands.add_parser(
-        "probe",
-        help=PROBE_HELP,
-        description=PROBE_HELP,
-        epilog=PROBE_EXAMPLES,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
+    probe = add_command(commands, "probe", PROBE_HELP, PROBE_EXAMPLES, cmd_probe)
     probe.add_argument(
         "--ckpt",
         required=True,
@@ -52,15 +47,8 @@ def add_parser(commands) -> None:
     )
     probe.add_argument("--seed", type=int, default=0, help="seed of the classifier (default: %(default)s)")
     probe.add_argument("--out", help="JSON file to write (default: RUN/probe.json)")
-    probe.set_defaults(handler=cmd_probe)
 
-    report = commands.add_parser(
-        "report",
-        help=REPORT_HELP,
-        description=REPORT_HELP,
-        epilog=REPORT_EXAMPLES,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
+    report = add_command(commands, "report", REPORT_HELP, REPORT_EXAMPLES, cmd_report)
     report.add_argument("runs", nargs="+", metavar="RUN", help="run folders written by 'avbalance train --out'")
     report.add_argument("--out", default="report", help="folder for index.html and the figures (default: %(default)s)")
     report.add_argument("--title", help="page title")
@@ -85,7 +73,6 @@ def add_parser(commands) -> None:
     report.add_argument(
         "--probe", action="store_true", help="probe runs that have no probe.json yet (and save it in the run folder)"
     )
-    report.set_defaults(handler=cmd_report)
 
 
 def cmd_probe(args: argparse.Namespace) -> int:

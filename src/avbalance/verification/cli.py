@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from ..commands import add_command
 from ..errors import ConfigError, DataError
 from ..outputs import check_output_folder
 from .scoring import NORMS
@@ -23,13 +24,7 @@ TRIALS_FILE = "trials.txt"
 
 
 def add_parser(commands) -> argparse.ArgumentParser:
-    parser = commands.add_parser(
-        "verify",
-        help=VERIFY_HELP,
-        description=VERIFY_HELP,
-        epilog=VERIFY_EXAMPLES,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
+    parser = add_command(commands, "verify", VERIFY_HELP, VERIFY_EXAMPLES, run)
     parser.add_argument(
         "--ckpt",
         metavar="RUN",
@@ -58,7 +53,6 @@ def add_parser(commands) -> argparse.ArgumentParser:
         "--top-n", type=int, default=300, help="asnorm: the top-N cohort scores of each side (default: %(default)s)"
     )
     parser.add_argument("--accelerator", default="auto", help="cpu, gpu or auto (default: %(default)s)")
-    parser.set_defaults(handler=run)
     return parser
 
 
