@@ -234,8 +234,8 @@ def test_bad_input_gives_one_line_and_changes_nothing(world, tmp_path, capsys, t
     assert not out.exists()
 
 
-@pytest.mark.parametrize("signum, status", [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
-def test_signal_during_the_final_evaluation_stops_in_one_line(tmp_path, capsys, monkeypatch, signum, status):
+def signal_at_first_test_batch(monkeypatch, signum: int) -> None:
+    """The process receives ``signum`` while it evaluates its first test batch."""
     original = EvaluatedModel.test_step
 
     def test_step(self, batch, batch_idx):
@@ -244,6 +244,11 @@ def test_signal_during_the_final_evaluation_stops_in_one_line(tmp_path, capsys, 
         return original(self, batch, batch_idx)
 
     monkeypatch.setattr(EvaluatedModel, "test_step", test_step)
+
+
+@pytest.mark.parametrize("signum, status", [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
+def test_signal_during_the_final_evaluation_stops_in_one_line(tmp_path, capsys, monkeypatch, signum, status):
+    signal_at_first_test_batch(monkeypatch, signum)
     out = tmp_path / "run"
     assert main([*TRAIN, "--out", str(out)]) == status
     lines = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
@@ -254,14 +259,7 @@ def test_signal_during_the_final_evaluation_stops_in_one_line(tmp_path, capsys, 
 
 @pytest.mark.parametrize("signum, status", [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
 def test_signal_during_test_stops_in_one_line(world, capsys, monkeypatch, signum, status):
-    original = EvaluatedModel.test_step
-
-    def test_step(self, batch, batch_idx):
-        if batch_idx == 0:
-            os.kill(os.getpid(), signum)
-        return original(self, batch, batch_idx)
-
-    monkeypatch.setattr(EvaluatedModel, "test_step", test_step)
+    signal_at_first_test_batch(monkeypatch, signum)
     capsys.readouterr()
     assert main(["test", "--accelerator", "cpu", "--ckpt", str(world / "run" / "checkpoints" / "best.ckpt")]) == status
     lines = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
