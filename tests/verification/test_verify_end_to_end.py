@@ -24,24 +24,23 @@ def trial_list(vox, tmp_path_factory):
     return out / "trials.txt"
 
 
+def verify_command(checkpoint, data, trials, out, *extra) -> list[str]:
+    return [
+        "verify",
+        "--ckpt",
+        str(checkpoint),
+        "--data",
+        str(data),
+        "--trials",
+        str(trials),
+        "--out",
+        str(out),
+        *extra,
+    ]
+
+
 def verify(checkpoint, data, trials, out, *extra) -> dict:
-    assert (
-        main(
-            [
-                "verify",
-                "--ckpt",
-                str(checkpoint),
-                "--data",
-                str(data),
-                "--trials",
-                str(trials),
-                "--out",
-                str(out),
-                *extra,
-            ]
-        )
-        == 0
-    )
+    assert main(verify_command(checkpoint, data, trials, out, *extra)) == 0
     return json.loads((out / "verification.json").read_text())
 
 
@@ -90,22 +89,7 @@ def test_embeddings_are_reused_until_the_checkpoint_changes(vox, trial_list, tmp
     assert not np.allclose([float(row["fused"]) for row in read_scores(tmp_path / "scores.csv")], raw)
     stat = checkpoint.stat()
     os.utime(checkpoint, ns=(stat.st_atime_ns, stat.st_mtime_ns + 1_000_000))
-    assert (
-        main(
-            [
-                "verify",
-                "--ckpt",
-                str(checkpoint),
-                "--data",
-                str(vox.eval_cache),
-                "--trials",
-                str(trial_list),
-                "--out",
-                str(tmp_path),
-            ]
-        )
-        == 2
-    )
+    assert main(verify_command(checkpoint, vox.eval_cache, trial_list, tmp_path)) == 2
 
 
 def test_audio_only_cache_uses_the_shared_modality(vox, audio_only_cache, tmp_path):
