@@ -162,11 +162,32 @@ VALIDATION_SWEEP = {
     ],
 }
 
-# OGM / OGM-GE with alpha 0.1 over the whole run (a suite's sweep chose it)
-OGM_ALPHA_0_1 = {
-    m: ["method.params.alpha=0.1", "method.params.modulation_starts=0", "method.params.modulation_ends={epochs}"]
-    for m in ("ogm", "ogm_ge")
-}
+
+def ogm_settings(alpha: float, ends: str = "{epochs}") -> dict[str, list[str]]:
+    """OGM and OGM-GE with ``alpha`` from the first epoch to the last modulated epoch ``ends``."""
+    setting = [
+        f"method.params.alpha={alpha}",
+        "method.params.modulation_starts=0",
+        f"method.params.modulation_ends={ends}",
+    ]
+    return {"ogm": setting, "ogm_ge": list(setting)}
+
+
+def chosen_settings(ogm_alpha: float, agm_alpha: float, pmr_alpha: float, lfm: list[str]) -> dict[str, list[str]]:
+    """The settings a suite's validation sweep chose (benchmarks/results/<suite>/sweep.md). ReconBoost's
+    choice (1 + 1 epoch stages) is common to every suite."""
+    return {
+        **ogm_settings(ogm_alpha),
+        "agm": [f"method.params.alpha={agm_alpha}"],
+        "pmr": [*COMMON_METHOD_PARAMS["pmr"], f"method.params.alpha={pmr_alpha}"],
+        "lfm": lfm,
+    }
+
+
+# LFM's learned weight from BalanceMM's initial value (the official 0.95 under-trains short runs)
+LFM_LEARNED_0_05 = ["method.params.weighting=learned", "method.params.init_weight=0.05"]
+# OGM / OGM-GE with alpha 0.1 over the whole run (the AdamW suite's recipe)
+OGM_ALPHA_0_1 = ogm_settings(0.1)
 
 
 def adamw_variants() -> dict[str, list[str]]:
@@ -180,19 +201,22 @@ def adamw_variants() -> dict[str, list[str]]:
 
 
 def validated_suite(
-    name: str, description: str, dataset: str, recipe: list[str], epochs: int, prepare: list[str], raw_required: str
-) -> Suite:
-    """A real-data suite with the validation sweep. Its OGM / OGM-GE settings were chosen by ``--sweep``
-    on validation (benchmarks/results/<name>/sweep.md)."""
+    name: str, description: str, dataset: str, recipe: list[str], epochs: int, prepare: list[str],
+    raw_required: str, chosen: dict[str, list[str]],
+) -> Suite:  # fmt: skip
+    """A real-data suite with the validation sweep; ``chosen``: the settings ``--sweep`` chose on
+    validation (benchmarks/results/<name>/sweep.md)."""
     suite = Suite(name, description, dataset, recipe, epochs, prepare=prepare, raw_required=raw_required)
-    suite.sweep, suite.method_params = VALIDATION_SWEEP, OGM_ALPHA_0_1
+    suite.sweep, suite.method_params = VALIDATION_SWEEP, chosen
     return suite
 
 
-def grid_suite(name: str, description: str, task: str, frames: int, options: list[str], epochs: int) -> Suite:
+def grid_suite(
+    name: str, description: str, task: str, frames: int, options: list[str], epochs: int, chosen: dict[str, list[str]]
+) -> Suite:
     """A suite on GRID speaker s1 (mouth crops at 32x32, 40-bin fbank) with the small model."""
     recipe = [*grid_loader(frames), *options, *SMALL_GRID]
-    return validated_suite(name, description, "grid", recipe, epochs, grid_prepare(task), "grid/s1")
+    return validated_suite(name, description, "grid", recipe, epochs, grid_prepare(task), "grid/s1", chosen)
 
 
 SUITES: dict[str, Suite] = {
@@ -224,6 +248,7 @@ SUITES: dict[str, Suite] = {
         frames=3,
         options=[],
         epochs=16,
+        chosen=chosen_settings(ogm_alpha=0.1, agm_alpha=0.1, pmr_alpha=0.6, lfm=LFM_LEARNED_0_05),
     ),
     "grid-command": grid_suite(
         "grid-command",
@@ -233,6 +258,7 @@ SUITES: dict[str, Suite] = {
         frames=5,
         options=["data.options.task=command"],
         epochs=8,
+        chosen=chosen_settings(ogm_alpha=0.1, agm_alpha=0.1, pmr_alpha=2.0, lfm=LFM_LEARNED_0_05),
     ),
     "avmnist": validated_suite(
         "avmnist",
@@ -243,6 +269,7 @@ SUITES: dict[str, Suite] = {
         raw_required="fsdd/recordings",
         recipe=["data.dataset=avmnist", *SMALL_GRID],
         epochs=5,
+        chosen=chosen_settings(ogm_alpha=1.0, agm_alpha=0.1, pmr_alpha=1.0, lfm=LFM_LEARNED_0_05),
     ),
 }
 # AV-MNIST with AdamW (lr 1e-3, the rest as avmnist): how OGM-GE and AGM modulate under an adaptive
