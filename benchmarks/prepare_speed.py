@@ -1,10 +1,12 @@
 """Speed of ``avbalance prepare`` and of the cache loader, against the model's training speed.
 
 Prepares GRID clips from ../shared/data/grid (the word-level digit task and whole sentences) with
-1 and 2 worker processes and reports clips per second; then reads each cache through a DataLoader
-(training mode: random frames, crop + flip) and reports samples per second, next to the training
-samples per second (forward, backward, SGD step) of the model the engine builds for that dataset
-on this machine. The loader should never be the bottleneck with the default 0 loader workers.
+1 and 2 worker processes and reports clips per second, in all and per worker; times the decoding of
+a clip's video and audio from one opening of its container (what ``prepare`` does) against two
+separate reads; then reads each cache through a DataLoader as the engine's loaders do (training
+mode: random frames, crop + flip on uint8 frames, normalised per batch) and reports samples per
+second, next to the training samples per second (forward, backward, SGD step) of the model the
+engine builds for that dataset on this machine.
 
     python benchmarks/prepare_speed.py [--clips 100] [--out /tmp/prepare_speed]
 """
@@ -22,6 +24,9 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
 from avbalance.data import build_dataset
+from avbalance.data.prepare.audio import audio_from_frames, read_audio
+from avbalance.data.prepare.video import read_video_frames, read_video_with_audio
+from avbalance.engine.datamodule import FrameNormaliser, UInt8Frames, frame_statistics
 from avbalance.models import build_model, model_spec
 from avbalance.prepare_cli import add_parser, run
 
@@ -54,10 +59,38 @@ def prepare_grid(task: str, clips: int, workers: int, out: Path) -> float:
     return clips / (time.perf_counter() - start)
 
 
+def decode_rates(clips: int, repeats: int = 3) -> tuple[float, float]:
+    """Clips per second decoding GRID clips' frames (25 fps, 96 px) and 16 kHz audio: from one
+    opening of each container, and with two separate reads, alternating clip by clip (so that other
+    load hits both alike) over ``repeats`` passes."""
+    files = sorted((GRID / "s1").glob("*.mp4"))[:clips]
+
+    def once(path: Path) -> None:
+        _, _, audio = read_video_with_audio(path, 25, 96)
+        audio_from_frames(audio, path, 16000)
+
+    def twice(path: Path) -> None:
+        read_video_frames(path, 25, 96)
+        read_audio(path, 16000)
+
+    once(files[0])  # warm-up: lazy imports, resampler set-up
+    twice(files[0])
+    seconds = {once: 0.0, twice: 0.0}
+    for repeat in range(repeats):
+        for path in files:
+            for decode in (once, twice) if repeat % 2 == 0 else (twice, once):
+                start = time.perf_counter()
+                decode(path)
+                seconds[decode] += time.perf_counter() - start
+    return repeats * len(files) / seconds[once], repeats * len(files) / seconds[twice]
+
+
 def loader_rate(dataset, batch_size: int, workers: int, samples: int) -> float:
-    """Samples per second over several epochs; workers persist across epochs, as in the engine."""
+    """Samples per second over several epochs as the engine's loaders serve them (uint8 frames,
+    normalised per batch in the main process); workers persist across epochs, as in the engine."""
+    normalise = FrameNormaliser(frame_statistics(dataset))
     loader = DataLoader(
-        dataset,
+        UInt8Frames(dataset),
         batch_size=batch_size,
         shuffle=True,
         num_workers=workers,
@@ -74,7 +107,7 @@ def loader_rate(dataset, batch_size: int, workers: int, samples: int) -> float:
         next(batches)
     start, seen = time.perf_counter(), 0
     while seen < samples:
-        seen += len(next(batches)["label"])
+        seen += len(normalise(next(batches))["label"])
     return seen / (time.perf_counter() - start)
 
 
@@ -110,6 +143,7 @@ def main() -> None:
     )
     parser.add_argument("--out", type=Path, default=None, help="scratch folder (default: a temporary one)")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="device of the model")
+    parser.add_argument("--loader-samples", type=int, default=800, help="samples per loader measurement")
     args = parser.parse_args()
     device = torch.device(args.device)
     if not GRID.is_dir():
@@ -123,6 +157,7 @@ def main() -> None:
         for workers in (1, 2):
             rate = prepare_grid(task, args.clips, workers, scratch / f"{task}-{workers}")
             prepare_rows.append((task, workers, rate))
+    decode_once, decode_twice = decode_rates(min(args.clips, 20))
 
     loader_rows = []
     cases = [
@@ -132,16 +167,21 @@ def main() -> None:
     ]
     for task, options in cases:
         splits = build_dataset("grid", str(scratch / f"{task}-1"), **options)
-        rates = {workers: loader_rate(splits.train, args.batch_size, workers, 800) for workers in (0, 2)}
+        rates = {
+            workers: loader_rate(splits.train, args.batch_size, workers, args.loader_samples) for workers in (0, 2)
+        }
         batch = next(iter(DataLoader(splits.train, batch_size=args.batch_size, shuffle=True, drop_last=True)))
         train = training_rate(splits.info, batch, steps=3 if device.type == "cpu" else 50, device=device)
         shapes = ", ".join(f"{m} {tuple(s)}" for m, s in splits.info.input_shapes.items())
         encoder = splits.info.recommended_encoder or {"width": 64, "layers": [2, 2, 2, 2]}
         loader_rows.append((task, shapes, encoder, rates[0], rates[2], train))
 
-    print("\n| GRID task | workers | prepare clips/s |\n|---|---|---|")
+    print("\n| GRID task | workers | prepare clips/s | clips/s per worker |\n|---|---|---|---|")
     for task, workers, rate in prepare_rows:
-        print(f"| {task} | {workers} | {rate:.1f} |")
+        print(f"| {task} | {workers} | {rate:.1f} | {rate / workers:.1f} |")
+    print("\n| decoding a clip's video + audio | clips/s |\n|---|---|")
+    print(f"| one opening of the container (prepare) | {decode_once:.1f} |")
+    print(f"| two separate reads | {decode_twice:.1f} |")
     columns = [
         "cache",
         "inputs",

@@ -8,8 +8,14 @@ Times, separately and as the median of repeated steps:
 It also checks that the modulation makes no host synchronisation (no tensor is converted to a
 Python number) and prints a Markdown table.
 
+``--ab`` times whole training steps (forward, loss, backward, the method's gradient work, SGD step)
+of the engine's fast settings (channels-last convolutions, fused SGD) against the plain ones
+(contiguous weights, torch's default SGD, as the official loop runs), alternating the two step by
+step in one process so that other load on the machine hits both alike.
+
     python benchmarks/step_time.py                    # frames 1 and 3, batch 16, CPU
     python benchmarks/step_time.py --frames 1 --repeats 3 --device cuda
+    python benchmarks/step_time.py --ab --frames 1 3 --repeats 6
 """
 
 from __future__ import annotations
@@ -22,6 +28,8 @@ from contextlib import contextmanager
 
 import torch
 
+from avbalance.engine.module import to_channels_last
+from avbalance.engine.optim import fused_sgd
 from avbalance.methods import get_method
 from avbalance.methods.ogm import select_tensors
 from avbalance.models import build_model, model_spec
@@ -109,18 +117,78 @@ def benchmark(frames: int, batch_size: int, repeats: int, device: torch.device) 
     return results
 
 
+def training_step(model, optimizer, method, batch: dict) -> None:
+    optimizer.zero_grad(set_to_none=True)
+    output = model(batch)
+    loss = method.loss(output, batch)
+    loss.backward()
+    method.after_backward(model, output, batch)
+    optimizer.step()
+
+
+def ab_benchmark(frames: int, method_name: str, batch_size: int, steps: int, device: torch.device) -> dict:
+    """Median seconds (wall and CPU) of alternating training steps: plain vs fast settings."""
+    torch.manual_seed(0)
+    spec = model_spec({"audio": (1, 257, 188), "visual": (3, frames, 224, 224)}, num_classes=6)
+    plain, fast = build_model(spec).to(device).train(), build_model(spec).to(device).train()
+    fast.load_state_dict(plain.state_dict())
+    to_channels_last(fast)
+    settings = {"lr": 1e-3, "momentum": 0.9, "weight_decay": 1e-4}
+    params = {"alpha": 0.8} if method_name == "ogm_ge" else {}
+    variants = {
+        "plain": (plain, torch.optim.SGD(plain.parameters(), **settings), get_method(method_name, **params)),
+        "fast": (fast, fused_sgd(fast.parameters(), **settings), get_method(method_name, **params)),
+    }
+    for model, optimizer, method in variants.values():
+        method.setup(model, optimizer)
+    batch = {
+        "audio": torch.randn(batch_size, 1, 257, 188, device=device),
+        "visual": torch.randn(batch_size, 3, frames, 224, 224, device=device),
+        "label": torch.randint(0, 6, (batch_size,), device=device),
+    }
+    timings = {name: {"wall": [], "cpu": []} for name in variants}
+    for index in range(steps + 1):  # the first round is a warm-up
+        for name, (model, optimizer, method) in variants.items():
+            synchronise(device)
+            start, start_cpu = time.perf_counter(), time.process_time()
+            training_step(model, optimizer, method, batch)
+            synchronise(device)
+            if index:
+                timings[name]["wall"].append(time.perf_counter() - start)
+                timings[name]["cpu"].append(time.process_time() - start_cpu)
+    return {name: {kind: statistics.median(v) for kind, v in t.items()} for name, t in timings.items()}
+
+
+def main_ab(args: argparse.Namespace, device: torch.device) -> None:
+    print("| method | visual frames | plain step (s) | fast step (s) | plain / fast (wall) | plain / fast (CPU time) |")
+    print("|---|---|---|---|---|---|")
+    for method in ("baseline", "ogm_ge"):
+        for frames in args.frames:
+            r = ab_benchmark(frames, method, args.batch_size, args.repeats, device)
+            plain, fast = r["plain"], r["fast"]
+            print(
+                f"| {method} | {frames} | {plain['wall']:.3f} | {fast['wall']:.3f} "
+                f"| {plain['wall'] / fast['wall']:.3f} | {plain['cpu'] / fast['cpu']:.3f} |",
+                flush=True,
+            )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--frames", type=int, nargs="+", default=[1, 3])
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--ab", action="store_true", help="whole steps: fast settings against plain ones")
     args = parser.parse_args()
     device = torch.device(args.device)
     print(
         f"device: {device} ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads), "
         f"torch {torch.__version__}, batch {args.batch_size}, median of {args.repeats}"
     )
+    if args.ab:
+        main_ab(args, device)
+        return
     print(
         "| visual frames | forward+backward (s) | OGM scaling (ms) | OGM share of step | OGM-GE (ms) "
         "| randn same elements (ms) | OGM-GE / randn | modulated elements | host syncs |"

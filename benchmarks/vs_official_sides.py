@@ -11,8 +11,10 @@ medians, samples per second and the process's peak RSS. Sides:
 * ``bare``: the same model, data loader, optimizer and method in a plain PyTorch loop (no
   Lightning), timed the same way: the engine's overhead is the ratio of the two;
 * loader speed: samples per second of the training set read serially in one process (what one
-  DataLoader worker delivers): the cache loader (``bare`` with ``--samples N``, before its loop) or
-  the official ``CramedDataset`` on the official layout of the same clips (``official-loader``).
+  DataLoader worker delivers): the cache loader as the engine's loaders read it (uint8 frames, the
+  normalisation left to the batch on the model's device; ``bare`` with ``--samples N``, before its
+  loop) or the official ``CramedDataset`` on the official layout of the same clips
+  (``official-loader``, which decodes, augments and normalises in float per sample).
 
     python benchmarks/vs_official_sides.py --side lightning --config ogm_ge-f1 --cache CACHE \\
         --work DIR --result out.json
@@ -37,6 +39,8 @@ from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 
 from avbalance.engine.callbacks import EpochHistory, GeneratorStates, NonFiniteGuard
 from avbalance.engine.config import RunConfig
+from avbalance.engine.datamodule import UInt8Frames
+from avbalance.engine.module import to_channels_last
 from avbalance.engine.optim import build_optimizer
 from avbalance.engine.run import (
     TrainingRun,
@@ -125,9 +129,12 @@ def time_lightning(config: RunConfig) -> list[dict[str, float]]:
 
 
 def time_bare(run: TrainingRun, config: RunConfig) -> list[dict[str, float]]:
-    """The engine's model, loader, optimizer and method in a plain loop: zero_grad, forward, the
-    method's loss, backward, the method's gradient work, SGD step."""
+    """The engine's model (channels-last as the engine sets it), loader (uint8 frames normalised per
+    batch by the data module's transform), optimizer and method in a plain loop: zero_grad, forward,
+    the method's loss, backward, the method's gradient work, SGD step."""
     model, method = run.module.model.train(), run.method
+    if config.trainer.channels_last:
+        to_channels_last(model)
     optimizer = build_optimizer(config, model.parameters())
     method.setup(model, optimizer)
     loader = run.datamodule.train_dataloader()
@@ -142,6 +149,7 @@ def time_bare(run: TrainingRun, config: RunConfig) -> list[dict[str, float]]:
             if batch is None:
                 break
             got, got_cpu = perf(), cpu()
+            batch = run.datamodule.batch_transform(batch)
             optimizer.zero_grad(set_to_none=True)
             output = model(batch)
             loss = method.loss(output, batch)
@@ -206,7 +214,8 @@ def time_side(side: str, config: RunConfig, loader_samples: int) -> dict:
     if side == "lightning":
         return {"steps": time_lightning(config)}
     run = build_run(config)
-    loader = loader_rate(run.datamodule.train_set, loader_samples) if loader_samples else None
+    served = UInt8Frames(run.datamodule.train_set)  # what the engine's loader workers read
+    loader = loader_rate(served, loader_samples) if loader_samples else None
     return {"steps": time_bare(run, config), "loader": loader}
 
 

@@ -92,7 +92,7 @@ def write_manifests(root):
         "duplicated.csv": [header + ",audio", *(r + "," + r.rsplit(",", 1)[1] for r in rows)],
         "unknown_kind.csv": ["id,label,split,audio:sound", *rows],
         "empty_column.csv": [header + ",visual", *(r + "," for r in rows)],
-        "unguessable.csv": [header + ",visual", *(r + ",notes.txt" for r in rows)],
+        "unguessable.csv": [header + ",visual", *(r + ",notes.doc" for r in rows)],
         "empty.csv": [],
     }
     for name, lines in texts.items():
@@ -184,7 +184,10 @@ ARGUMENT_CASES = [
     case(["train", "--seed", "x"], "argument --seed: invalid int value: 'x'"),
     case(["train", "--num-nodes", "0"], "trainer.num_nodes: Input should be greater than or equal to 1"),
     case(["train", "--set", "data.eval_batch_size=0"], "data.eval_batch_size: Input should be greater than or equal"),
-    case(["train", "--set", "data.num_workers=-1"], "data.num_workers: Input should be greater than or equal to 0"),
+    case(
+        ["train", "--set", "data.num_workers=-1"],
+        "data.num_workers: Input should be greater than or equal to 0, or 'auto' (got -1)",
+    ),
     case(["train", "--set", "trainer.accumulate_grad_batches=0"], "trainer.accumulate_grad_batches: Input should be"),
     case(["train", "--set", "trainer.checkpoint_every_n_steps=0"], "trainer.checkpoint_every_n_steps: Input should"),
     case(["train", "--set", "trainer.nonfinite=maybe"], "trainer.nonfinite: Input should be 'skip', 'stop' or 'off'"),
@@ -228,7 +231,7 @@ METHOD_CASES = [
     case(["train", "--method", "mmcosine", "--scaling", "0"], "method 'mmcosine': scaling must be > 0"),
     case(
         ["train", "--method", "ogm", "--set", "method.params.modulate=bias"],
-        "modulate: Input should be 'conv', 'weights' or 'all'",
+        "modulate: Input should be 'auto', 'conv', 'weights' or 'all'",
     ),
     case(["train", "--method", "ogm", "--modalities", "visual"], "method 'ogm' needs 2+ modalities, got 1 (visual)"),
     case(
@@ -412,7 +415,7 @@ PREPARE_CASES = [
     ),
     case([*PREPARE, "--out", "{out}", "--csv", "{root}/raw/unknown_kind.csv"], "has unknown kind 'sound'"),
     case([*PREPARE, "--out", "{out}", "--csv", "{root}/raw/empty_column.csv"], "column 'visual' is empty in every row"),
-    case([*PREPARE, "--out", "{out}", "--csv", "{root}/raw/unguessable.csv"], "cannot tell what 'notes.txt' holds"),
+    case([*PREPARE, "--out", "{out}", "--csv", "{root}/raw/unguessable.csv"], "cannot tell what 'notes.doc' holds"),
     case([*PREPARE, "--out", "{out}", "--csv", "{root}/raw/latin1.csv"], "latin1.csv: not a readable CSV file"),
     case([*PREPARE, "--out", "{root}/cache", "--size", "32"], "was prepared with other settings"),
     case(["prepare", "imagenet"], "invalid choice: 'imagenet'"),

@@ -93,8 +93,11 @@ def test_a_registered_encoder_is_built_by_name_through_the_model_spec(flatten_en
 
 
 def test_encoder_kind_and_options_are_checked():
-    with pytest.raises(ConfigError, match="^unknown encoder 'transformer'; choose one of: clip, mlp, resnet$"):
-        build_encoder("transformer", 3)
+    with pytest.raises(
+        ConfigError,
+        match="^unknown encoder 'perceiver'; choose one of: clip, conv1d, framestack, gru, lstm, mlp, resnet, ",
+    ):
+        build_encoder("perceiver", 3)
     with pytest.raises(ConfigError, match="^encoder 'resnet' has no option 'hidden'; its options are: width, layers$"):
         build_encoder("resnet", 3, hidden=16)
     with pytest.raises(ConfigError, match="^encoder 'mlp': hidden: Input should be a valid integer"):
@@ -109,5 +112,6 @@ def test_mlp_encoder_ignores_model_wide_sizes_and_has_hidden_width_output():
 
 def test_default_encoder_kind_follows_the_per_sample_shape():
     assert [encoder_kind(shape) for shape in [(40,), (1, 64, 64), (3, 4, 32, 32)]] == ["mlp", "resnet", "clip"]
-    with pytest.raises(ValueError, match=r"no default encoder for inputs of per-sample shape \(2, 3\)"):
-        encoder_kind((2, 3))
+    assert encoder_kind((2, 3)) == "gru"  # a (T, F) sequence
+    with pytest.raises(ConfigError, match=r"^no default encoder for inputs of per-sample shape \(2, 3, 4, 5, 6\)$"):
+        encoder_kind((2, 3, 4, 5, 6))

@@ -59,6 +59,8 @@ class Registry(Generic[T]):
         self.builder_attribute = builder_attribute
         self._entries: dict[str, T] = {}
         self._discovered = package is None
+        self._resolver: Callable[[str], T | None] | None = None
+        self._resolver_hint = ""
 
     # -- registering -------------------------------------------------------------------------------
     def register(self, name: str) -> Callable[[T], T]:
@@ -79,6 +81,11 @@ class Registry(Generic[T]):
             )
         self._entries[name] = builder
 
+    def set_resolver(self, resolver: Callable[[str], T | None], hint: str = "") -> None:
+        """Names not registered are passed to ``resolver``, which returns a builder for the names it
+        knows (e.g. ``timm:resnet18``) and None for the others; ``hint`` ends the unknown-name message."""
+        self._resolver, self._resolver_hint = resolver, hint
+
     def remove(self, name: str) -> None:
         """Forget ``name`` (for tests and plug-ins that register temporarily)."""
         self._entries.pop(name, None)
@@ -95,9 +102,13 @@ class Registry(Generic[T]):
     def get(self, name: str) -> T:
         """The builder registered under ``name``; an unknown name is a one-line ConfigError."""
         self._discover()
-        if name not in self._entries:
-            raise ConfigError(f"unknown {self.kind} {name!r}; choose one of: {', '.join(self.names())}")
-        return self._entries[name]
+        if name in self._entries:
+            return self._entries[name]
+        resolved = self._resolver(name) if self._resolver is not None else None
+        if resolved is None:
+            hint = f" {self._resolver_hint}" if self._resolver_hint else ""
+            raise ConfigError(f"unknown {self.kind} {name!r}; choose one of: {', '.join(self.names())}{hint}")
+        return resolved
 
     def builder(self, name: str) -> Callable[..., Any]:
         """What :meth:`build` calls for ``name``: the entry, or its ``builder_attribute``."""

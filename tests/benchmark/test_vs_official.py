@@ -90,4 +90,8 @@ def test_quick_avbalance_side_without_official_repository(tmp_path, monkeypatch,
     assert overhead == pytest.approx(document["bare_loop"]["baseline-f1"] / document["avbalance"]["baseline-f1"])
     assert document["loader_samples_per_s"]["avbalance"]["f1"] > 0
     assert document["loader_samples_per_s"]["official"] == {}
+    for side in ("avbalance", "bare_loop"):
+        assert document["peak_rss_mib"][side]["baseline-f1"] == document["details"]["baseline-f1"][side]["peak_rss_mib"]
+    assert document["loader_ratio"] == {"f1": None} and document["targets_met"]["ratio"] is None
+    assert set(document["keys"]) >= {"ratio", "engine_overhead", "peak_rss_mib", "loader_ratio"}
     assert document["machine"]["batch_size"] == 2 and "--quick" in document["command"]

@@ -33,6 +33,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 from torch.utils.flop_counter import FlopCounterMode
 
+from ..data.collate import collate_samples
 from ..methods.base import Method, PlainStep
 from .runs import LoadedRun
 
@@ -165,6 +166,8 @@ def run_cost(run: LoadedRun, steps: int = 3) -> dict[str, Any]:
     from ..engine.run import build_method
 
     config = run.config
-    loader = DataLoader(run.datamodule.train_set, batch_size=config.data.batch_size, shuffle=False)
+    loader = DataLoader(
+        run.datamodule.train_set, batch_size=config.data.batch_size, shuffle=False, collate_fn=collate_samples
+    )
     batch = next(iter(loader))
     return model_cost(run.model, batch, build_method(config), lambda p: build_optimizer(config, p), steps)

@@ -8,7 +8,8 @@ from dataclasses import dataclass
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from ..models.model import MultimodalModel
+from ..data.collate import collate_samples
+from ..models.model import MultimodalModel, lengths_of
 
 
 @dataclass
@@ -31,11 +32,14 @@ def extract_features(
     dropout), no gradients, samples in dataset order (no shuffling, nothing dropped)."""
     was_training = model.training
     model.eval().to(device)
-    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers)
+    loader = DataLoader(
+        dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers, collate_fn=collate_samples
+    )
     chunks: dict[str, list[torch.Tensor]] = {m: [] for m in model.modalities}
     labels = []
     for batch in loader:
-        encoded = model.encode({m: batch[m].to(device) for m in model.modalities})
+        inputs = {**{m: batch[m] for m in model.modalities}, **lengths_of(batch, model.modalities)}
+        encoded = model.encode({key: value.to(device) for key, value in inputs.items()})
         for modality, feature in encoded.items():
             chunks[modality].append(feature.float().cpu())
         labels.append(batch["label"].cpu())

@@ -41,7 +41,8 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset
 
-from ..models.model import MultimodalModel
+from ..data.collate import collate_samples
+from ..models.model import MultimodalModel, lengths_of
 from .features import SplitFeatures, extract_features
 from .runs import LoadedRun, eval_batch_size, pick_device, run_folder_of, split_dataset
 from .shapley import check_removal, coalition_accuracy, reference_features
@@ -130,6 +131,7 @@ def corrupted_accuracy(
     correct = count = 0
     for batch in loader:
         inputs = {m: (corrupt(batch[m]) if m == modality else batch[m]).to(device) for m in model.modalities}
+        inputs.update((key, lengths.to(device)) for key, lengths in lengths_of(batch, model.modalities).items())
         predictions = model(inputs).logits.argmax(dim=1).cpu()
         correct += int((predictions == batch["label"]).sum())
         count += len(batch["label"])
@@ -149,11 +151,13 @@ def corruption_curves(
     model: MultimodalModel, dataset: Dataset, batch_size: int, device: torch.device, seed: int = 0
 ) -> dict[str, dict[str, dict[str, float]]]:
     """``{corruption: {modality: {level: acc}}}`` for every corruption that applies to each modality."""
-    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False)
+    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, collate_fn=collate_samples)
     sample = dataset[0]
     curves: dict[str, dict[str, dict[str, float]]] = {name: {} for name in CORRUPTIONS}
     ordinal = 0
     for modality in model.modalities:
+        if not sample[modality].is_floating_point():  # token ids: no signal to add noise to
+            continue
         for name in corruptions_for(modality, sample[modality].dim()):
             function, levels = CORRUPTIONS[name]
             for level in levels:

@@ -5,9 +5,13 @@ Modality tensors have a fixed per-sample shape given by :class:`DatasetInfo.inpu
 
 * ``(C, F, T)`` -- a 2-D input such as a spectrogram (``audio``: ``(1, F, T)``) or one image;
 * ``(C, T, H, W)`` -- a clip of ``T`` frames (``visual``: ``(3, T, H, W)``, ``flow``: ``(2, T, H, W)``);
-* ``(D,)`` -- a feature vector.
+* ``(D,)`` -- a feature vector;
+* ``(T, F)`` -- a sequence of ``T`` feature vectors (``T`` may vary between samples);
+* ``(T,)`` -- int64 token ids of a text (``T`` may vary between samples).
 
-PyTorch's default collate turns a list of samples into the batch dict the models consume.
+A modality listed in :attr:`DatasetInfo.variable_length` has a time axis whose length varies
+between samples: :func:`avbalance.data.collate.collate_for` pads it per batch and adds
+``<modality>_lengths``; every other modality is stacked as PyTorch's default collate does.
 """
 
 from __future__ import annotations
@@ -27,6 +31,13 @@ class DatasetInfo:
     class_names: list[str] | None = None
     # Encoder settings that suit the dataset's input sizes (see avbalance.models.build_model).
     recommended_encoder: dict = field(default_factory=dict)
+    # modality -> "audio", "frames", "flow", "array", "sequence", "frame_stack" or "text"
+    # (a missing modality: the encoder is chosen from its shape).
+    input_kinds: dict[str, str] = field(default_factory=dict)
+    # Modalities served with a variable time axis; their input_shapes hold the longest train length.
+    variable_length: list[str] = field(default_factory=list)
+    # Text modalities: the number of token ids, padding id 0 included.
+    vocab_sizes: dict[str, int] = field(default_factory=dict)
 
     @property
     def modalities(self) -> tuple[str, ...]:

@@ -26,26 +26,59 @@ class TrainingError(AvbalanceError):
     """Training cannot go on (e.g. non-finite gradients with ``trainer.nonfinite=stop``)."""
 
 
+def finite_flag(parameters, device: torch.device) -> torch.Tensor:
+    """A 0-d bool tensor on ``device``: whether every gradient is finite (True without gradients).
+    Computed on the device; nothing waits for it."""
+    grads = [p.grad for p in parameters if p.grad is not None]
+    if not grads:
+        return torch.ones((), dtype=torch.bool, device=device)
+    return torch.isfinite(torch.stack(torch._foreach_norm(grads))).all()
+
+
 def gradients_finite(parameters) -> bool:
     """Whether every gradient is finite (True without gradients); one host synchronisation."""
-    grads = [p.grad for p in parameters if p.grad is not None]
-    return not grads or bool(torch.isfinite(torch.stack(torch._foreach_norm(grads))).all())
+    return bool(finite_flag(parameters, torch.device("cpu")))
+
+
+def skips_on_device(optimizer: torch.optim.Optimizer, precision: str) -> bool:
+    """Whether ``optimizer`` can skip a step itself from a device flag (torch's fused kernels read
+    ``optimizer.found_inf``), with no step hook that would move parameters of a skipped step and
+    no AMP grad scaler (which sets ``found_inf`` itself)."""
+    fused = bool(optimizer.param_groups) and all(group.get("fused") for group in optimizer.param_groups)
+    hooked = bool(getattr(optimizer, "_optimizer_step_post_hooks", None))  # e.g. methods' update scaling
+    grad_scaler = precision in ("16", "16-mixed")  # bf16 and true half precision have none
+    return fused and getattr(optimizer, "_step_supports_amp_scaling", False) and not hooked and not grad_scaler
 
 
 class NonFiniteGuard(Callback):
     """``trainer.nonfinite``: a step with NaN/Inf gradients is skipped and counted (``skip``), or
     training stops (``stop``; fp16 overflows are routine and always skipped); ``off`` removes the
-    check and its host synchronisation.
+    check.
 
-    Lightning calls callbacks' ``on_before_optimizer_step`` before the module's, so a skipped step's
-    gradients are gone (:meth:`BalancedModule.discard_step`) before the method modulates them."""
+    ``skip`` with a fused optimizer (the built-in ``sgd`` on CPU and CUDA) never waits for the device:
+    the finiteness flag goes to the optimizer as ``found_inf`` and its kernel leaves parameters and
+    state unchanged, and the count stays on the device until read. Otherwise (``stop``, other
+    optimizers, fp16) the check reads the flag (one host synchronisation per step) and a skipped
+    step's gradients are gone (:meth:`BalancedModule.discard_step`) before the method modulates
+    them: Lightning calls callbacks' ``on_before_optimizer_step`` before the module's."""
 
     def __init__(self, mode: str = "skip", precision: str = "32-true"):
         self.mode, self.precision = mode, str(precision)
-        self.skipped_steps = 0
+        self._host_skipped = 0
+        self._device_skipped: torch.Tensor | None = None  # the fused path's count, read when asked
+
+    @property
+    def skipped_steps(self) -> int:
+        on_device = 0 if self._device_skipped is None else int(self._device_skipped)
+        return self._host_skipped + on_device
 
     def on_before_optimizer_step(self, trainer: L.Trainer, module: BalancedModule, optimizer) -> None:
-        if self.mode == "off" or gradients_finite(module.parameters()):
+        if self.mode == "off":
+            return
+        if self.mode == "skip" and skips_on_device(optimizer, self.precision):
+            self._flag_for_optimizer(module, optimizer)
+            return
+        if gradients_finite(module.parameters()):
             return
         if self.mode == "stop" and "16" not in self.precision:
             raise TrainingError(
@@ -53,13 +86,19 @@ class NonFiniteGuard(Callback):
                 f"lower the learning rate, or set trainer.nonfinite=skip to skip such steps"
             )
         module.discard_step()
-        self.skipped_steps += 1
+        self._host_skipped += 1
+
+    def _flag_for_optimizer(self, module: BalancedModule, optimizer: torch.optim.Optimizer) -> None:
+        found_inf = (~finite_flag(module.parameters(), module.device)).float()
+        optimizer.found_inf = found_inf  # the fused step leaves every tensor as it was when this is 1
+        previous = self._device_skipped
+        self._device_skipped = found_inf if previous is None else previous + found_inf.to(previous.device)
 
     def state_dict(self) -> dict[str, Any]:
         return {"skipped_steps": self.skipped_steps}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.skipped_steps = int(state["skipped_steps"])
+        self._host_skipped, self._device_skipped = int(state["skipped_steps"]), None
 
 
 class EpochHistory(Callback):

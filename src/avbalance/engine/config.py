@@ -8,15 +8,18 @@ before any work starts.
 from __future__ import annotations
 
 import copy
+import os
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
 import pydantic
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from ..errors import ConfigError
+from ..models.build import ENGINE_KEYS
 from .optim import OPTIMIZERS, SCHEDULERS, check_registered
 
 #: The largest count a setting takes (a batch size beyond it cannot be indexed).
@@ -27,6 +30,23 @@ class Section(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
 
+MAX_AUTO_WORKERS = 8
+
+
+def usable_cores() -> int:
+    """The cores this process may run on (its affinity where the OS tells it)."""
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
+
+
+def auto_workers(cores: int | None = None) -> int:
+    """``data.num_workers=auto``: every core but the one training runs on, at most 8; none on a
+    single core, where a worker process would only compete with training."""
+    cores = usable_cores() if cores is None else cores
+    return max(0, min(cores - 1, MAX_AUTO_WORKERS))
+
+
 class DataConfig(Section):
     dataset: str = "synthetic"
     root: str | None = None  # the prepared cache (``--data``); unused by ``synthetic``
@@ -35,7 +55,47 @@ class DataConfig(Section):
     val_fraction: float = Field(0.1, gt=0, lt=1)  # carved from train when the dataset has no val split
     batch_size: int = Field(64, ge=1, le=MAX_COUNT)
     eval_batch_size: int | None = Field(None, ge=1, le=MAX_COUNT)
-    num_workers: int = Field(0, ge=0)
+    # DataLoader worker processes; "auto": one per core but one (at most 8), none on a single core
+    num_workers: int | Literal["auto"] = "auto"
+
+    @field_validator("num_workers")
+    @classmethod
+    def non_negative_workers(cls, value: int | str) -> int | str:
+        if isinstance(value, int) and value < 0:
+            raise ValueError("Input should be greater than or equal to 0, or 'auto'")
+        return value
+
+    def loader_workers(self, deterministic: bool = False) -> int:
+        """``num_workers`` as a count (``auto`` resolved on this machine). A deterministic run reads in
+        the main process under ``auto``: its bit-identical resume is proven without worker processes."""
+        if self.num_workers == "auto":
+            return 0 if deterministic else auto_workers()
+        return self.num_workers
+
+
+@dataclass(frozen=True)
+class EncoderSettings:
+    """What the engine does with one modality's encoder: load ``weights`` (a file), ``freeze`` it
+    (no gradients, eval mode) and train it with ``lr_scale`` times the learning rate."""
+
+    weights: str | None = None
+    freeze: bool = False
+    lr_scale: float = 1.0
+
+
+def check_engine_keys(modality: str, settings: Mapping[str, Any]) -> None:
+    """``weights`` a path, ``freeze`` a boolean, ``lr_scale`` a finite number > 0 (one-line errors)."""
+    key = f"model.encoders.{modality}"
+    weights, freeze, scale = (settings.get(name) for name in ENGINE_KEYS)
+    if "weights" in settings and not (isinstance(weights, str) and weights):
+        raise ConfigError(f"{key}.weights: must be the path of a weights file, got {weights!r}")
+    if "freeze" in settings and not isinstance(freeze, bool):
+        raise ConfigError(f"{key}.freeze: must be true or false, got {freeze!r}")
+    number = isinstance(scale, (int, float)) and not isinstance(scale, bool)
+    if "lr_scale" in settings and not (number and 0 < scale < float("inf")):
+        raise ConfigError(
+            f"{key}.lr_scale: must be a finite number > 0 (the encoder's learning-rate factor), got {scale!r}"
+        )
 
 
 class ModelConfig(Section):
@@ -43,8 +103,34 @@ class ModelConfig(Section):
     fusion_options: dict[str, Any] = Field(default_factory=dict)
     width: int | None = Field(None, ge=1)  # ResNet base width (64 = ResNet-18); default: dataset's advice
     layers: list[int] | None = Field(None, min_length=1)  # blocks per stage ([2, 2, 2, 2] = ResNet-18)
-    encoders: dict[str, dict[str, Any]] = Field(default_factory=dict)  # per-modality overrides
-    pretrained: dict[str, str] = Field(default_factory=dict)  # modality -> weights file for its encoder
+    # per modality: name (alias kind), the encoder's options, and weights / freeze / lr_scale
+    encoders: dict[str, dict[str, Any]] = Field(default_factory=dict)
+    pretrained: dict[str, str] = Field(default_factory=dict)  # alias of encoders.<m>.weights
+
+    @field_validator("encoders")
+    @classmethod
+    def engine_keys(cls, encoders: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+        for modality, settings in encoders.items():
+            check_engine_keys(modality, settings)
+        return encoders
+
+    @model_validator(mode="after")
+    def one_weights_file(self) -> ModelConfig:
+        twice = [m for m in self.pretrained if "weights" in self.encoders.get(m, {})]
+        if twice:
+            raise ConfigError(
+                f"model.pretrained.{twice[0]} and model.encoders.{twice[0]}.weights both name weights; keep one"
+            )
+        return self
+
+    def encoder_settings(self) -> dict[str, EncoderSettings]:
+        """The engine's settings of every modality named in ``encoders`` or ``pretrained``."""
+        settings = {}
+        for modality in dict.fromkeys([*self.encoders, *self.pretrained]):
+            given = self.encoders.get(modality, {})
+            weights = given.get("weights", self.pretrained.get(modality))
+            settings[modality] = EncoderSettings(weights, given.get("freeze", False), float(given.get("lr_scale", 1)))
+        return settings
 
 
 class MethodConfig(Section):
@@ -95,6 +181,8 @@ class TrainerConfig(Section):
     checkpoint_every_n_steps: int | None = Field(None, ge=1)  # also refresh last.ckpt every N steps
     nonfinite: Literal["skip", "stop", "off"] = "skip"  # what a NaN/Inf gradient does to the step
     progress_bar: bool = True
+    channels_last: bool = True  # 2-D convolutions in channels-last memory format (faster on CPU and CUDA)
+    compile: bool = False  # torch.compile the model (CUDA only; ignored with a warning elsewhere)
     # model selection: the validation metric that picks the best checkpoint (and early stopping)
     monitor: str = "val/acc"
     monitor_mode: Literal["max", "min"] = "max"
@@ -187,7 +275,8 @@ def validate(tree: Mapping, source: str = "config") -> RunConfig:
         key = ".".join(str(p) for p in problem["loc"])
         if problem["type"] == "extra_forbidden":
             raise ConfigError(f"{source}: unknown key {key!r}") from None
-        raise ConfigError(f"{source}: {key}: {problem['msg']} (got {problem.get('input')!r})") from None
+        message = problem["msg"].removeprefix("Value error, ")  # pydantic's prefix for a validator's own message
+        raise ConfigError(f"{source}: {key}: {message} (got {problem.get('input')!r})") from None
 
 
 def load_config(

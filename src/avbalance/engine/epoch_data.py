@@ -9,6 +9,8 @@ import torch
 import torch.distributed as dist
 from torch.utils.data import DataLoader, Dataset
 
+from ..data.collate import collate_samples
+
 
 def _rank_and_world() -> tuple[int, int]:
     if dist.is_available() and dist.is_initialized():
@@ -80,6 +82,7 @@ class LoaderEpochData:
             shuffle=shuffle,
             generator=generator,
             num_workers=self.num_workers,
+            collate_fn=collate_samples,
         )
         for index, batch in enumerate(loader):
             if limit is not None and index >= limit:

@@ -12,6 +12,7 @@ from ..data.base import DatasetInfo
 from ..data.registry import prepared_datasets
 from ..errors import CheckpointError, ConfigError, DataError
 from ..models import build_model
+from ..models.build import input_channels
 from ..models.checkpoint import load_state, model_state, read_checkpoint
 from ..models.model import MultimodalModel
 from .config import RunConfig, validate
@@ -96,8 +97,11 @@ def check_data_fits(info: DatasetInfo, spec: dict[str, Any], data: str) -> None:
             f"{data}: modalities {_names(info.modalities)}, but the checkpoint's model uses {_names(spec['encoders'])}"
         )
     for modality, shape in info.input_shapes.items():
-        expected = spec["encoders"][modality].get("in_channels")
-        if expected is not None and shape[0] != expected:
+        encoder = spec["encoders"][modality]
+        expected = encoder.get("in_channels")
+        kind, vocab_size = info.input_kinds.get(modality), info.vocab_sizes.get(modality)
+        channels = input_channels(shape, encoder["kind"], kind, vocab_size)
+        if expected is not None and channels != expected:
             raise DataError(
-                f"{data}: {modality} has {shape[0]} channels, the checkpoint's {modality} encoder takes {expected}"
+                f"{data}: {modality} has {channels} channels, the checkpoint's {modality} encoder takes {expected}"
             )

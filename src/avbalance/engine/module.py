@@ -32,18 +32,52 @@ from ..metrics import MultimodalMetrics
 from ..models.model import ModelOutput, MultimodalModel
 from .config import RunConfig
 from .epoch_data import LoaderEpochData
-from .optim import build_optimizer, build_scheduler
+from .optim import build_optimizer, build_scheduler, match_layouts, parameter_groups
+
+
+def to_channels_last(model: torch.nn.Module) -> None:
+    """Every 2-D convolution's weights in channels-last memory format, where CPU (oneDNN) and CUDA
+    (cuDNN) convolutions run fastest; their outputs follow, so activations need no conversion."""
+    for module in model.modules():
+        if isinstance(module, torch.nn.Conv2d):
+            module.to(memory_format=torch.channels_last)
+
+
+def compiles_on(device: torch.device) -> bool:
+    """Whether ``trainer.compile`` compiles on ``device`` (CUDA); elsewhere it warns and trains uncompiled."""
+    if device.type == "cuda":
+        return True
+    warnings.warn(
+        f"trainer.compile=true: torch.compile is used on CUDA only; training on {device.type} uncompiled",
+        UserWarning,
+        stacklevel=2,
+    )
+    return False
 
 
 class EvaluatedModel(L.LightningModule):
-    """A multimodal model with its validation and test metrics (fused and per modality)."""
+    """A multimodal model with its validation and test metrics (fused and per modality).
 
-    def __init__(self, model: MultimodalModel, num_classes: int):
+    ``channels_last`` puts the 2-D convolutions in channels-last memory format, ``compile_model`` runs
+    the model through ``torch.compile`` (CUDA only): both when the trainer sets the model up."""
+
+    def __init__(
+        self, model: MultimodalModel, num_classes: int, channels_last: bool = False, compile_model: bool = False
+    ):
         super().__init__()
         self.model = model
         self.val_metrics = MultimodalMetrics(num_classes, model.modalities)
         self.test_metrics = MultimodalMetrics(num_classes, model.modalities)
         self.validation_results: dict[str, float] = {}  # of the last validation
+        self.channels_last, self.compile_model, self.compiled = channels_last, compile_model, False
+
+    def configure_model(self) -> None:
+        # Lightning calls this before each fit / validate / test, before building the optimizer.
+        if self.channels_last:
+            to_channels_last(self.model)
+        if self.compile_model and not self.compiled and compiles_on(self.trainer.strategy.root_device):
+            self.model.compile()  # in place: parameter names and checkpoints stay as they are
+            self.compiled = True
 
     def _evaluate(self, metrics: MultimodalMetrics, batch: dict[str, torch.Tensor]) -> None:
         output = self.model(batch)
@@ -73,7 +107,8 @@ class BalancedModule(EvaluatedModel):
     that the run can be rebuilt from it (:func:`avbalance.engine.loading.load_run`)."""
 
     def __init__(self, model: MultimodalModel, method: Method, config: RunConfig, model_spec: dict[str, Any]):
-        super().__init__(model, model_spec["num_classes"])
+        trainer = config.trainer
+        super().__init__(model, model_spec["num_classes"], trainer.channels_last, trainer.compile)
         self.method, self.config, self.model_spec = method, config, model_spec
         self.train_metrics = MultimodalMetrics(model_spec["num_classes"], model.modalities, full=False)
         # Methods that run the whole step themselves get manual optimisation (see LightningStep).
@@ -83,7 +118,7 @@ class BalancedModule(EvaluatedModel):
         self._loss_sum, self._loss_count = torch.zeros(()), 0
 
     def configure_optimizers(self):
-        optimizer = build_optimizer(self.config, self.model.parameters())
+        optimizer = build_optimizer(self.config, parameter_groups(self.config, self.model))
         scheduler = build_scheduler(self.config, optimizer)
         if scheduler is None:
             return optimizer
@@ -101,7 +136,7 @@ class BalancedModule(EvaluatedModel):
                 datamodule.val_set,
                 data.eval_batch_size or data.batch_size,
                 self.device,
-                data.num_workers,
+                data.loader_workers(self.config.trainer.deterministic),
                 self.config.trainer.seed,
                 self.current_epoch,
             )
@@ -157,6 +192,7 @@ class BalancedModule(EvaluatedModel):
         hook, self._gradient_hook = self._gradient_hook, None
         if hook is not None:
             hook()
+        match_layouts(optimizer)  # the method may have set gradients of another memory layout
         clip = self.config.trainer.gradient_clip_val
         if clip and not self.automatic_optimization:  # Lightning clips only in automatic optimisation
             torch.nn.utils.clip_grad_norm_(self.model.parameters(), clip)

@@ -19,6 +19,7 @@ from pydantic_core import PydanticCustomError
 from ..registry import Registry
 
 if TYPE_CHECKING:
+    from ..models.model import MultimodalModel
     from .config import RunConfig
 
 OPTIMIZERS: Registry[Callable[..., torch.optim.Optimizer]] = Registry("optimizer", sorted_names=False)
@@ -27,7 +28,60 @@ SCHEDULERS: Registry[Callable[..., Any]] = Registry("scheduler", sorted_names=Fa
 
 @OPTIMIZERS.register("sgd")
 def sgd(parameters: Iterable, lr: float, momentum: float, weight_decay: float) -> torch.optim.Optimizer:
-    return torch.optim.SGD(parameters, lr=lr, momentum=momentum, weight_decay=weight_decay)
+    return fused_sgd(parameters, lr=lr, momentum=momentum, weight_decay=weight_decay)
+
+
+FUSED_DEVICES = ("cpu", "cuda")  # where torch has fused optimizer kernels
+
+
+def as_param_groups(parameters: Iterable) -> list[dict[str, Any]]:
+    """Parameters, or parameter groups (dicts), as a list of groups each holding a list of tensors."""
+    items = list(parameters)
+    if not items or not isinstance(items[0], dict):
+        return [{"params": items}]
+    groups = [dict(group) for group in items]
+    for group in groups:
+        params = group["params"]
+        group["params"] = [params] if isinstance(params, torch.Tensor) else list(params)
+    return groups
+
+
+def fused_sgd(parameters: Iterable, lr: float, momentum: float, weight_decay: float) -> torch.optim.SGD:
+    """torch's SGD with its fused kernel where every parameter allows it: one kernel per step instead
+    of a series of tensor operations, with the same results, and a step the non-finite guard can skip
+    on the device (``found_inf``). Momentum buffers start at zero: the first step then gives each the
+    gradient, as torch's own initialisation does, and a parameter whose first gradient comes later
+    (a method training one encoder at a time) does not break the fused kernel."""
+    groups = as_param_groups(parameters)
+    tensors = [p for group in groups for p in group["params"]]
+    fused = bool(tensors) and all(p.is_floating_point() and p.device.type in FUSED_DEVICES for p in tensors)
+    optimizer = torch.optim.SGD(groups, lr=lr, momentum=momentum, weight_decay=weight_decay, fused=fused)
+    if fused:
+        optimizer.register_step_pre_hook(match_layouts)  # steps without a closure (the engine calls it too)
+    if fused and any(group["momentum"] for group in optimizer.param_groups):
+        for parameter in tensors:
+            optimizer.state[parameter]["momentum_buffer"] = torch.zeros_like(parameter)
+    return optimizer
+
+
+@torch.no_grad()
+def match_layouts(optimizer: torch.optim.Optimizer, *hook_arguments: Any) -> None:
+    """Before a fused step, once the gradients are final: torch's fused kernels read each tensor as
+    flat memory, so a gradient or momentum buffer laid out unlike its parameter (a method's own
+    gradient, a channels-last model resumed from a contiguous checkpoint) is copied into the
+    parameter's layout. A step pre-hook of :func:`fused_sgd`; with a closure (Lightning's automatic
+    optimisation) hooks run before the gradients exist, so the engine calls it itself after backward."""
+    for group in optimizer.param_groups:
+        if not group.get("fused"):
+            continue
+        for parameter in group["params"]:
+            grad = parameter.grad
+            if grad is not None and grad.stride() != parameter.stride():
+                parameter.grad = torch.empty_like(parameter).copy_(grad)
+            state = optimizer.state.get(parameter)
+            buffer = state.get("momentum_buffer") if state else None
+            if buffer is not None and buffer.stride() != parameter.stride():
+                state["momentum_buffer"] = torch.empty_like(parameter).copy_(buffer)
 
 
 @OPTIMIZERS.register("adam")
@@ -69,6 +123,25 @@ def _build(registry: Registry, name: str, target: Any, config: RunConfig) -> Any
 
 def build_optimizer(config: RunConfig, parameters: Iterable) -> torch.optim.Optimizer:
     return _build(OPTIMIZERS, config.optim.name, parameters, config)
+
+
+def parameter_groups(config: RunConfig, model: MultimodalModel) -> list[torch.nn.Parameter] | list[dict[str, Any]]:
+    """What the optimizer trains: every parameter that takes gradients (a frozen encoder's do not);
+    an encoder with ``model.encoders.<m>.lr_scale`` gets its own group at ``optim.lr * lr_scale``,
+    which the schedulers scale as they scale the others. Without scales: the plain parameter list."""
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    scales = {m: s.lr_scale for m, s in config.model.encoder_settings().items() if s.lr_scale != 1}
+    if not scales:
+        return trainable
+    groups = []
+    scaled: set[int] = set()
+    for modality, scale in scales.items():
+        params = [p for p in model.encoders[modality].parameters() if p.requires_grad]
+        scaled.update(id(p) for p in params)
+        if params:
+            groups.append({"params": params, "lr": config.optim.lr * scale, "name": f"encoders.{modality}"})
+    rest = [p for p in trainable if id(p) not in scaled]
+    return [{"params": rest, "name": "default"}, *groups] if rest else groups
 
 
 def build_scheduler(config: RunConfig, optimizer: torch.optim.Optimizer) -> torch.optim.lr_scheduler.LRScheduler | None:

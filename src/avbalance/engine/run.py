@@ -23,7 +23,9 @@ from ..methods.base import Method
 from ..metrics import metric_names
 from ..models import HEADS, build_model, model_spec
 from ..models.checkpoint import atomic_torch_save, load_state, model_state, read_checkpoint
-from ..models.pretrained import load_pretrained_encoder
+from ..models.external import EncoderError, check_encoder_options, modality_of
+from ..models.model import MultimodalModel
+from ..models.pretrained import freeze_encoder, load_pretrained_encoder
 from ..outputs import check_output_folder, write_text_atomic
 from ..signals import Stopped, StopSignals
 from .callbacks import (
@@ -110,6 +112,9 @@ def build_model_spec(config: RunConfig, datamodule: BalancedDataModule, method: 
         width=config.model.width or advice.get("width", 64),
         layers=config.model.layers or advice.get("layers", [2, 2, 2, 2]),
         encoders=config.model.encoders,
+        input_kinds=info.input_kinds,
+        variable_length=info.variable_length,
+        vocab_sizes=info.vocab_sizes,
     )
     try:
         method.check_modalities(info.modalities)
@@ -123,14 +128,15 @@ def build_run(config: RunConfig) -> TrainingRun:
     hyperparameters, fusion, data, model) is a ConfigError here, before any output is written."""
     method = build_method(config)
     HEADS.get(config.model.fusion)  # an unknown fusion: a one-line error naming the heads, before loading data
-    datamodule = BalancedDataModule(config.data, seed=config.trainer.seed, train_entries=epoch_entries(method))
+    datamodule = BalancedDataModule(
+        config.data, config.trainer.seed, epoch_entries(method), deterministic=config.trainer.deterministic
+    )
     spec = build_model_spec(config, datamodule, method)
+    check_encoder_options(config.model.encoders, spec)
     # The initial weights depend on the run seed alone, whatever was drawn before.
     L.seed_everything(config.trainer.seed, workers=True, verbose=False)
-    try:
-        model = build_model(spec)
-    except ValueError as error:
-        raise ConfigError(str(error)) from None
+    model = build_checked_model(spec)
+    freeze_encoders(model, config)
     check_monitor(config.trainer.monitor, model.modalities)
     return TrainingRun(method, datamodule, BalancedModule(model, method, config, spec))
 
@@ -142,14 +148,35 @@ def check_monitor(monitor: str, modalities: list[str]) -> None:
         raise ConfigError(f"trainer.monitor: unknown metric {monitor!r}; choose one of: {', '.join(known)}")
 
 
-def load_pretrained(module: BalancedModule, config: RunConfig) -> None:
-    for modality, path in config.model.pretrained.items():
-        if modality not in module.model.encoders:
+def build_checked_model(spec: dict[str, Any]) -> MultimodalModel:
+    """The model of ``spec``; an encoder's refusal names its config key (``model.encoders.<m>...``)."""
+    try:
+        return build_model(spec)
+    except EncoderError as error:
+        modality = modality_of(error, spec)
+        raise (error.at(modality) if modality else error) from None
+    except ValueError as error:
+        raise ConfigError(str(error)) from None
+
+
+def freeze_encoders(model: MultimodalModel, config: RunConfig) -> None:
+    """``model.encoders.<m>.freeze``; every modality given settings (``model.pretrained`` included)
+    must be one of the model's."""
+    for modality, settings in config.model.encoder_settings().items():
+        if modality not in model.encoders:
             raise ConfigError(
-                f"model.pretrained: no {modality!r} encoder in this model "
-                f"(modalities: {', '.join(module.model.modalities)})"
+                f"model.pretrained: no {modality!r} encoder in this model (modalities: {', '.join(model.modalities)})"
             )
-        for note in load_pretrained_encoder(module.model.encoders[modality], path, modality):
+        if settings.freeze:
+            freeze_encoder(model.encoders[modality])
+
+
+def load_pretrained(module: BalancedModule, config: RunConfig) -> None:
+    """``model.encoders.<m>.weights`` (alias ``model.pretrained.<m>``) into the fresh model."""
+    for modality, settings in config.model.encoder_settings().items():
+        if settings.weights is None:
+            continue
+        for note in load_pretrained_encoder(module.model.encoders[modality], settings.weights, modality):
             logging.getLogger("avbalance").warning(note)
 
 
@@ -313,9 +340,27 @@ def check_resume(path: str, module: BalancedModule) -> None:
     if difference is None:
         method = state.get("config", {}).get("method", {}).get("name", module.config.method.name)
         difference = spec_difference(module.config.method.name, method, "method")
+    if difference is None:  # the optimizer's parameter groups must be those of the checkpoint
+        saved_encoders = state.get("config", {}).get("model", {}).get("encoders", {})
+        here, there = optimizer_layout(module.config.model.encoders), optimizer_layout(saved_encoders)
+        difference = spec_difference(here, there, "model.encoders")
     if difference:
         raise CheckpointError(f"{path}: does not match this run: {difference}")
     load_state(module.model, model_state(saved), path)
+
+
+#: ``model.encoders.<m>`` settings that shape the optimizer's parameter groups, with their defaults.
+OPTIMIZER_SETTINGS = {"freeze": False, "lr_scale": 1.0}
+
+
+def optimizer_layout(encoders: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Every modality's ``freeze`` and ``lr_scale`` settings that differ from the defaults."""
+    layout = {}
+    for modality, settings in encoders.items():
+        changed = {k: settings[k] for k, default in OPTIMIZER_SETTINGS.items() if settings.get(k, default) != default}
+        if changed:
+            layout[modality] = changed
+    return layout
 
 
 def check_split(split: str) -> None:

@@ -47,7 +47,7 @@ from .coalitions import proper_coalitions, stacked_coalition_batch
 from .distributed import all_reduce_sum
 from .modes import model_mode
 from .modulation import ModulationWindow
-from .ogm import TensorSelection, select_tensors
+from .ogm import TensorSelection, modulated_tensors, select_tensors
 from .registry import register_method
 from .update_scaling import ModulateVia, ModulationTarget
 
@@ -169,7 +169,7 @@ class AGM(ModulationTarget, ModulationWindow, Method):
         self.choose_target(optimizer)
         super().setup(model, optimizer, data)
         self._model = model
-        groups = {m: select_tensors(model.encoders[m], self.modulate) for m in model.modalities}
+        groups = modulated_tensors(model, self.modulate, self.name)
         self.attach_updates(optimizer, groups, self.in_window)
 
     def loss(self, output: ModelOutput, batch: Mapping[str, torch.Tensor]) -> torch.Tensor:

@@ -97,7 +97,7 @@ class MLA(Method):
         losses = []
         for modality in model.modalities:
             step.zero_grad()
-            hidden = head.penultimate(model.encoders[modality](batch[modality]))
+            hidden = head.penultimate(model.encode_modality(modality, batch))
             loss = F.cross_entropy(head.fc_out(hidden), labels)
             step.backward(loss)
             mean_input = global_mean(hidden.detach())

@@ -133,6 +133,8 @@ class MMPareto(NeedsSplitHead, Method):
     def combine(self, tasks) -> None:
         """Replace each encoder tensor's (final, averaged) gradient by the Pareto gradient."""
         for modality, (params, u, v) in tasks.items():
+            if not params:  # a frozen encoder: nothing to combine
+                continue
             flat_u = torch.cat([g.reshape(-1) for g in u])
             flat_v = torch.cat([g.reshape(-1) for g in v])
             weight, cos = pareto_weight(flat_u, flat_v)

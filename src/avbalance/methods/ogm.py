@@ -20,13 +20,13 @@ are used.
 
 from __future__ import annotations
 
-import warnings
 from collections.abc import Mapping
 from typing import Literal
 
 import torch
 import torch.nn.functional as F
 
+from ..errors import ConfigError
 from ..models.model import ModelOutput, MultimodalModel
 from .base import Method
 from .distributed import all_reduce_sum
@@ -34,7 +34,7 @@ from .modulation import ModulationWindow
 from .registry import register_method
 from .update_scaling import ModulateVia, ModulationTarget
 
-TensorSelection = Literal["conv", "weights", "all"]
+TensorSelection = Literal["auto", "conv", "weights", "all"]
 
 
 def modality_scores(unimodal_logits: Mapping[str, torch.Tensor], labels: torch.Tensor) -> torch.Tensor:
@@ -68,11 +68,38 @@ def ogm_coefficients(
     return dict(zip(unimodal_logits, coefficients_from_ratios(ratios, alpha)))
 
 
+def mostly_convolutional(module: torch.nn.Module) -> bool:
+    """True when convolution kernels (>= 3-D) hold most elements of the trainable weight tensors."""
+    matrices = [p.numel() for p in module.parameters() if p.requires_grad and p.dim() >= 2]
+    kernels = [p.numel() for p in module.parameters() if p.requires_grad and p.dim() >= 3]
+    return 2 * sum(kernels) > sum(matrices)
+
+
 def select_tensors(module: torch.nn.Module, selection: TensorSelection) -> list[torch.nn.Parameter]:
-    """The parameters of ``module`` to modulate: ``conv`` = convolution kernels (>= 3-D, the official
-    choice), ``weights`` = every tensor with >= 2 dimensions, ``all`` = every parameter."""
+    """The trainable parameters of ``module`` to modulate: ``conv`` = convolution kernels (>= 3-D, the
+    official choice), ``weights`` = every tensor with >= 2 dimensions, ``all`` = every parameter;
+    ``auto`` = ``conv`` for a convolutional encoder (kernels hold most of its weights: the ResNets),
+    else ``weights`` (transformers, RNNs, MLPs, a ViT whose one convolution embeds the patches)."""
+    if selection == "auto":
+        selection = "conv" if mostly_convolutional(module) else "weights"
     minimum_dims = {"conv": 3, "weights": 2, "all": 0}[selection]
     return [p for p in module.parameters() if p.requires_grad and p.dim() >= minimum_dims]
+
+
+def modulated_tensors(
+    model: MultimodalModel, selection: TensorSelection, method: str
+) -> dict[str, list[torch.nn.Parameter]]:
+    """Every modality's selected tensors. An encoder with trainable parameters of which none is
+    selected is a one-line ConfigError; a frozen encoder (nothing trainable) selects nothing."""
+    groups = {m: select_tensors(model.encoders[m], selection) for m in model.modalities}
+    for modality, params in groups.items():
+        trainable = any(p.requires_grad for p in model.encoders[modality].parameters())
+        if trainable and not params:
+            raise ConfigError(
+                f"method {method!r}: modulate={selection!r} selects no tensor of the {modality} encoder; "
+                f"use modulate='auto', 'weights' or 'all'"
+            )
+    return groups
 
 
 @register_method
@@ -83,7 +110,7 @@ class OGM(ModulationTarget, ModulationWindow, Method):
     add_noise = False
 
     def __init__(self, alpha: float = 0.1, modulation_starts: int = 0, modulation_ends: int = 50,
-                 modulate: TensorSelection = "conv", modulate_via: ModulateVia = "auto") -> None:  # fmt: skip
+                 modulate: TensorSelection = "auto", modulate_via: ModulateVia = "auto") -> None:  # fmt: skip
         super().__init__()
         self.init_target(modulate_via)
         if alpha < 0:
@@ -112,15 +139,7 @@ class OGM(ModulationTarget, ModulationWindow, Method):
 
     def _tensor_groups(self, model: MultimodalModel) -> dict[str, list[torch.nn.Parameter]]:
         if self._groups is None:
-            self._groups = {m: select_tensors(model.encoders[m], self.modulate) for m in model.modalities}
-            empty = [m for m, params in self._groups.items() if not params]
-            if empty:
-                warnings.warn(
-                    f"{self.name}: the {', '.join(empty)} encoder has no tensors selected by "
-                    f"modulate={self.modulate!r}; use modulate='weights' or 'all'",
-                    UserWarning,
-                    stacklevel=3,
-                )
+            self._groups = modulated_tensors(model, self.modulate, self.name)
         return self._groups
 
     def after_backward(

@@ -30,7 +30,7 @@ class OGMGE(DrawsOnDevice, OGM):
     add_noise = True
 
     def __init__(self, alpha: float = 0.1, modulation_starts: int = 0, modulation_ends: int = 50,
-                 modulate: TensorSelection = "conv", seed: int | None = None,
+                 modulate: TensorSelection = "auto", seed: int | None = None,
                  modulate_via: ModulateVia = "auto") -> None:  # fmt: skip
         super().__init__(alpha, modulation_starts, modulation_ends, modulate, modulate_via)
         self.seed = seed

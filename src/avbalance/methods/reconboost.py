@@ -92,7 +92,7 @@ class ReconBoost(Method):
         )
 
     def _learner(self, model: MultimodalModel, batch: Mapping[str, torch.Tensor], modality: str) -> torch.Tensor:
-        return model.head.classify(model.encoders[modality](batch[modality]))
+        return model.head.classify(model.encode_modality(modality, batch))
 
     def training_step(
         self, model: MultimodalModel, batch: Mapping[str, torch.Tensor], step: StepContext

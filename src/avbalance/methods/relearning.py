@@ -125,7 +125,8 @@ class ReLearning(Method):
             for index, m in enumerate(model.modalities):
                 a = strengths[index]
                 for param, start in zip(model.encoders[m].parameters(), self.initial[m]):
-                    param.mul_(1 - a.to(param.dtype)).add_(start.to(param) * a.to(param.dtype))
+                    if param.requires_grad:  # a frozen encoder (model.encoders.<m>.freeze) stays as it is
+                        param.mul_(1 - a.to(param.dtype)).add_(start.to(param) * a.to(param.dtype))
 
     def state_dict(self) -> dict:
         state = {**super().state_dict(), "reinits": self.reinits}

@@ -27,7 +27,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import ConfigError
-from ..models.model import ModelOutput, MultimodalModel
+from ..models.model import ModelOutput, MultimodalModel, run_encoder
 from .base import EpochData, Method
 from .distributed import average_buffers, average_gradients, in_lockstep
 from .pretraining import optimizer_recipe
@@ -161,7 +161,10 @@ class UMT(Method):
         for _ in range(self.pretrain_epochs):
             for batch in in_lockstep(data.train_batches(shuffle=True), data.device):
                 teacher_optimizer.zero_grad(set_to_none=True)
-                loss = sum(F.cross_entropy(classifiers[m](encoders[m](batch[m])), batch["label"]) for m in modalities)
+                loss = sum(
+                    F.cross_entropy(classifiers[m](run_encoder(encoders[m], m, batch)), batch["label"])
+                    for m in modalities
+                )
                 loss.backward()
                 average_gradients(params)
                 teacher_optimizer.step()
@@ -174,7 +177,7 @@ class UMT(Method):
         if not self.teachers:
             raise RuntimeError("method 'umt' has no teachers: call setup(model, optimizer, data) first")
         with torch.no_grad():
-            teacher_features = {m: teacher(batch[m]) for m, teacher in self.teachers.items()}
+            teacher_features = {m: run_encoder(teacher, m, batch) for m, teacher in self.teachers.items()}
         terms = distillation_terms(output.features, teacher_features)
         for m, term in terms.items():
             self._logs[f"distill/{m}"] = term.detach()

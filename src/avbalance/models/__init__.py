@@ -8,6 +8,7 @@ from .amco_head import AMCoHead
 from .build import build_model, model_spec
 from .checkpoint import load_model
 from .encoders import ENCODERS, ClipEncoder, MLPEncoder, ResNetEncoder, build_encoder
+from .framestack import FrameStackEncoder
 from .fusion import (
     HEADS,
     ConcatFusion,
@@ -25,6 +26,7 @@ from .fusion import (
 )
 from .mmtm import MMTMModel
 from .model import ModelOutput, MultimodalModel
+from .sequence import GRUEncoder, LSTMEncoder, TemporalConvEncoder, TransformerSequenceEncoder
 from .shared_head import SharedHead
 
 __all__ = [
@@ -35,9 +37,12 @@ __all__ = [
     "ConcatFusion",
     "CosineFusion",
     "FiLMFusion",
+    "FrameStackEncoder",
+    "GRUEncoder",
     "FusionHead",
     "GatedFusion",
     "HeadOutput",
+    "LSTMEncoder",
     "MLPEncoder",
     "MMTMModel",
     "ModelOutput",
@@ -47,6 +52,8 @@ __all__ = [
     "SumFusion",
     "SymmetricFiLMFusion",
     "SymmetricGatedFusion",
+    "TemporalConvEncoder",
+    "TransformerSequenceEncoder",
     "build_encoder",
     "build_head",
     "build_model",

@@ -15,6 +15,7 @@ import torch
 from torch import nn
 from torchvision.models.resnet import BasicBlock, conv1x1
 
+from ..errors import ConfigError
 from ..registry import Registry
 
 #: Encoders by kind: ``builder(in_channels, **options)`` returns a module mapping one modality's
@@ -34,6 +35,10 @@ class ResNetEncoder(nn.Module):
 
     ``D = width * 2 ** (len(layers) - 1)`` (512 for ResNet-18).
     """
+
+    #: Per-sample input dimensions, checked against the data's shape when a model spec is made.
+    input_ndim = 3
+    input_layout = "(C, H, W)"
 
     def __init__(self, in_channels: int = 1, width: int = 64, layers: Sequence[int] = (2, 2, 2, 2)):
         super().__init__()
@@ -90,6 +95,9 @@ class ClipEncoder(ResNetEncoder):
     """Clips ``(B, C, T, H, W)`` -> ``(B, D)``: frames are folded into the batch, encoded by one 2-D
     ResNet, and average-pooled over time and space (the official OGM-GE visual path)."""
 
+    input_ndim = 4
+    input_layout = "(C, T, H, W)"
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         batch, channels, frames, height, width = x.shape
         folded = x.transpose(1, 2).reshape(batch * frames, channels, height, width)
@@ -101,6 +109,9 @@ class ClipEncoder(ResNetEncoder):
 class MLPEncoder(nn.Module):
     """Feature vectors ``(B, D_in)`` -> ``(B, D)`` through a small MLP (``D = out_dim``, by default
     the hidden width)."""
+
+    input_ndim = 1
+    input_layout = "(D,)"
 
     def __init__(self, in_channels: int, hidden: int = 256, out_dim: int | None = None, depth: int = 2):
         super().__init__()
@@ -118,12 +129,24 @@ class MLPEncoder(nn.Module):
         return self.net(x.flatten(1))
 
 
-def encoder_kind(input_shape: Sequence[int]) -> str:
-    """The default encoder for a per-sample input shape."""
-    kinds = {1: "mlp", 3: "resnet", 4: "clip"}
-    if len(input_shape) not in kinds:
-        raise ValueError(f"no default encoder for inputs of per-sample shape {tuple(input_shape)}")
-    return kinds[len(input_shape)]
+#: The default encoder of each input kind (``DatasetInfo.input_kinds``) that has one whatever its shape.
+KIND_DEFAULTS = {"text": "transformer", "sequence": "gru"}
+#: The default encoder by the number of per-sample dimensions, for every other input.
+NDIM_DEFAULTS = {1: "mlp", 2: "gru", 3: "resnet", 4: "clip"}
+
+
+def encoder_kind(input_shape: Sequence[int], kind: str | None = None, variable_length: bool = False) -> str:
+    """The default encoder for a per-sample input shape and input kind: ``text`` -> ``transformer``,
+    ``sequence`` or ``(T, F)`` -> ``gru``, a variable-length ``frame_stack`` -> ``framestack``, else
+    ``(D,)`` -> ``mlp``, ``(C, H, W)`` -> ``resnet``, ``(C, T, H, W)`` -> ``clip``. No default: a
+    one-line ConfigError."""
+    if kind in KIND_DEFAULTS:
+        return KIND_DEFAULTS[kind]
+    if variable_length and len(input_shape) == 4:  # a frame stack of varying length
+        return "framestack"
+    if len(input_shape) not in NDIM_DEFAULTS:
+        raise ConfigError(f"no default encoder for inputs of per-sample shape {tuple(input_shape)}")
+    return NDIM_DEFAULTS[len(input_shape)]
 
 
 def build_encoder(kind: str, in_channels: int, **options: Any) -> nn.Module:

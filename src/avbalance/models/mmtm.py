@@ -105,7 +105,7 @@ class MMTMModel(MultimodalModel):
             if not isinstance(encoder, ResNetEncoder):
                 raise ValueError(
                     f"MMTM blocks need ResNet encoders (2-D inputs or clips); the {m!r} encoder "
-                    f"is {type(encoder).__name__}"
+                    f"(model.encoders.{m}.name) is {type(encoder).__name__}"
                 )
         depths = {encoder.num_stages for encoder in self.encoders.values()}
         if len(depths) != 1:

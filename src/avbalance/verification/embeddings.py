@@ -23,9 +23,11 @@ import torch
 from torch.utils.data import DataLoader
 
 from ..analysis.runs import eval_batch_size, load_run, pick_device, resolve_checkpoint
+from ..data.collate import collate_samples
 from ..data.datasets.cached import CachedClipDataset, LoaderOptions
 from ..data.prepare.cache import META, PreparedCache
 from ..errors import DataError
+from ..models.model import lengths_of
 from .scoring import unit_rows
 
 FUSED = "fused"
@@ -162,11 +164,12 @@ class Embedder:
             loader_options(run.datamodule.test_set),
             train=False,
         )
-        loader = DataLoader(dataset, batch_size=eval_batch_size(run.config), shuffle=False)
+        loader = DataLoader(dataset, batch_size=eval_batch_size(run.config), shuffle=False, collate_fn=collate_samples)
         chunks: dict[str, list[np.ndarray]] = {m: [] for m in modalities}
         for batch in loader:
             for modality in modalities:
-                features = run.model.encoders[modality](batch[modality].to(self.device))
+                inputs = {modality: batch[modality], **lengths_of(batch, [modality])}
+                features = run.model.encode_modality(modality, {k: v.to(self.device) for k, v in inputs.items()})
                 chunks[modality].append(features.float().cpu().numpy())
         vectors = {m: np.concatenate(c) for m, c in chunks.items()}
         return Embeddings([r["id"] for r in rows], [r["label"] for r in rows], vectors)

@@ -27,7 +27,7 @@ from ...errors import DataError
 from ..prepare.options import PrepareOptions, option
 from ..prepare.plan import AUDIO, IMAGE, ClipTask, Failure, Listing, Source
 from ..registry import register_dataset
-from .cached import GREY_STATS, LoaderOptions, PreparedDataset, build_splits
+from .cached import GREY_STATS, AudioLayout, LoaderOptions, PreparedDataset, build_splits
 from .layout import require_dir
 
 DIGITS = [str(d) for d in range(10)]
@@ -109,14 +109,23 @@ class Avmnist(PreparedDataset):
         return listing
 
     @classmethod
-    def load(cls, root: str | None = None, image_size: int | None = None, augment: bool = False):
+    def load(
+        cls,
+        root: str | None = None,
+        image_size: int | None = None,
+        augment: bool = False,
+        audio_layout: AudioLayout = "image",
+    ):
         """AV-MNIST from a cache made by ``avbalance prepare avmnist``.
 
         A sample: ``audio`` ``(1, 40, 98)`` log-mel filterbank of 1 s at 8 kHz, ``visual``
         ``(3, 1, 28, 28)`` (the grey digit repeated to 3 channels, MNIST normalisation).
-        Options: ``image_size`` (default 28), ``augment`` (default false: flips change digits).
+        Options: ``image_size`` (default 28), ``augment`` (default false: flips change digits),
+        ``audio_layout`` (``sequence``: the filterbank as a ``(98, 40)`` sequence).
         """
-        options = LoaderOptions(frames=1, image_size=image_size, augment=augment, stats={"visual": GREY_STATS})
+        options = LoaderOptions(
+            frames=1, image_size=image_size, augment=augment, stats={"visual": GREY_STATS}, audio_layout=audio_layout
+        )
         return build_splits(cls.open(root), options, recommended_encoder=SMALL_ENCODER)
 
 

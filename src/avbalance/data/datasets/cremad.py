@@ -18,7 +18,7 @@ from ...errors import DataError
 from ..prepare.options import SplitOptions, option, split_rule
 from ..prepare.plan import ClipTask, Failure, Listing, mark_duplicates
 from ..registry import register_dataset
-from .cached import LoaderOptions, PreparedDataset, build_splits
+from .cached import AudioLayout, Frames, LoaderOptions, PreparedDataset, build_splits
 from .layout import audio_visual, read_csv_rows, require_dir
 
 # The official OGM-GE class order.
@@ -63,15 +63,25 @@ class Cremad(PreparedDataset):
         return listing
 
     @classmethod
-    def load(cls, root: str | None = None, frames: int = 1, image_size: int | None = None, augment: bool = True):
+    def load(
+        cls,
+        root: str | None = None,
+        frames: Frames = 1,
+        image_size: int | None = None,
+        augment: bool = True,
+        audio_layout: AudioLayout = "image",
+    ):
         """CREMA-D from a cache made by ``avbalance prepare cremad``.
 
-        Options: ``frames`` per clip (default 1, as OGM-GE; BalanceMM uses 2), ``image_size``
-        (default: the stored size, 224), ``augment`` (random resized crop + flip on the train
-        split). Audio: ``(1, 257, 188)`` with the default recipe. Validation: the actor-disjoint
-        split's val part; with the official lists (which have none) a seeded 10 % of train.
+        Options: ``frames`` per clip (default 1, as OGM-GE; BalanceMM uses 2; ``all``: every
+        stored frame), ``image_size`` (default: the stored size, 224), ``augment`` (random resized
+        crop + flip on the train split), ``audio_layout`` (``sequence``: the audio features as a
+        ``(T, F)`` sequence). Audio: ``(1, 257, 188)`` with the default recipe. Validation: the
+        actor-disjoint split's val part; with the official lists (which have none) a seeded 10 %
+        of train.
         """
-        return build_splits(cls.open(root), LoaderOptions(frames=frames, image_size=image_size, augment=augment))
+        options = LoaderOptions(frames=frames, image_size=image_size, augment=augment, audio_layout=audio_layout)
+        return build_splits(cls.open(root), options)
 
 
 def _clip(stem: str, emotion: str, split: str, video_dir: Path, audio_dir: Path) -> ClipTask:

@@ -17,7 +17,7 @@ from ...errors import ConfigError, DataError
 from ..prepare.options import PrepareOptions
 from ..prepare.plan import AUDIO, ClipTask, Failure, Listing, Source, mark_duplicates
 from ..registry import register_dataset
-from .cached import LoaderOptions, PreparedDataset, build_splits
+from .cached import AudioLayout, LoaderOptions, PreparedDataset, build_splits
 from .layout import read_csv_dicts, require_dir, require_file
 
 COLUMNS = ["filename", "fold", "target", "category"]
@@ -57,12 +57,19 @@ class Esc50(PreparedDataset):
         return Listing(clips=mark_duplicates(clips, failures), class_names=class_names, failures=failures)
 
     @classmethod
-    def load(cls, root: str | None = None, test_fold: int = 1, val_fold: int | None = None):
+    def load(
+        cls,
+        root: str | None = None,
+        test_fold: int = 1,
+        val_fold: int | None = None,
+        audio_layout: AudioLayout = "image",
+    ):
         """ESC-50 from a cache made by ``avbalance prepare esc50`` (audio only).
 
         Options: ``test_fold`` (1-5, default 1), ``val_fold`` (another fold for validation;
-        default none: a seeded 10 % of the training folds). Audio: ``(1, 257, 313)`` for 5 s with
-        the default OGM-GE recipe.
+        default none: a seeded 10 % of the training folds), ``audio_layout`` (``sequence``: the
+        audio features as a ``(T, F)`` sequence). Audio: ``(1, 257, 313)`` for 5 s with the
+        default OGM-GE recipe.
         """
         for name, fold in (("test_fold", test_fold), ("val_fold", val_fold)):
             if fold is not None and fold not in FOLDS:
@@ -74,4 +81,5 @@ class Esc50(PreparedDataset):
             fold = int(row["split"][len("fold") :])
             return "test" if fold == test_fold else "val" if fold == val_fold else "train"
 
-        return build_splits(cls.open(root), LoaderOptions(augment=False), split_of=split_of)
+        options = LoaderOptions(augment=False, audio_layout=audio_layout)
+        return build_splits(cls.open(root), options, split_of=split_of)

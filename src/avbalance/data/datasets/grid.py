@@ -29,7 +29,7 @@ from ..prepare.features import make_recipe
 from ..prepare.options import SplitOptions, option, settings_from_options, split_rule
 from ..prepare.plan import ClipTask, Failure, Listing, PrepareSettings
 from ..registry import register_dataset
-from .cached import LoaderOptions, PreparedDataset, build_splits
+from .cached import AudioLayout, Frames, LoaderOptions, PreparedDataset, build_splits
 from .layout import audio_visual, read_text_lines, require_dir
 
 # The GRID grammar: every sentence has one word of each position, in this order.
@@ -98,18 +98,21 @@ class Grid(PreparedDataset):
         cls,
         root: str | None = None,
         task: str = "digit",
-        frames: int = 3,
+        frames: Frames = 3,
         image_size: int | None = None,
         augment: bool = True,
+        audio_layout: AudioLayout = "image",
     ):
         """GRID from a cache made by ``avbalance prepare grid``.
 
         Options: ``task`` -- the label: ``digit`` (on a ``--task digit`` cache: the word-level
         spoken-digit task; on a sentence cache: the sentence's digit) or another sentence word:
         ``command``, ``colour``, ``preposition``, ``letter``, ``adverb`` (sentence caches only);
-        ``frames`` per clip (default 3), ``image_size`` (default: stored size, 96), ``augment``
-        (train split). Audio: ``(1, 128, 98)`` fbank for the 1 s word task, ``(1, 128, 298)`` for
-        3 s sentences. Validation: the generated val split.
+        ``frames`` per clip (default 3; ``all``: every stored frame, ``(3, T, H, W)`` with a
+        variable ``T``), ``image_size`` (default: stored size, 96), ``augment`` (train split),
+        ``audio_layout`` (``sequence``: the fbank as a ``(T, 128)`` sequence). Audio:
+        ``(1, 128, 98)`` fbank for the 1 s word task, ``(1, 128, 298)`` for 3 s sentences.
+        Validation: the generated val split.
         """
         if task not in WORDS:
             raise ConfigError(f"option task must be one of {', '.join(WORDS)}, got {task!r}")
@@ -119,7 +122,7 @@ class Grid(PreparedDataset):
             raise ConfigError(
                 f"{cache.root} holds the word-level digit task; prepare with --task sentence to train on {task!r}"
             )
-        options = LoaderOptions(frames=frames, image_size=image_size, augment=augment)
+        options = LoaderOptions(frames=frames, image_size=image_size, augment=augment, audio_layout=audio_layout)
         return build_splits(
             cache,
             options,

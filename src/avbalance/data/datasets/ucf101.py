@@ -23,7 +23,7 @@ from ...errors import DataError
 from ..prepare.options import PrepareOptions, option
 from ..prepare.plan import FLOW, VIDEO, ClipTask, Listing, Source, mark_duplicates
 from ..registry import register_dataset
-from .cached import GREY_STATS, LoaderOptions, PreparedDataset, build_splits
+from .cached import GREY_STATS, Frames, LoaderOptions, PreparedDataset, build_splits
 from .layout import read_text_lines, require_dir, require_file
 
 
@@ -66,13 +66,13 @@ class Ucf101(PreparedDataset):
         return listing
 
     @classmethod
-    def load(cls, root: str | None = None, frames: int = 3, image_size: int | None = None, augment: bool = True,
+    def load(cls, root: str | None = None, frames: Frames = 3, image_size: int | None = None, augment: bool = True,
              flow: bool = True):  # fmt: skip
         """UCF-101 from a cache made by ``avbalance prepare ucf101``: ``visual`` and, when prepared
         with optical flow, ``flow`` (``(2, frames, H, W)``, normalised with mean 0.1307 / std
         0.3081 as BalanceMM).
 
-        Options: ``frames`` per clip (default 3), ``image_size`` (default: stored size),
+        Options: ``frames`` per clip (default 3; ``all``: every stored frame), ``image_size`` (default: stored size),
         ``augment`` (train split: one crop + flip for RGB and flow), ``flow`` (false: RGB only).
         """
         cache = cls.open(root)

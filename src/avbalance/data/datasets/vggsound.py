@@ -20,7 +20,7 @@ from pathlib import Path
 from ..prepare.options import PrepareOptions, option
 from ..prepare.plan import ClipTask, Failure, Listing, mark_duplicates
 from ..registry import register_dataset
-from .cached import PreparedDataset, build_splits, windowed_options
+from .cached import AudioLayout, Frames, PreparedDataset, build_splits, windowed_options
 from .layout import MediaIndex, audio_visual, read_csv_rows, require_file, sorted_labels
 
 SPLITS = {"train": "train", "test": "test", "val": "val", "validation": "val"}
@@ -62,13 +62,14 @@ class Vggsound(PreparedDataset):
         return listing
 
     @classmethod
-    def load(cls, root: str | None = None, frames: int = 3, image_size: int | None = None, augment: bool = True,
-             audio_seconds: float | None = 5.0):  # fmt: skip
+    def load(cls, root: str | None = None, frames: Frames = 3, image_size: int | None = None, augment: bool = True,
+             audio_seconds: float | None = 5.0, audio_layout: AudioLayout = "image"):  # fmt: skip
         """VGGSound from a cache made by ``avbalance prepare vggsound``.
 
         Options: ``frames`` per clip (default 3, as OGM-GE), ``image_size`` (default: stored size),
         ``augment`` (train split: crop + flip, random audio window), ``audio_seconds`` (window of
-        the stored spectrogram fed to the model, default 5 s = 626 columns; None for all of it).
+        the stored spectrogram fed to the model, default 5 s = 626 columns; None for all of it),
+        ``audio_layout`` (``sequence``: the audio features as a ``(T, F)`` sequence).
         """
         cache = cls.open(root)
-        return build_splits(cache, windowed_options(cache, frames, image_size, augment, audio_seconds))
+        return build_splits(cache, windowed_options(cache, frames, image_size, augment, audio_seconds, audio_layout))

@@ -29,7 +29,7 @@ from ...errors import ConfigError, DataError
 from ..prepare.options import SplitOptions, option, split_rule
 from ..prepare.plan import AUDIO, FOLDER, VIDEO, ClipTask, Failure, Listing, Source
 from ..registry import register_dataset
-from .cached import LoaderOptions, PreparedDataset, build_splits
+from .cached import AudioLayout, Frames, LoaderOptions, PreparedDataset, build_splits
 from .layout import read_text_lines, sorted_labels
 
 SPLIT_CODES = {"1": "train", "2": "val", "3": "test"}
@@ -78,11 +78,20 @@ class Voxceleb(PreparedDataset):
         return listing
 
     @classmethod
-    def load(cls, root: str | None = None, frames: int = 3, image_size: int | None = None, augment: bool = True):
+    def load(
+        cls,
+        root: str | None = None,
+        frames: Frames = 3,
+        image_size: int | None = None,
+        augment: bool = True,
+        audio_layout: AudioLayout = "image",
+    ):
         """VoxCeleb identification from a cache made by ``avbalance prepare voxceleb``.
 
-        Options: ``frames`` per utterance (default 3), ``image_size`` (default: stored size),
-        ``augment`` (train split). Audio: ``(1, 128, 398)`` Kaldi-style fbank of 4 s by default.
+        Options: ``frames`` per utterance (default 3; ``all``: every stored frame),
+        ``image_size`` (default: stored size), ``augment`` (train split), ``audio_layout``
+        (``sequence``: the audio features as a ``(T, F)`` sequence). Audio: ``(1, 128, 398)``
+        Kaldi-style fbank of 4 s by default.
         """
         cache = cls.open(root)
         if cache.info.get("eval_set"):
@@ -90,7 +99,8 @@ class Voxceleb(PreparedDataset):
                 f"{cache.root} is an evaluation set (every utterance in test, made with --eval-set): "
                 "it scores speaker verification and cannot train a classifier"
             )
-        return build_splits(cache, LoaderOptions(frames=frames, image_size=image_size, augment=augment))
+        options = LoaderOptions(frames=frames, image_size=image_size, augment=augment, audio_layout=audio_layout)
+        return build_splits(cache, options)
 
 
 class _Utterances:

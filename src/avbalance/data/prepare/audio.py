@@ -3,6 +3,7 @@ any container FFmpeg reads), both mixed to mono float32 and resampled with soxr 
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from pathlib import Path
 
 import av
@@ -29,6 +30,13 @@ def read_audio(path: str | Path, sample_rate: int, start: float | None = None, e
         wave, rate = _read_with_soundfile(path)
     else:
         wave, rate = _read_with_pyav(path)
+    return cut_and_resample(wave, rate, sample_rate, start, end)
+
+
+def cut_and_resample(
+    wave: np.ndarray, rate: int, sample_rate: int, start: float | None = None, end: float | None = None
+) -> np.ndarray:
+    """Decoded mono samples at ``rate``: [start, end) seconds of them, resampled to ``sample_rate``."""
     if start is not None or end is not None:
         first = int(round((start or 0.0) * rate))
         last = len(wave) if end is None else int(round(end * rate))
@@ -61,18 +69,37 @@ def _read_with_pyav(path: Path) -> tuple[np.ndarray, int]:
         with av.open(str(path)) as container:
             if not container.streams.audio:
                 raise NoAudioTrack(f"no audio track in {path}", path)
-            stream = container.streams.audio[0]
-            resampler = av.AudioResampler(format="flt", layout="mono", rate=None)
-            chunks = []
-            rate = None
-            for frame in container.decode(stream):
-                for out in resampler.resample(frame):
-                    chunks.append(out.to_ndarray().reshape(-1))
-                    rate = out.sample_rate
-            for out in resampler.resample(None):
-                chunks.append(out.to_ndarray().reshape(-1))
+            return mono_samples(container.decode(container.streams.audio[0]), path)
     except av.FFmpegError as error:
         raise ClipError(f"cannot decode {path}: {_one_line(error)}", path) from None
+
+
+def audio_from_frames(
+    frames: list[av.AudioFrame] | None,
+    path: str | Path,
+    sample_rate: int,
+    start: float | None = None,
+    end: float | None = None,
+) -> np.ndarray:
+    """What :func:`read_audio` gives for ``path``, from its audio frames decoded already (None: the
+    container has no audio track), e.g. by :func:`avbalance.data.prepare.video.read_video_with_audio`."""
+    if frames is None:
+        raise NoAudioTrack(f"no audio track in {path}", path)
+    wave, rate = mono_samples(frames, path)
+    return cut_and_resample(wave, rate, sample_rate, start, end)
+
+
+def mono_samples(frames: Iterable[av.AudioFrame], path: str | Path) -> tuple[np.ndarray, int]:
+    """Decoded audio frames mixed to mono float32 samples, and their rate."""
+    resampler = av.AudioResampler(format="flt", layout="mono", rate=None)
+    chunks = []
+    rate = None
+    for frame in frames:
+        for out in resampler.resample(frame):
+            chunks.append(out.to_ndarray().reshape(-1))
+            rate = out.sample_rate
+    for out in resampler.resample(None):
+        chunks.append(out.to_ndarray().reshape(-1))
     if not chunks:
         raise ClipError(f"audio too short: no audio samples in {path}", path)
     return np.concatenate(chunks), rate

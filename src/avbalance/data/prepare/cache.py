@@ -98,6 +98,14 @@ def read_clip(path: Path) -> ClipResult:
         return ClipResult(arrays=arrays, kinds=json.loads(str(data["kinds"])), columns=json.loads(str(data["columns"])))
 
 
+def read_npy_header(handle) -> tuple[tuple[int, ...], np.dtype]:
+    """Shape and dtype from the header of an open ``.npy`` file, without reading the data."""
+    version = np.lib.format.read_magic(handle)
+    read_header = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+    shape, _, dtype = read_header(handle)
+    return shape, dtype
+
+
 def clip_shapes(path: Path) -> tuple[dict[str, tuple[tuple[int, ...], str]], dict[str, str], dict[str, str]]:
     """Shapes and dtypes of a clip file's arrays read from the .npy headers, without the data."""
     shapes = {}
@@ -106,11 +114,7 @@ def clip_shapes(path: Path) -> tuple[dict[str, tuple[tuple[int, ...], str]], dic
             if not name.startswith("array/"):
                 continue
             with archive.open(name) as member:
-                version = np.lib.format.read_magic(member)
-                read_header = (
-                    np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
-                )
-                shape, _, dtype = read_header(member)
+                shape, dtype = read_npy_header(member)
             shapes[name[len("array/") : -len(".npy")]] = (shape, dtype.str)
         kinds = json.loads(str(np.load(archive.open("kinds.npy"), allow_pickle=False)))
         columns = json.loads(str(np.load(archive.open("columns.npy"), allow_pickle=False)))
@@ -305,7 +309,7 @@ def consolidate(
     for clip in _unique(listing.clips):
         entry = _find_clip(_Entry(clip, file=files.get(clip.id), old_row=old_rows.get(clip.id)), previous, failures)
         if entry.shapes is not None and (problem := _check_shapes(entry, modality_specs)):
-            failures.append(Failure(clip.id, problem, clip.main_file()))
+            failures.append(Failure(clip.id, *problem))
             entry.shapes = None
         entries.append(entry)
 
@@ -374,14 +378,22 @@ def _unique(clips: list[ClipTask]) -> list[ClipTask]:
     return [c for c in clips if not (c.id in seen or seen.add(c.id))]
 
 
-def _check_shapes(entry: _Entry, specs: dict) -> str | None:
-    """Register each modality's row shape from the first clip; report clips that differ."""
+def _check_shapes(entry: _Entry, specs: dict) -> tuple[str, str] | None:
+    """Register each modality's kind and row shape from the first clip; report a clip that differs
+    as (reason, file). The number of rows (time) may vary, except for an array's single row."""
     for name, (shape, _) in entry.shapes.items():
-        spec = specs.get(name)
+        spec, kind = specs.get(name), entry.kinds.get(name, "array")
         if spec is None:
             continue
+        source = entry.clip.sources.get(name)
+        file = source.describe() if source is not None else entry.clip.main_file()
+        if kind != spec["kind"]:
+            return f"{name}: {file} is stored as {kind}, other clips as {spec['kind']}", file
         if list(shape[1:]) != spec["row_shape"]:
-            return f"{name} has rows of shape {tuple(shape[1:])}, other clips {tuple(spec['row_shape'])}"
+            if kind == "array":
+                return f"{name}: {file} has shape {tuple(shape[1:])}, other clips {tuple(spec['row_shape'])}", file
+            others = ", ".join(["T", *map(str, spec["row_shape"])])
+            return f"{name}: {file} has shape {tuple(shape)}, other clips ({others})", file
     for name, (shape, dtype) in entry.shapes.items():
         specs.setdefault(
             name, {"kind": entry.kinds.get(name, "array"), "dtype": np.dtype(dtype).str, "row_shape": list(shape[1:])}

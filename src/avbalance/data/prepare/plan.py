@@ -26,7 +26,10 @@ FOLDER = "folder"  # a folder of images, one per frame, in natural name order
 FLOW = "flow"  # optical flow as two image folders (u, v), one image per frame
 IMAGE = "image"  # one image held in memory (a uint8 array)
 ARRAY = "array"  # a .npy file stored as it is
-SOURCE_KINDS = (AUDIO, VIDEO, FOLDER, FLOW, IMAGE, ARRAY)
+SEQUENCE = "sequence"  # a .npy (T, F) array stored as T rows (T varies between clips)
+FRAME_STACK = "frame_stack"  # a .npy (T, H, W) or (T, H, W, C) uint8 array stored as T frames
+TEXT = "text"  # a text: the string itself or a UTF-8 .txt file
+SOURCE_KINDS = (AUDIO, VIDEO, FOLDER, FLOW, IMAGE, ARRAY, SEQUENCE, FRAME_STACK, TEXT)
 
 SPLITS = ("train", "val", "test")
 
@@ -46,6 +49,7 @@ class Source:
     kind: str
     path: str | tuple[str, str] | None = None
     data: np.ndarray | None = None  # only for IMAGE
+    text: str | None = None  # only for TEXT given in the listing itself (no file)
 
     def describe(self) -> str:
         if isinstance(self.path, tuple):
@@ -181,7 +185,10 @@ __all__ = [
     "ARRAY",
     "FLOW",
     "FOLDER",
+    "FRAME_STACK",
     "IMAGE",
+    "SEQUENCE",
+    "TEXT",
     "VIDEO",
     "ClipError",
     "ClipTask",

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 import re
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 import av
@@ -42,35 +43,83 @@ def read_video_frames(
     """``(n, size, size, 3)`` uint8 RGB frames of ``path`` sampled at ``fps`` within [start, end)
     (the ``crop`` box of each, when given), and the n times (seconds from the start of the file)
     they were taken at."""
+    frames, times, _ = _read_video(path, fps, size, start, end, crop, with_audio=False)
+    return frames, times
+
+
+def read_video_with_audio(
+    path: str | Path,
+    fps: float,
+    size: int,
+    start: float | None = None,
+    end: float | None = None,
+    crop: Crop | None = None,
+) -> tuple[np.ndarray, np.ndarray, list[av.AudioFrame] | None]:
+    """:func:`read_video_frames` and the file's decoded audio frames (None without an audio track),
+    from one opening and one pass over the container (for :func:`.audio.audio_from_frames`)."""
+    return _read_video(path, fps, size, start, end, crop, with_audio=True)
+
+
+def _read_video(
+    path: str | Path,
+    fps: float,
+    size: int,
+    start: float | None,
+    end: float | None,
+    crop: Crop | None,
+    with_audio: bool,
+) -> tuple[np.ndarray, np.ndarray, list[av.AudioFrame] | None]:
     path = Path(path)
     if not path.is_file():
         raise ClipError(f"missing file {path}", path)
+    audio = None
     try:
         with av.open(str(path)) as container:
             if not container.streams.video:
                 raise ClipError(f"no video track in {path}", path)
             stream = container.streams.video[0]
-            duration = _duration(path, container, stream)
-            clip_start = max(start or 0.0, 0.0)
-            clip_end = min(end if end is not None else duration, duration)
-            if clip_end <= clip_start:
-                raise ClipError(
-                    f"video too short: segment [{clip_start:.2f}, {end}) s is past its end "
-                    f"({duration:.2f} s) in {path}",
-                    path,
-                )
-            times = sample_times(clip_start, clip_end, fps)
+            sound = container.streams.audio[0] if with_audio and container.streams.audio else None
+            packets = _demux(container, stream, sound) if sound is not None else None
+            duration = _duration(path, container, stream, packets and packets[stream])
+            times = _clip_times(path, duration, start, end, fps)
             if crop is not None:
                 check_crop(crop, stream.codec_context.width, stream.codec_context.height, path)
-            frames = _pick_frames(container, stream, times, size, crop)
+            decoded = container.decode(stream) if packets is None else _decode(packets[stream])
+            frames = _pick_frames(decoded, stream, times, size, crop)
+            if sound is not None:
+                audio = list(_decode(packets[sound]))
     except av.FFmpegError as error:
         raise ClipError(f"cannot decode {path}: {' '.join(str(error).split())}", path) from None
     if not frames:
         raise ClipError(f"video too short: no frame decoded from {path}", path)
-    return np.stack(frames), times[: len(frames)]
+    return np.stack(frames), times[: len(frames)], audio
 
 
-def _pick_frames(container, stream, times: np.ndarray, size: int, crop: Crop | None) -> list[np.ndarray]:
+def _clip_times(path: Path, duration: float, start: float | None, end: float | None, fps: float) -> np.ndarray:
+    clip_start = max(start or 0.0, 0.0)
+    clip_end = min(end if end is not None else duration, duration)
+    if clip_end <= clip_start:
+        raise ClipError(
+            f"video too short: segment [{clip_start:.2f}, {end}) s is past its end ({duration:.2f} s) in {path}",
+            path,
+        )
+    return sample_times(clip_start, clip_end, fps)
+
+
+def _demux(container, *streams) -> dict:
+    """Every packet of ``streams`` (the end-of-stream flush packets included), read in one pass."""
+    packets = {stream: [] for stream in streams}
+    for packet in container.demux(*streams):
+        packets[packet.stream].append(packet)
+    return packets
+
+
+def _decode(packets: list) -> Iterator:
+    for packet in packets:
+        yield from packet.decode()
+
+
+def _pick_frames(decoded: Iterable, stream, times: np.ndarray, size: int, crop: Crop | None) -> list[np.ndarray]:
     """For each target time the last decoded frame shown at or before it; converting only those.
 
     Targets after the end of the last frame are dropped: a header duration can include a longer
@@ -81,7 +130,7 @@ def _pick_frames(container, stream, times: np.ndarray, size: int, crop: Crop | N
     frame_seconds = 1.0 / float(stream.average_rate or 25)
     picked: list[np.ndarray] = []
     previous, previous_time = None, 0.0
-    for frame in container.decode(stream):
+    for frame in decoded:
         time = (frame.time - offset) if frame.time is not None else previous_time
         while len(picked) < len(times) and previous is not None and time > times[len(picked)] + 1e-6:
             picked.append(_to_rgb(reformatter, previous, size, crop))
@@ -111,25 +160,32 @@ def check_crop(crop: Crop, width: int, height: int, path: Path) -> None:
         raise ClipError(f"crop box x={x} y={y} {w}x{h} does not fit the {width}x{height} frames of {path}", path)
 
 
-def _duration(path: Path, container, stream) -> float:
+def _duration(path: Path, container, stream, packets: list | None = None) -> float:
     """Seconds of video. Exact from the frame count when the container has it (mp4, avi); otherwise
-    from the packet timestamps (flv, mkv, MPEG-PS headers only estimate it, or count the audio)."""
+    from the packet timestamps (flv, mkv, MPEG-PS headers only estimate it, or count the audio):
+    ``packets`` when they were read already, else from a second opening of the file."""
     if stream.frames and stream.average_rate:
         return stream.frames / float(stream.average_rate)
+    if packets is not None:
+        return _packet_duration(path, stream, packets)
     with av.open(str(path)) as probe:
         video = probe.streams.video[0]
-        start = video.start_time or 0
-        end, last_start = None, None
-        for packet in probe.demux(video):
-            if packet.pts is not None:
-                end = max(end or 0, packet.pts + (packet.duration or 0))
-                last_start = max(last_start or 0, packet.pts)
-        if end is None or video.time_base is None:
-            raise ClipError(f"video too short: no timed video packet in {path}", path)
-        rate = video.average_rate or video.guessed_rate
-        if end == last_start and rate:  # no packet durations (flv): the last frame lasts one interval
-            return _whole_frames(float((last_start - start) * video.time_base) * float(rate) + 1) / float(rate)
-        return float((end - start) * video.time_base)
+        return _packet_duration(path, video, probe.demux(video))
+
+
+def _packet_duration(path: Path, video, packets: Iterable) -> float:
+    start = video.start_time or 0
+    end, last_start = None, None
+    for packet in packets:
+        if packet.pts is not None:
+            end = max(end or 0, packet.pts + (packet.duration or 0))
+            last_start = max(last_start or 0, packet.pts)
+    if end is None or video.time_base is None:
+        raise ClipError(f"video too short: no timed video packet in {path}", path)
+    rate = video.average_rate or video.guessed_rate
+    if end == last_start and rate:  # no packet durations (flv): the last frame lasts one interval
+        return _whole_frames(float((last_start - start) * video.time_base) * float(rate) + 1) / float(rate)
+    return float((end - start) * video.time_base)
 
 
 def _whole_frames(count: float) -> float:
