@@ -12,7 +12,7 @@ from avbalance.benchmark.runner import default_cache
 RAW = Path(__file__).resolve().parents[2].parent / "shared" / "data"
 
 
-@pytest.mark.parametrize("name", ["grid-digit", "grid-command", "avmnist"])
+@pytest.mark.parametrize("name", ["grid-digit", "grid-command", "avmnist", "grid-digit-seq"])
 def test_quick_suite_on_real_data(name, tmp_path):
     suite = get_suite(name)
     if not (RAW / suite.raw_required).exists():
