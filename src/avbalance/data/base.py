@@ -21,6 +21,11 @@ from dataclasses import dataclass, field
 from torch.utils.data import Dataset
 
 
+def lengths_key(modality: str) -> str:
+    """The batch key of a variable-length modality's true lengths ``(B,)``."""
+    return f"{modality}_lengths"
+
+
 @dataclass
 class DatasetInfo:
     """What a model needs to know about a dataset."""

@@ -12,9 +12,8 @@ from __future__ import annotations
 import torch
 from torch.utils.data import default_collate
 
-from .base import DatasetInfo
+from .base import DatasetInfo, lengths_key
 
-LENGTHS_SUFFIX = "_lengths"
 CLIP_TIME_AXIS = 1  # (C, T, H, W)
 
 
@@ -69,14 +68,14 @@ class Collate:
             tensors = [sample[key] for sample in samples]
             axis = self._axis(key, tensors)
             if axis is not None:
-                padded[key], padded[key + LENGTHS_SUFFIX] = pad_to_longest(tensors, axis)
+                padded[key], padded[lengths_key(key)] = pad_to_longest(tensors, axis)
         if not padded:
             return default_collate(samples)
         rest = default_collate([{k: v for k, v in sample.items() if k not in padded} for sample in samples])
         batch = {}
         for key in samples[0]:  # the samples' key order, each length after its modality
             if key in padded:
-                batch[key], batch[key + LENGTHS_SUFFIX] = padded[key], padded[key + LENGTHS_SUFFIX]
+                batch[key], batch[lengths_key(key)] = padded[key], padded[lengths_key(key)]
             else:
                 batch[key] = rest[key]
         return batch

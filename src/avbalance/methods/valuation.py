@@ -37,8 +37,9 @@ from typing import Any, Literal
 import torch
 import torch.nn.functional as F
 
-from ..models.model import MultimodalModel, lengths_of
+from ..models.model import MultimodalModel
 from .base import EpochData, Method, StepContext
+from .coalitions import stacked_coalition_batch
 from .distributed import all_reduce_sum
 from .registry import register_method
 
@@ -127,11 +128,7 @@ class Valuation(Method):
             stacked = {m: torch.cat([f if m in s else torch.zeros_like(f) for s in sets]) for m, f in features.items()}
             logits = model.head(stacked).logits
         else:
-            stacked = {
-                m: torch.cat([batch[m] if m in s else torch.zeros_like(batch[m]) for s in sets]) for m in modalities
-            }
-            stacked.update((key, lengths.repeat(len(sets))) for key, lengths in lengths_of(batch, modalities).items())
-            logits = model(stacked).logits
+            logits = model(stacked_coalition_batch(batch, modalities, sets)).logits
         correct = (logits.argmax(dim=1) == labels.repeat(len(sets))).float()
         return dict(zip(sets, correct.split(len(labels))))
 

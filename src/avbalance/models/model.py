@@ -8,6 +8,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from ..data.base import lengths_key
 from .fusion import FusionHead
 
 
@@ -18,11 +19,6 @@ class ModelOutput:
     logits: torch.Tensor
     unimodal_logits: dict[str, torch.Tensor]
     features: dict[str, torch.Tensor]
-
-
-def lengths_key(modality: str) -> str:
-    """The batch key of a variable-length modality's true lengths ``(B,)``."""
-    return f"{modality}_lengths"
 
 
 def lengths_of(batch: Mapping[str, torch.Tensor], modalities: Iterable[str]) -> dict[str, torch.Tensor]:
