@@ -112,18 +112,44 @@ def test_segment_indices_train_and_eval():
 
 
 def test_flip_mirrors_frames_and_reverses_horizontal_flow():
-    from avbalance.data.datasets.cached import _apply_crop
+    from avbalance.data.datasets.cached import crop_resize_flip
 
-    ramp = np.broadcast_to(np.arange(0, 80, 10, dtype=np.uint8)[None, :, None], (8, 8, 3))  # grows left to right
-    frames = np.stack([ramp, ramp])  # (K, H, W, C)
+    ramp = torch.arange(0, 80, 10, dtype=torch.uint8)[None, None, :].expand(3, 8, 8)  # grows left to right
+    frames = torch.stack([ramp, ramp])  # (K, C, H, W)
     whole_image_flipped = (0.0, 0.0, 1.0, 1.0, True)
-    assert np.array_equal(_apply_crop(frames, whole_image_flipped, 8, is_flow=False), frames[:, :, ::-1])
-    flow = frames[..., :2]
-    mirrored_flow = _apply_crop(flow, whole_image_flipped, 8, is_flow=True)
-    assert np.array_equal(mirrored_flow[..., 0], 255 - flow[:, :, ::-1, 0])  # u changes sign around 128
-    assert np.array_equal(mirrored_flow[..., 1], flow[:, :, ::-1, 1])
-    left_half = _apply_crop(frames, (0.0, 0.0, 1.0, 0.5, False), 4, is_flow=False)
-    assert left_half.shape == (2, 4, 4, 3) and left_half.mean() < frames.mean()
+    assert torch.equal(crop_resize_flip(frames, whole_image_flipped, 8, is_flow=False), frames.flip(-1))
+    flow = frames[:, :2]
+    mirrored_flow = crop_resize_flip(flow, whole_image_flipped, 8, is_flow=True)
+    assert torch.equal(mirrored_flow[:, 0], 255 - flow[:, 0].flip(-1))  # u changes sign around 128
+    assert torch.equal(mirrored_flow[:, 1], flow[:, 1].flip(-1))
+    assert torch.equal(flow[:, 0], ramp[0].expand(2, 8, 8))  # the input is left as it was
+    left_half = crop_resize_flip(frames, (0.0, 0.0, 1.0, 0.5, False), 4, is_flow=False)
+    assert left_half.shape == (2, 3, 4, 4) and left_half.float().mean() < frames.float().mean()
+
+
+def test_crop_resize_matches_pillow_on_whole_pixel_boxes():
+    """The uint8 crop + resize stays within one grey level of Pillow's crop then bilinear resize (what
+    torchvision's RandomResizedCrop does to the official loader's images), growing and shrinking,
+    colour and single channels."""
+    from PIL import Image
+
+    from avbalance.data.datasets.cached import crop_resize_flip
+
+    generator = np.random.default_rng(0)
+    coarse = generator.integers(0, 256, (12, 12, 3), dtype=np.uint8)
+    image = np.asarray(Image.fromarray(coarse, "RGB").resize((60, 40), Image.Resampling.BICUBIC))  # (40, 60, 3)
+    frames = torch.from_numpy(image.copy()).permute(2, 0, 1)[None]
+    cases = [((0.25, 0.5, 0.5, 0.25, False), 32), ((0.0, 0.0, 1.0, 1.0, False), 24), ((0.1, 0.2, 0.5, 0.5, True), 48)]
+    for crop, size in cases:
+        top, left, height, width, flip = crop
+        box = (round(left * 60), round(top * 40), round((left + width) * 60), round((top + height) * 40))
+        expected = np.asarray(Image.fromarray(image, "RGB").crop(box).resize((size, size), Image.Resampling.BILINEAR))
+        if flip:
+            expected = expected[:, ::-1]
+        for channels in (slice(0, 3), slice(0, 1)):
+            served = crop_resize_flip(frames[:, channels], crop, size, is_flow=False)[0].permute(1, 2, 0).numpy()
+            difference = np.abs(served.astype(int) - expected[..., channels].astype(int))
+            assert difference.max() <= 1 and difference.mean() < 0.05, (crop, size, channels)
 
 
 def write_quadrant_video(path, seconds=0.4, fps=25, width=64, height=48):
@@ -187,3 +213,31 @@ def test_crop_option_and_saved_settings():
     # no crop: the saved settings keep their old form, so caches prepared without the option resume
     assert "crop" not in PrepareSettings().to_dict()
     assert PrepareSettings(crop=(1, 2, 3, 4)).to_dict()["crop"] == [1, 2, 3, 4]
+
+
+def test_random_crops_follow_torchvisions_random_resized_crop_rule():
+    """Boxes stay inside the image with area fraction in [0.08, 1] and aspect ratio in [3/4, 4/3];
+    their area and aspect distributions match torchvision's ``RandomResizedCrop.get_params`` drawn
+    independently on a 1000 x 1000 image; the flip is a fair coin."""
+    from torchvision.transforms import RandomResizedCrop
+
+    from avbalance.data.datasets.cached import CROP_RATIO, CROP_SCALE, draw_crop
+
+    torch.manual_seed(0)
+    ours = np.array([draw_crop() for _ in range(4000)], dtype=np.float64)
+    top, left, height, width, flip = ours.T
+    assert (top >= 0).all() and (left >= 0).all() and (top + height <= 1).all() and (left + width <= 1).all()
+    area, aspect = height * width, width / height
+    assert area.min() >= 0.08 - 1e-9 and area.max() <= 1 + 1e-9
+    assert aspect.min() >= 3 / 4 - 1e-9 and aspect.max() <= 4 / 3 + 1e-9
+    assert abs(flip.mean() - 0.5) < 0.03
+    canvas = torch.empty(1, 1000, 1000)
+    reference = np.array([RandomResizedCrop.get_params(canvas, CROP_SCALE, CROP_RATIO) for _ in range(4000)], float)
+    ref_area = reference[:, 2] * reference[:, 3] / 1e6
+    ref_aspect = reference[:, 3] / reference[:, 2]
+    for mine, theirs in ((area, ref_area), (aspect, ref_aspect)):
+        assert abs(mine.mean() - theirs.mean()) < 0.02
+        assert np.abs(np.quantile(mine, [0.1, 0.5, 0.9]) - np.quantile(theirs, [0.1, 0.5, 0.9])).max() < 0.04
+    centre_y = top + height / 2  # positions: uniform over the room left, as torchvision's randint
+    ref_centre = (reference[:, 0] + reference[:, 2] / 2) / 1000
+    assert abs(centre_y.mean() - ref_centre.mean()) < 0.02 and abs(centre_y.std() - ref_centre.std()) < 0.02

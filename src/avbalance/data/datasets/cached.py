@@ -29,15 +29,14 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Literal
 
 import numpy as np
 import torch
-from PIL import Image
 from torch.utils.data import Dataset
-from torchvision.transforms import RandomResizedCrop
 
 from ...errors import ConfigError, DataError
 from ..base import DatasetInfo, DatasetSplits
@@ -269,16 +268,18 @@ class CachedClipDataset(Dataset):
 
     def _frames(self, modality: str, offset: int, count: int, crop) -> torch.Tensor:
         indices = offset + segment_indices(int(count), self.options.frames, self.train)
-        clip = np.array(self.cache.array(modality)[indices])  # (K, H, W, C) uint8
-        size = self.options.image_size or clip.shape[2]
+        stored = torch.from_numpy(np.array(self.cache.array(modality)[indices]))  # (K, H, W, C) uint8
+        size = self.options.image_size or stored.shape[2]
+        frames = stored.permute(0, 3, 1, 2)  # (K, C, H, W), channels-last in memory
         if crop is not None:
-            clip = _apply_crop(clip, crop, size, is_flow=self.kinds[modality] == "flow")
-        elif clip.shape[1:3] != (size, size):
-            clip = np.stack([_resize(frame, (0, 0, frame.shape[1], frame.shape[0]), size) for frame in clip])
+            frames = crop_resize_flip(frames, crop, size, is_flow=self.kinds[modality] == "flow")
+        else:
+            frames = resize_frames(frames, size)
+        frames = frames.transpose(0, 1)  # (C, K, H, W)
         if SERVE_UINT8_FRAMES.get() and not self.is_variable(modality):
-            return torch.from_numpy(np.ascontiguousarray(clip.transpose(3, 0, 1, 2)))  # (C, K, H, W) uint8
+            return frames  # a view: collating copies it into the batch once
         mean, std, to_rgb = self.frame_statistics(modality)
-        return torch.from_numpy(normalised_frames(clip, mean, std, to_rgb))
+        return normalised_frames(frames, mean, std, to_rgb)
 
     def frame_statistics(self, modality: str) -> tuple[tuple, tuple, bool]:
         """A frame modality's normalisation: (mean, std) per stored channel (ImageNet's for colour,
@@ -304,8 +305,23 @@ class CachedClipDataset(Dataset):
         """One random resized crop + flip shared by every frame modality of the sample."""
         if not self._random() or not any(k in ("frames", "flow") for k in self.kinds.values()):
             return None
-        top, left, height, width = RandomResizedCrop.get_params(torch.empty(1, 1000, 1000), CROP_SCALE, CROP_RATIO)
-        return top / 1000, left / 1000, height / 1000, width / 1000, bool(torch.rand(()) < 0.5)
+        return draw_crop()
+
+
+def draw_crop(scale: tuple[float, float] = CROP_SCALE, ratio: tuple[float, float] = CROP_RATIO):
+    """A random resized crop of a square image in relative units, ``(top, left, height, width,
+    flip)``: torchvision's ``RandomResizedCrop.get_params`` rule (area fraction uniform in ``scale``,
+    log aspect ratio uniform in ``log(ratio)``, up to 10 tries, else the whole image) with one draw
+    of torch's generator per try instead of six, and a fair coin for the horizontal flip."""
+    log_low, log_high = math.log(ratio[0]), math.log(ratio[1])
+    for _ in range(10):
+        area, log_aspect, y, x, coin = torch.rand(5, dtype=torch.float64).tolist()
+        area = scale[0] + (scale[1] - scale[0]) * area
+        aspect = math.exp(log_low + (log_high - log_low) * log_aspect)
+        width, height = math.sqrt(area * aspect), math.sqrt(area / aspect)
+        if width <= 1.0 and height <= 1.0:
+            return y * (1.0 - height), x * (1.0 - width), height, width, coin < 0.5
+    return 0.0, 0.0, 1.0, 1.0, bool(torch.rand(()) < 0.5)
 
 
 def resample_linear(steps: np.ndarray, length: int) -> np.ndarray:
@@ -320,10 +336,6 @@ def resample_linear(steps: np.ndarray, length: int) -> np.ndarray:
 def stored_text(rows: np.ndarray) -> str:
     """A text stored as its UTF-8 bytes (one uint8 row per byte)."""
     return np.asarray(rows, dtype=np.uint8).tobytes().decode("utf-8")
-
-
-# Per-sample image work uses NumPy and Pillow, which run on the calling thread: with the default of
-# no loader worker processes, torch's intra-op threads would compete with training for the cores.
 
 
 #: True while a loader asks for uint8 frames (see :func:`uint8_frames`).
@@ -342,39 +354,37 @@ def uint8_frames():
         SERVE_UINT8_FRAMES.reset(token)
 
 
-def normalised_frames(clip: np.ndarray, mean: tuple, std: tuple, to_rgb: bool) -> np.ndarray:
-    """``(K, H, W, C)`` uint8 frames as ``(C, K, H, W)`` float32 ``(x / 255 - mean) / std``; grey
-    frames repeated to 3 channels with ``to_rgb``."""
-    values = (clip.astype(np.float32) / 255.0 - np.asarray(mean, np.float32)) / np.asarray(std, np.float32)
-    if to_rgb:
-        values = np.repeat(values, 3, axis=-1)  # grey images feed the 3-channel visual encoder
-    return np.ascontiguousarray(values.transpose(3, 0, 1, 2))
+def normalised_frames(frames: torch.Tensor, mean: tuple, std: tuple, to_rgb: bool) -> torch.Tensor:
+    """``(C, K, H, W)`` uint8 frames as float32 ``(x / 255 - mean) / std`` per channel; grey frames
+    repeated to 3 channels with ``to_rgb``."""
+    shape = (-1, 1, 1, 1)
+    mean, std = (torch.tensor(values, dtype=torch.float32).view(shape) for values in (mean, std))
+    values = frames.float().div_(255.0).sub_(mean).div_(std)
+    return values.repeat(3, 1, 1, 1) if to_rgb else values  # grey images feed the 3-channel visual encoder
 
 
-def _apply_crop(clip: np.ndarray, crop, size: int, is_flow: bool) -> np.ndarray:
-    """Crop the same relative box out of every ``(H, W, C)`` frame, resize it, maybe mirror it."""
+def crop_resize_flip(frames: torch.Tensor, crop, size: int, is_flow: bool) -> torch.Tensor:
+    """The same relative box ``crop`` (top, left, height, width, flip) cut out of every frame of
+    ``(K, C, H, W)`` uint8 ``frames`` (rounded to whole pixels, as torchvision's RandomResizedCrop
+    cuts), resized to ``(size, size)`` and mirrored when ``flip``."""
     top, left, height, width, flip = crop
-    h, w = clip.shape[1:3]
-    box = (left * w, top * h, (left + width) * w, (top + height) * h)
-    clip = np.stack([_resize(frame, box, size) for frame in clip])
+    rows, columns = frames.shape[-2:]
+    y0, x0 = min(round(top * rows), rows - 1), min(round(left * columns), columns - 1)
+    y1, x1 = max(y0 + 1, round((top + height) * rows)), max(x0 + 1, round((left + width) * columns))
+    frames = resize_frames(frames[..., y0:y1, x0:x1], size)
     if flip:
-        clip = clip[:, :, ::-1]
+        frames = frames.flip(-1)
         if is_flow:  # mirroring the image reverses horizontal motion (flow stored around 128)
-            clip = np.concatenate([255 - clip[..., :1], clip[..., 1:]], axis=-1)
-    return clip
+            frames[:, 0] = 255 - frames[:, 0]
+    return frames
 
 
-def _resize(frame: np.ndarray, box: tuple[float, float, float, float], size: int) -> np.ndarray:
-    """The ``box`` (left, top, right, bottom) of an ``(H, W, C)`` uint8 frame as ``(size, size, C)``
-    (bilinear, antialiased when shrinking)."""
-    if frame.shape[-1] == 3:
-        image = Image.fromarray(frame, "RGB").resize((size, size), Image.Resampling.BILINEAR, box=box)
-        return np.asarray(image)
-    channels = [
-        Image.fromarray(frame[..., c], "L").resize((size, size), Image.Resampling.BILINEAR, box=box)
-        for c in range(frame.shape[-1])
-    ]
-    return np.stack([np.asarray(c) for c in channels], axis=-1)
+def resize_frames(frames: torch.Tensor, size: int) -> torch.Tensor:
+    """``(K, C, H, W)`` uint8 frames as ``(K, C, size, size)``: bilinear, antialiased when shrinking
+    (torch's uint8 kernel, within one grey level of Pillow's bilinear resize and about 3x faster)."""
+    if frames.shape[-2:] == (size, size):
+        return frames
+    return torch.nn.functional.interpolate(frames, size=(size, size), mode="bilinear", antialias=True)
 
 
 def _check_arrays(cache: PreparedCache, modalities: list[str]) -> None:
