@@ -39,6 +39,7 @@ from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 
 from avbalance.engine.callbacks import EpochHistory, GeneratorStates, NonFiniteGuard
 from avbalance.engine.config import RunConfig
+from avbalance.engine.cpu_memory import keep_freed_cpu_memory
 from avbalance.engine.datamodule import UInt8Frames
 from avbalance.engine.module import to_channels_last
 from avbalance.engine.optim import build_optimizer
@@ -129,12 +130,14 @@ def time_lightning(config: RunConfig) -> list[dict[str, float]]:
 
 
 def time_bare(run: TrainingRun, config: RunConfig) -> list[dict[str, float]]:
-    """The engine's model (channels-last as the engine sets it), loader (uint8 frames normalised per
-    batch by the data module's transform), optimizer and method in a plain loop: zero_grad, forward,
-    the method's loss, backward, the method's gradient work, SGD step."""
+    """The engine's model (channels-last and CPU memory reuse as the engine sets them), loader
+    (uint8 frames normalised per batch by the data module's transform), optimizer and method in a
+    plain loop: zero_grad, forward, the method's loss, backward, the method's gradient work, SGD step."""
     model, method = run.module.model.train(), run.method
     if config.trainer.channels_last:
         to_channels_last(model)
+    if config.trainer.keep_cpu_memory:
+        keep_freed_cpu_memory()
     optimizer = build_optimizer(config, model.parameters())
     method.setup(model, optimizer)
     loader = run.datamodule.train_dataloader()

@@ -183,6 +183,7 @@ class TrainerConfig(Section):
     progress_bar: bool = True
     channels_last: bool = True  # 2-D convolutions in channels-last memory format (faster on CPU and CUDA)
     compile: bool = False  # torch.compile the model (CUDA only; ignored with a warning elsewhere)
+    keep_cpu_memory: bool = True  # reuse freed CPU memory between steps (glibc malloc; see engine/cpu_memory.py)
     # model selection: the validation metric that picks the best checkpoint (and early stopping)
     monitor: str = "val/acc"
     monitor_mode: Literal["max", "min"] = "max"

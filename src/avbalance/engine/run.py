@@ -37,6 +37,7 @@ from .callbacks import (
     TrainingInterrupted,
 )
 from .config import RunConfig, config_text
+from .cpu_memory import keep_freed_cpu_memory
 from .datamodule import BalancedDataModule, TrainEntries
 from .loading import LoadedRun, load_run
 from .module import BalancedModule, EvaluatedModel
@@ -209,6 +210,8 @@ def lightning_trainer(config: RunConfig, out: Path, **settings: Any) -> L.Traine
 
 def build_trainer(config: RunConfig, method: Method, out: Path, callbacks: list, loggers: list) -> L.Trainer:
     trainer = config.trainer
+    if trainer.keep_cpu_memory:  # before the first step: every step then reuses the first steps' memory
+        keep_freed_cpu_memory()
     return lightning_trainer(
         config,
         out,
