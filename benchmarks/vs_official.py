@@ -359,7 +359,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--warmup", type=int, default=1, help="steps left out at the start of every run")
     p.add_argument("--n-train", type=int, default=64)
     p.add_argument("--n-test", type=int, default=32)
-    p.add_argument("--loader-samples", type=int, default=32, help="samples read by the loader measurement")
+    p.add_argument("--loader-samples", type=int, default=64, help="samples read by each loader pass (3 passes)")
     p.add_argument(
         "--max-foreign",
         type=float,

@@ -163,16 +163,20 @@ def time_bare(run: TrainingRun, config: RunConfig) -> list[dict[str, float]]:
     return steps
 
 
-def loader_rate(dataset, samples: int) -> dict[str, float]:
-    """Samples per second of ``dataset[i]`` read one after the other (one loader worker's work);
-    the first sample is left out (file caches, lazy imports)."""
+def loader_rate(dataset, samples: int, passes: int = 3) -> dict[str, float]:
+    """Samples per second of ``dataset[i]`` read one after the other (one loader worker's work), the
+    median of ``passes`` passes over the first ``samples`` samples; the first sample is read once
+    before (file caches, lazy imports)."""
     count = min(samples, len(dataset))
     dataset[0]
-    start = perf()
-    for index in range(1, count):
-        dataset[index]
-    elapsed = perf() - start
-    return {"samples": count - 1, "seconds": elapsed, "samples_per_s": (count - 1) / elapsed if elapsed else 0.0}
+    rates = []
+    for _ in range(passes):
+        start = perf()
+        for index in range(1, count):
+            dataset[index]
+        elapsed = perf() - start
+        rates.append((count - 1) / elapsed if elapsed else 0.0)
+    return {"samples": count - 1, "passes": passes, "rates": rates, "samples_per_s": statistics.median(rates)}
 
 
 def official_loader(src: str, data_root: str, frames: int, samples: int) -> dict[str, float]:
