@@ -146,6 +146,7 @@ def run_side(args: argparse.Namespace, side: str, label: str, extra: list[str]) 
     command = [sys.executable, str(SIDES), "--side", side, "--work", str(work), "--result", str(result)]
     command += ["--epochs", str(args.epochs), "--batch-size", str(args.batch_size), "--threads", str(args.threads)]
     command += ["--num-workers", str(args.num_workers), "--warmup", str(args.warmup), *extra]
+    command += ["--accelerator", args.accelerator]
     print(f"[vs_official] {side} {label} ...", flush=True)
     subprocess.run(command, check=True)
     return json.loads(result.read_text())
@@ -197,7 +198,8 @@ def extract_official(args: argparse.Namespace) -> Path:
 def measure_config(args: argparse.Namespace, name: str, cache: Path, time_loader: bool) -> tuple[dict, float | None]:
     """The three sides of one configuration, one after the other (so that load drift hits all),
     and, when ``time_loader``, the cache loader's samples per second in one process."""
-    results = {"official": official_summary(official_side(args, name)) if args.ref_repo else None}
+    official = args.ref_repo and args.accelerator == "cpu"  # the harness runs the official loop on CPU only
+    results = {"official": official_summary(official_side(args, name)) if official else None}
     for side, key in (("lightning", "avbalance"), ("bare", "bare_loop")):
         extra = ["--config", name, "--cache", str(cache)]
         if side == "bare" and time_loader:
@@ -301,6 +303,7 @@ def machine(args: argparse.Namespace) -> dict:
         "python": platform.python_version(),
         "torch": torch.__version__,
         "threads": args.threads or torch.get_num_threads(),
+        "accelerator": torch.cuda.get_device_name() if args.accelerator == "cuda" else "cpu",
         "num_workers": args.num_workers,
         "batch_size": args.batch_size,
         "epochs": args.epochs,
@@ -355,6 +358,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--epochs", type=int, default=3)
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--threads", type=int, default=0, help="torch threads on every side (0: torch's default)")
+    p.add_argument(
+        "--accelerator",
+        choices=["auto", "cpu", "cuda"],
+        default="cpu",
+        help="where avbalance trains (auto: cuda when available); the official side runs on CPU only",
+    )
     p.add_argument("--num-workers", type=int, default=0, help="DataLoader workers on every side")
     p.add_argument("--warmup", type=int, default=1, help="steps left out at the start of every run")
     p.add_argument("--n-train", type=int, default=64)
@@ -394,6 +403,8 @@ def check_args(args: argparse.Namespace) -> list[str]:
         raise ConfigError(
             f"--configs: unknown configuration {unknown[0] if unknown else ''!r}; choose from {', '.join(CONFIGS)}"
         )
+    if args.accelerator == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("--accelerator cuda: torch sees no CUDA device on this machine; use cpu or auto")
     if args.ref_repo and not Path(args.ref_repo).is_dir():
         raise ConfigError(f"REF_OGM_REPO={args.ref_repo} is not a directory")
     if args.ref_repo:
@@ -409,6 +420,14 @@ def check_args(args: argparse.Namespace) -> list[str]:
 
 def run(args: argparse.Namespace) -> dict:
     names = check_args(args)
+    if args.accelerator == "auto":
+        args.accelerator = "cuda" if torch.cuda.is_available() else "cpu"
+    if args.accelerator == "cuda" and args.ref_repo:
+        print(
+            "[vs_official] --accelerator cuda: the harness maps the official loop to the CPU, so no official "
+            "side is timed (ratios need both loops on the same device); avbalance's sides run on the GPU",
+            flush=True,
+        )
     if not args.ref_repo:
         print("[vs_official] REF_OGM_REPO is not set: timing avbalance alone (no official side)", flush=True)
     args.work = args.work or tempfile.mkdtemp(prefix="vs_official_")

@@ -63,9 +63,12 @@ OGM_GE_PARAMS = {"alpha": 0.8, "modulation_starts": 0, "modulation_ends": 50}  #
 perf, cpu = time.perf_counter, time.process_time
 
 
-def run_config(method: str, frames: int, cache: str, out: str, batch_size: int, epochs: int, workers: int) -> RunConfig:
+def run_config(
+    method: str, frames: int, cache: str, out: str, batch_size: int, epochs: int, workers: int, accelerator: str = "cpu"
+) -> RunConfig:
     """The official OGM-GE setting: ResNet-18 pair (width 64, [2, 2, 2, 2]), concat fusion, SGD
-    lr 1e-3 momentum 0.9 weight decay 1e-4, on the prepared CREMA-D cache with ``frames`` frames."""
+    lr 1e-3 momentum 0.9 weight decay 1e-4, on the prepared CREMA-D cache with ``frames`` frames,
+    on ``accelerator`` (``cpu`` or ``cuda``)."""
     return RunConfig.model_validate(
         {
             "out": out,
@@ -79,7 +82,7 @@ def run_config(method: str, frames: int, cache: str, out: str, batch_size: int, 
             "model": {"fusion": "concat", "width": 64, "layers": [2, 2, 2, 2]},
             "method": {"name": method, "params": OGM_GE_PARAMS if method == "ogm_ge" else {}},
             "optim": {"name": "sgd", "lr": 1e-3, "momentum": 0.9, "weight_decay": 1e-4},
-            "trainer": {"epochs": epochs, "accelerator": "cpu", "devices": 1, "progress_bar": False},
+            "trainer": {"epochs": epochs, "accelerator": accelerator, "devices": 1, "progress_bar": False},
         }
     )
 
@@ -96,13 +99,21 @@ class StepTimer(Callback):
         self._mark = perf()
 
     def on_train_batch_start(self, trainer, module, batch, batch_idx: int) -> None:
+        synchronise(module.device)
         self._start, self._start_cpu = perf(), cpu()
 
     def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx: int) -> None:
+        synchronise(module.device)
         end = perf()
         data, compute = self._start - self._mark, end - self._start
         self.steps.append(step_record(data, compute, cpu() - self._start_cpu, len(batch["label"])))
         self._mark = end
+
+
+def synchronise(device: torch.device) -> None:
+    """Wait for the GPU's queued work, so that a step's time is its own."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
 
 
 def step_record(data: float, compute: float, compute_cpu: float, batch_size: int) -> dict[str, float]:
@@ -133,7 +144,8 @@ def time_bare(run: TrainingRun, config: RunConfig) -> list[dict[str, float]]:
     """The engine's model (channels-last and CPU memory reuse as the engine sets them), loader
     (uint8 frames normalised per batch by the data module's transform), optimizer and method in a
     plain loop: zero_grad, forward, the method's loss, backward, the method's gradient work, SGD step."""
-    model, method = run.module.model.train(), run.method
+    device = torch.device("cuda" if config.trainer.accelerator == "cuda" else "cpu")
+    model, method = run.module.model.to(device).train(), run.method
     if config.trainer.channels_last:
         to_channels_last(model)
     if config.trainer.keep_cpu_memory:
@@ -152,6 +164,7 @@ def time_bare(run: TrainingRun, config: RunConfig) -> list[dict[str, float]]:
             if batch is None:
                 break
             got, got_cpu = perf(), cpu()
+            batch = {k: v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
             batch = run.datamodule.batch_transform(batch)
             optimizer.zero_grad(set_to_none=True)
             output = model(batch)
@@ -159,6 +172,7 @@ def time_bare(run: TrainingRun, config: RunConfig) -> list[dict[str, float]]:
             loss.backward()
             method.after_backward(model, output, batch)
             optimizer.step()
+            synchronise(device)
             steps.append(step_record(got - requested, perf() - got, cpu() - got_cpu, len(batch["label"])))
     return steps
 
@@ -234,10 +248,14 @@ def measure(args: argparse.Namespace) -> dict:
     else:
         method, _, frames = CONFIGS[args.config]
         out = args.work or tempfile.mkdtemp(prefix="vs_official_")
-        config = run_config(method, frames, args.cache, out, args.batch_size, args.epochs, args.num_workers)
+        config = run_config(
+            method, frames, args.cache, out, args.batch_size, args.epochs, args.num_workers, args.accelerator
+        )
         result = time_side(args.side, config, args.samples)
         result["summary"] = summarise(result["steps"], args.warmup)
     result.update(side=args.side, config=args.config, threads=torch.get_num_threads(), peak_rss_mib=peak_rss_mib())
+    if args.accelerator == "cuda" and args.side != "official-loader":
+        result.update(accelerator=torch.cuda.get_device_name(), peak_cuda_mib=torch.cuda.max_memory_allocated() / 2**20)
     return result
 
 
@@ -252,6 +270,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--epochs", type=int, default=1)
     p.add_argument("--num-workers", type=int, default=0)
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    p.add_argument("--accelerator", choices=["cpu", "cuda"], default="cpu", help="where the avbalance sides train")
     p.add_argument("--warmup", type=int, default=1, help="steps left out at the start of the run")
     p.add_argument("--samples", type=int, default=0, help="samples read by the loader measurement (0: none)")
     p.add_argument("--official-src", default=None, help="extracted official repository (official-loader)")

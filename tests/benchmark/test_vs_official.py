@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from avbalance.data.prepare.video import read_video_frames
@@ -62,6 +63,13 @@ def test_unknown_configuration_is_one_line_error(capsys):
     assert vs_official.main(["--configs", "baseline-f2"]) == 2
     error = capsys.readouterr().err
     assert error.count("\n") == 1 and "'baseline-f2'" in error and "baseline-f1" in error
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the refusal on a machine without CUDA")
+def test_cuda_without_a_device_is_one_line_error(capsys):
+    assert vs_official.main(["--accelerator", "cuda"]) == 2
+    error = capsys.readouterr().err
+    assert error.count("\n") == 1 and "--accelerator cuda" in error and "no CUDA device" in error
 
 
 @pytest.mark.skipif(not (REFBENCH / "make_data.py").is_file(), reason="the refbench harness is not on this machine")
