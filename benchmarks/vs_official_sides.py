@@ -179,10 +179,11 @@ def time_bare(run: TrainingRun, config: RunConfig) -> list[dict[str, float]]:
 
 def loader_rate(dataset, samples: int, passes: int = 3) -> dict[str, float]:
     """Samples per second of ``dataset[i]`` read one after the other (one loader worker's work), the
-    median of ``passes`` passes over the first ``samples`` samples; the first sample is read once
-    before (file caches, lazy imports)."""
+    median of ``passes`` passes over the first ``samples`` samples, after one untimed pass (the
+    operating system's file cache, lazy imports: both sides read warm files)."""
     count = min(samples, len(dataset))
-    dataset[0]
+    for index in range(count):
+        dataset[index]
     rates = []
     for _ in range(passes):
         start = perf()
