@@ -55,6 +55,7 @@ HERE = Path(__file__).resolve().parent
 SIDES = HERE / "vs_official_sides.py"
 sys.path.insert(0, str(HERE))
 from vs_official_sides import CONFIGS  # noqa: E402  (the sibling module, also run as a script)
+from vs_official_sides import summarise as summarise_steps  # noqa: E402
 
 DEFAULT_REFBENCH = "/work/shared/refbench"
 SAMPLE_RATE = 16000  # the WAV rate of CREMA-D and of make_data.py's default
@@ -157,7 +158,7 @@ def official_side(args: argparse.Namespace, name: str) -> dict | None:
     _, mode, fps = CONFIGS[name]
     out = Path(args.work) / f"official-{name}.json"
     command = [args.ref_python, str(Path(args.refbench) / "bench.py"), "--which", "ogm", "--fps", str(fps)]
-    command += ["--ogm-modes", mode, "--epochs", str(args.epochs), "--repeats", "1", "--alpha", "0.8"]
+    command += ["--ogm-modes", mode, "--epochs", str(args.epochs), "--repeats", str(args.repeats), "--alpha", "0.8"]
     command += ["--batch-size", str(args.batch_size), "--num-workers", str(args.num_workers)]
     command += ["--threads", str(args.threads), "--warmup", str(args.warmup), "--seed", "0"]
     command += ["--max-foreign", str(args.max_foreign), "--wait-idle", str(args.wait_idle)]
@@ -196,17 +197,27 @@ def extract_official(args: argparse.Namespace) -> Path:
 
 
 def measure_config(args: argparse.Namespace, name: str, cache: Path, time_loader: bool) -> tuple[dict, float | None]:
-    """The three sides of one configuration, one after the other (so that load drift hits all),
-    and, when ``time_loader``, the cache loader's samples per second in one process."""
+    """The sides of one configuration: the official loop (``--repeats`` runs through the harness,
+    which pools their steps), then ``avbalance train`` and the bare loop alternating ``--repeats``
+    times, so that load drift hits both alike; each side's medians pool the steps of its runs (each
+    run's warm-up left out). When ``time_loader``, the first bare run also times the cache loader."""
     official = args.ref_repo and args.accelerator == "cpu"  # the harness runs the official loop on CPU only
     results = {"official": official_summary(official_side(args, name)) if official else None}
-    for side, key in (("lightning", "avbalance"), ("bare", "bare_loop")):
-        extra = ["--config", name, "--cache", str(cache)]
-        if side == "bare" and time_loader:
-            extra += ["--samples", str(args.loader_samples)]
-        result = run_side(args, side, name, extra)
-        results[key] = {**result["summary"], "peak_rss_mib": result["peak_rss_mib"]}
-    loader = result.get("loader")
+    runs: dict[str, list[dict]] = {"avbalance": [], "bare_loop": []}
+    loader = None
+    for repeat in range(args.repeats):
+        for side, key in (("lightning", "avbalance"), ("bare", "bare_loop")):
+            extra = ["--config", name, "--cache", str(cache)]
+            if side == "bare" and time_loader and repeat == 0:
+                extra += ["--samples", str(args.loader_samples)]
+            result = run_side(args, side, f"{name}-r{repeat}", extra)
+            runs[key].append(result)
+            loader = loader or result.get("loader")
+    for key, side_runs in runs.items():
+        steps = [step for run in side_runs for step in run["steps"][args.warmup :]]
+        summary = summarise_steps(steps, 0)
+        summary.update(n_warmup=args.warmup, n_runs=len(side_runs))
+        results[key] = {**summary, "peak_rss_mib": max(run["peak_rss_mib"] for run in side_runs)}
     return results, loader["samples_per_s"] if loader else None
 
 
@@ -308,6 +319,7 @@ def machine(args: argparse.Namespace) -> dict:
         "batch_size": args.batch_size,
         "epochs": args.epochs,
         "warmup_steps": args.warmup,
+        "repeats": args.repeats,
         "clips": {"train": args.n_train, "test": args.n_test},
         "official_repository": args.ref_repo,
     }
@@ -366,6 +378,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     p.add_argument("--num-workers", type=int, default=0, help="DataLoader workers on every side")
     p.add_argument("--warmup", type=int, default=1, help="steps left out at the start of every run")
+    p.add_argument("--repeats", type=int, default=1, help="runs per side and configuration, steps pooled")
     p.add_argument("--n-train", type=int, default=64)
     p.add_argument("--n-test", type=int, default=32)
     p.add_argument("--loader-samples", type=int, default=64, help="samples read by each loader pass (3 passes)")
@@ -403,6 +416,8 @@ def check_args(args: argparse.Namespace) -> list[str]:
         raise ConfigError(
             f"--configs: unknown configuration {unknown[0] if unknown else ''!r}; choose from {', '.join(CONFIGS)}"
         )
+    if args.repeats < 1 or args.epochs < 1:
+        raise ConfigError(f"--repeats and --epochs must be at least 1, got {args.repeats} and {args.epochs}")
     if args.accelerator == "cuda" and not torch.cuda.is_available():
         raise ConfigError("--accelerator cuda: torch sees no CUDA device on this machine; use cpu or auto")
     if args.ref_repo and not Path(args.ref_repo).is_dir():
