@@ -147,7 +147,7 @@ def run_side(args: argparse.Namespace, side: str, label: str, extra: list[str]) 
     command = [sys.executable, str(SIDES), "--side", side, "--work", str(work), "--result", str(result)]
     command += ["--epochs", str(args.epochs), "--batch-size", str(args.batch_size), "--threads", str(args.threads)]
     command += ["--num-workers", str(args.num_workers), "--warmup", str(args.warmup), *extra]
-    command += ["--accelerator", args.accelerator]
+    command += ["--accelerator", args.accelerator, "--max-foreign", str(args.max_foreign)]
     print(f"[vs_official] {side} {label} ...", flush=True)
     subprocess.run(command, check=True)
     return json.loads(result.read_text())
@@ -215,7 +215,7 @@ def measure_config(args: argparse.Namespace, name: str, cache: Path, time_loader
             loader = loader or result.get("loader")
     for key, side_runs in runs.items():
         steps = [step for run in side_runs for step in run["steps"][args.warmup :]]
-        summary = summarise_steps(steps, 0)
+        summary = summarise_steps(steps, 0, args.max_foreign)
         summary.update(n_warmup=args.warmup, n_runs=len(side_runs))
         results[key] = {**summary, "peak_rss_mib": max(run["peak_rss_mib"] for run in side_runs)}
     return results, loader["samples_per_s"] if loader else None
@@ -326,18 +326,20 @@ def machine(args: argparse.Namespace) -> dict:
 
 
 def table(document: dict) -> str:
-    """| config | side | data ms | total ms | samples/s | vs official | peak RSS MiB |"""
-    lines = ["| config | side | data ms | total ms | samples/s | vs official | peak RSS MiB |", "|---" * 7 + "|"]
+    """| config | side | steps (left out) | data ms | total ms | samples/s | vs official | peak RSS MiB |"""
+    header = "| config | side | steps (left out) | data ms | total ms | samples/s | vs official | peak RSS MiB |"
+    lines = [header, "|---" * 8 + "|"]
     for name, sides in document["details"].items():
         official = document["official"].get(name)
         for side, summary in sides.items():
             if not summary or not summary.get("n_steps"):
-                lines.append(f"| {name} | {side} | - | - | - | - | - |")
+                lines.append(f"| {name} | {side} | 0 | - | - | - | - | - |")
                 continue
+            steps = f"{summary['n_steps']} ({summary.get('n_excluded', 0)})"
             versus = ratio(summary["samples_per_s"], official)
             rss = summary.get("peak_rss_mib")
             lines.append(
-                f"| {name} | {side} | {1000 * summary['data']:.0f} | {1000 * summary['total']:.0f} "
+                f"| {name} | {side} | {steps} | {1000 * summary['data']:.0f} | {1000 * summary['total']:.0f} "
                 f"| {summary['samples_per_s']:.2f} | {f'{versus:.2f}x' if versus else '-'} "
                 f"| {f'{rss:.0f}' if rss else '-'} |"
             )
@@ -345,13 +347,15 @@ def table(document: dict) -> str:
     for fps, value in loaders["avbalance"].items():
         official = loaders["official"].get(fps)
         versus = f"{value / official:.2f}x" if official else "-"
-        lines.append(f"| loader {fps} | avbalance cache, 1 worker | - | - | {value:.1f} | {versus} | - |")
+        lines.append(f"| loader {fps} | avbalance cache, 1 worker | - | - | - | {value:.1f} | {versus} | - |")
         if official:
-            lines.append(f"| loader {fps} | official CramedDataset, 1 worker | - | - | {official:.1f} | 1.00x | - |")
+            lines.append(
+                f"| loader {fps} | official CramedDataset, 1 worker | - | - | - | {official:.1f} | 1.00x | - |"
+            )
     for name, overhead in document["engine_overhead"].items():
         if overhead:
             lines.append(
-                f"| {name} | engine overhead (bare loop / avbalance samples/s) | - | - | {overhead:.3f} | - | - |"
+                f"| {name} | engine overhead (bare loop / avbalance samples/s) | - | - | - | {overhead:.3f} | - | - |"
             )
     met = ", ".join(
         f"{key} {'met' if ok else 'NOT met' if ok is False else 'not measured'}"
@@ -386,8 +390,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--max-foreign",
         type=float,
         default=1e9,
-        help="harness: drop official steps that shared the CPU with more than this many cores of "
-        "other work (default: keep every step, as the avbalance sides do)",
+        help="leave out steps (of every side) that shared the CPU with more than this many cores of "
+        "other work (default: keep every step)",
     )
     p.add_argument("--wait-idle", type=int, default=0, help="harness: wait up to this many s for an idle machine")
     p.add_argument("--data", default=os.path.join(tempfile.gettempdir(), "vs_official_data"))

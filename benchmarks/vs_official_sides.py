@@ -94,9 +94,10 @@ class StepTimer(Callback):
     def __init__(self) -> None:
         self.steps: list[dict[str, float]] = []
         self._mark = self._start = self._start_cpu = 0.0
+        self._sample = None
 
     def on_train_epoch_start(self, trainer, module) -> None:
-        self._mark = perf()
+        self._mark, self._sample = perf(), machine_sample()
 
     def on_train_batch_start(self, trainer, module, batch, batch_idx: int) -> None:
         synchronise(module.device)
@@ -106,8 +107,10 @@ class StepTimer(Callback):
         synchronise(module.device)
         end = perf()
         data, compute = self._start - self._mark, end - self._start
-        self.steps.append(step_record(data, compute, cpu() - self._start_cpu, len(batch["label"])))
-        self._mark = end
+        compute_cpu, sample = cpu() - self._start_cpu, machine_sample()  # sampled outside the timed windows
+        load = other_load(self._sample, sample)
+        self.steps.append(step_record(data, compute, compute_cpu, len(batch["label"]), *load))
+        self._mark, self._sample = perf(), sample
 
 
 def synchronise(device: torch.device) -> None:
@@ -116,10 +119,58 @@ def synchronise(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def step_record(data: float, compute: float, compute_cpu: float, batch_size: int) -> dict[str, float]:
+def step_record(
+    data: float,
+    compute: float,
+    compute_cpu: float,
+    batch_size: int,
+    cpu_foreign: float | None = None,
+    cpu_steal: float | None = None,
+) -> dict[str, float]:
     """One step's seconds; ``compute_cpu`` (CPU seconds of all this process's threads) tells a
-    slower step from a step that shared the cores with other work."""
-    return {"data": data, "compute": compute, "total": data + compute, "compute_cpu": compute_cpu, "bs": batch_size}
+    slower step from a step that shared the cores with other work; ``cpu_foreign`` (cores other
+    processes used during the step) and ``cpu_steal`` (cores the hypervisor took), as the harness
+    records them for the official loop."""
+    record = {"data": data, "compute": compute, "total": data + compute, "compute_cpu": compute_cpu, "bs": batch_size}
+    if cpu_foreign is not None:
+        record.update(cpu_foreign=cpu_foreign, cpu_steal=cpu_steal)
+    return record
+
+
+def _process_ticks(pid: int | str) -> tuple[int, int]:
+    """(user + system ticks of the process and its waited-for children, parent pid); (0, -1) when gone."""
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            fields = stat.read().rsplit(")", 1)[1].split()
+        return sum(int(value) for value in fields[11:15]), int(fields[1])
+    except (OSError, IndexError, ValueError):
+        return 0, -1
+
+
+def machine_sample() -> tuple[float, int, int, int] | None:
+    """(wall seconds, the machine's busy ticks, steal ticks, ticks of this process and its loader
+    workers) from ``/proc``, the quantities the harness samples around the official steps; None
+    where there is no ``/proc/stat``."""
+    try:
+        with open("/proc/stat") as stat:
+            ticks = [int(value) for value in stat.readline().split()[1:9]]
+    except OSError:
+        return None
+    me = os.getpid()
+    own = _process_ticks(me)[0]
+    for pid in (name for name in os.listdir("/proc") if name.isdigit() and int(name) != me):
+        ticks_of_pid, parent = _process_ticks(pid)
+        own += ticks_of_pid if parent == me else 0  # loader workers
+    busy = ticks[0] + ticks[1] + ticks[2] + ticks[5] + ticks[6]  # user nice system irq softirq
+    return perf(), busy, ticks[7], own
+
+
+def other_load(before, after) -> tuple[float | None, float | None]:
+    """(cores used by other processes, cores taken by the hypervisor) between two samples."""
+    if before is None or after is None:
+        return None, None
+    seconds = max(after[0] - before[0], 1e-9) * os.sysconf("SC_CLK_TCK")
+    return max(0.0, (after[1] - before[1]) - (after[3] - before[3])) / seconds, (after[2] - before[2]) / seconds
 
 
 def time_lightning(config: RunConfig) -> list[dict[str, float]]:
@@ -159,6 +210,7 @@ def time_bare(run: TrainingRun, config: RunConfig) -> list[dict[str, float]]:
         method.on_epoch_start(epoch, model)
         batches = iter(loader)
         while True:
+            sample = machine_sample()
             requested = perf()
             batch = next(batches, None)
             if batch is None:
@@ -173,7 +225,9 @@ def time_bare(run: TrainingRun, config: RunConfig) -> list[dict[str, float]]:
             method.after_backward(model, output, batch)
             optimizer.step()
             synchronise(device)
-            steps.append(step_record(got - requested, perf() - got, cpu() - got_cpu, len(batch["label"])))
+            end, compute_cpu = perf(), cpu() - got_cpu
+            load = other_load(sample, machine_sample())
+            steps.append(step_record(got - requested, end - got, compute_cpu, len(batch["label"]), *load))
     return steps
 
 
@@ -212,14 +266,18 @@ def official_loader(src: str, data_root: str, frames: int, samples: int) -> dict
     return loader_rate(dataset, samples)
 
 
-def summarise(steps: list[dict[str, float]], warmup: int) -> dict:
-    """Medians (seconds) of the steps after the first ``warmup``, and samples per second."""
-    kept = [s for s in steps[warmup:] if s["bs"] > 0]
+def summarise(steps: list[dict[str, float]], warmup: int, max_foreign: float = float("inf")) -> dict:
+    """Medians (seconds) of the steps after the first ``warmup``, and samples per second; steps during
+    which other processes used more than ``max_foreign`` cores are left out (the harness's rule for
+    the official loop)."""
+    timed = [s for s in steps[warmup:] if s["bs"] > 0]
+    kept = [s for s in timed if s.get("cpu_foreign", 0.0) <= max_foreign]
     if not kept:
-        return {"n_steps": 0, "n_warmup": min(warmup, len(steps))}
+        return {"n_steps": 0, "n_warmup": min(warmup, len(steps)), "n_excluded": len(timed)}
     summary = {key: statistics.median(s[key] for s in kept) for key in ("data", "compute", "total", "compute_cpu")}
     batch = statistics.median(s["bs"] for s in kept)
-    summary.update(n_steps=len(kept), n_warmup=warmup, batch_size=batch, samples_per_s=batch / summary["total"])
+    summary.update(n_steps=len(kept), n_warmup=warmup, n_excluded=len(timed) - len(kept), batch_size=batch)
+    summary["samples_per_s"] = batch / summary["total"]
     return summary
 
 
@@ -253,7 +311,7 @@ def measure(args: argparse.Namespace) -> dict:
             method, frames, args.cache, out, args.batch_size, args.epochs, args.num_workers, args.accelerator
         )
         result = time_side(args.side, config, args.samples)
-        result["summary"] = summarise(result["steps"], args.warmup)
+        result["summary"] = summarise(result["steps"], args.warmup, args.max_foreign)
     result.update(side=args.side, config=args.config, threads=torch.get_num_threads(), peak_rss_mib=peak_rss_mib())
     if args.accelerator == "cuda" and args.side != "official-loader":
         result.update(accelerator=torch.cuda.get_device_name(), peak_cuda_mib=torch.cuda.max_memory_allocated() / 2**20)
@@ -273,6 +331,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     p.add_argument("--accelerator", choices=["cpu", "cuda"], default="cpu", help="where the avbalance sides train")
     p.add_argument("--warmup", type=int, default=1, help="steps left out at the start of the run")
+    p.add_argument(
+        "--max-foreign", type=float, default=float("inf"), help="leave out steps with more other load (cores)"
+    )
     p.add_argument("--samples", type=int, default=0, help="samples read by the loader measurement (0: none)")
     p.add_argument("--official-src", default=None, help="extracted official repository (official-loader)")
     p.add_argument("--official-data", default=None, help="official layout of the clips (official-loader)")

@@ -319,3 +319,30 @@ def test_the_engine_matches_layouts_after_a_closure_has_computed_the_gradients()
 
     optimizer.step(closure)
     torch.testing.assert_close(fast.detach(), reference.detach(), rtol=0, atol=1e-6)
+
+
+def test_samples_are_read_on_one_thread_and_the_thread_count_comes_back(cremad_cache, monkeypatch):
+    """A sample's tensor work runs on one intra-op thread (a pool waiting for busy cores stalls the
+    training process's reading); the caller's thread count is restored afterwards, also on error."""
+    from avbalance.data.datasets import cached
+
+    seen = []
+    resize = cached.resize_frames
+
+    def spying_resize(frames, size):
+        seen.append(torch.get_num_threads())
+        return resize(frames, size)
+
+    monkeypatch.setattr(cached, "resize_frames", spying_resize)
+    dataset = build_dataset("cremad", str(cremad_cache), frames=2, image_size=12).train
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        dataset[0]
+        assert seen and set(seen) == {1} and torch.get_num_threads() == 2
+        monkeypatch.setattr(cached, "resize_frames", lambda frames, size: 1 / 0)
+        with pytest.raises(ZeroDivisionError):
+            dataset[1]
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(threads)

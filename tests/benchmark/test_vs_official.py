@@ -59,6 +59,25 @@ def test_summary_leaves_out_warmup_steps():
     assert sides.summarise(steps[:1], warmup=1)["n_steps"] == 0
 
 
+def test_steps_that_shared_the_cpu_are_left_out_as_the_harness_does():
+    steps = [sides.step_record(0.1, 1.0, 2.0, 16, cpu_foreign=foreign, cpu_steal=0.0) for foreign in (0.0, 0.1, 0.9)]
+    steps.append(sides.step_record(0.1, 5.0, 10.0, 16, cpu_foreign=0.8, cpu_steal=0.0))
+    summary = sides.summarise(steps, warmup=0, max_foreign=0.25)
+    assert summary["n_steps"] == 2 and summary["n_excluded"] == 2 and summary["total"] == pytest.approx(1.1)
+    assert sides.summarise(steps, warmup=0)["n_steps"] == 4  # no limit: every step
+
+
+def test_other_load_is_what_the_machine_used_beyond_this_process():
+    ticks = os.sysconf("SC_CLK_TCK")
+    before, after = (10.0, 1000, 5, 300), (12.0, 1000 + 3 * ticks, 5 + ticks // 2, 300 + 2 * ticks)
+    foreign, steal = sides.other_load(before, after)
+    assert foreign == pytest.approx(0.5) and steal == pytest.approx(0.25, abs=0.01)
+    assert sides.other_load(None, after) == (None, None)
+    sample = sides.machine_sample()
+    if sample is not None:  # Linux: a real sample, this process's ticks within the machine's
+        assert sample[3] <= sample[1] and sample[0] > 0
+
+
 def test_unknown_configuration_is_one_line_error(capsys):
     assert vs_official.main(["--configs", "baseline-f2"]) == 2
     error = capsys.readouterr().err
