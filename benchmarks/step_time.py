@@ -16,18 +16,28 @@ step in one process so that other load on the machine hits both alike.
     python benchmarks/step_time.py                    # frames 1 and 3, batch 16, CPU
     python benchmarks/step_time.py --frames 1 --repeats 3 --device cuda
     python benchmarks/step_time.py --ab --frames 1 3 --repeats 6
+    python benchmarks/step_time.py --memory --frames 1 3 --repeats 3
+
+``--memory`` times whole fast training steps with ``trainer.keep_cpu_memory``'s allocator settings
+against glibc's defaults, each in its own process (the settings are process-wide), alternating the
+two ``--repeats`` times: median step and minor page faults per step after two warm-up steps.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import platform
+import resource
 import statistics
+import subprocess
+import sys
 import time
 from contextlib import contextmanager
 
 import torch
 
+from avbalance.engine.cpu_memory import keep_freed_cpu_memory
 from avbalance.engine.module import to_channels_last
 from avbalance.engine.optim import fused_sgd
 from avbalance.methods import get_method
@@ -159,6 +169,51 @@ def ab_benchmark(frames: int, method_name: str, batch_size: int, steps: int, dev
     return {name: {kind: statistics.median(v) for kind, v in t.items()} for name, t in timings.items()}
 
 
+def memory_child(frames: int, batch_size: int, steps: int, keep: bool) -> dict:
+    """Fast training steps (channels-last, fused SGD, baseline) in this process, with or without the
+    kept-memory settings: median seconds and minor page faults per step after two warm-up steps."""
+    if keep:
+        keep_freed_cpu_memory()
+    torch.manual_seed(0)
+    spec = model_spec({"audio": (1, 257, 188), "visual": (3, frames, 224, 224)}, num_classes=6)
+    model = build_model(spec).train()
+    to_channels_last(model)
+    optimizer = fused_sgd(model.parameters(), lr=1e-3, momentum=0.9, weight_decay=1e-4)
+    method = get_method("baseline")
+    method.setup(model, optimizer)
+    batch = {
+        "audio": torch.randn(batch_size, 1, 257, 188),
+        "visual": torch.randn(batch_size, 3, frames, 224, 224),
+        "label": torch.randint(0, 6, (batch_size,)),
+    }
+    seconds, faults = [], []
+    for index in range(steps + 2):
+        before, start = resource.getrusage(resource.RUSAGE_SELF).ru_minflt, time.perf_counter()
+        training_step(model, optimizer, method, batch)
+        if index >= 2:
+            seconds.append(time.perf_counter() - start)
+            faults.append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
+    return {"step": statistics.median(seconds), "faults": statistics.median(faults)}
+
+
+def main_memory(args: argparse.Namespace) -> None:
+    print("| visual frames | round | default step (s) | default faults/step | kept step (s) | kept faults/step |")
+    print("|---|---|---|---|---|---|")
+    for frames in args.frames:
+        for round_ in range(args.repeats):
+            row = {}
+            for mode in ("default", "keep"):
+                command = [sys.executable, __file__, "--memory-child", mode, "--frames", str(frames)]
+                command += ["--batch-size", str(args.batch_size), "--steps", str(args.steps)]
+                row[mode] = json.loads(subprocess.run(command, capture_output=True, text=True, check=True).stdout)
+            default, kept = row["default"], row["keep"]
+            print(
+                f"| {frames} | {round_ + 1} | {default['step']:.3f} | {default['faults']:.0f} "
+                f"| {kept['step']:.3f} | {kept['faults']:.0f} |",
+                flush=True,
+            )
+
+
 def main_ab(args: argparse.Namespace, device: torch.device) -> None:
     print("| method | visual frames | plain step (s) | fast step (s) | plain / fast (wall) | plain / fast (CPU time) |")
     print("|---|---|---|---|---|---|")
@@ -180,7 +235,13 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--ab", action="store_true", help="whole steps: fast settings against plain ones")
+    parser.add_argument("--memory", action="store_true", help="whole steps: kept CPU memory against the default")
+    parser.add_argument("--steps", type=int, default=7, help="timed steps per process (--memory)")
+    parser.add_argument("--memory-child", choices=["default", "keep"], help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.memory_child:
+        print(json.dumps(memory_child(args.frames[0], args.batch_size, args.steps, args.memory_child == "keep")))
+        return
     device = torch.device(args.device)
     print(
         f"device: {device} ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads), "
@@ -188,6 +249,9 @@ def main() -> None:
     )
     if args.ab:
         main_ab(args, device)
+        return
+    if args.memory:
+        main_memory(args)
         return
     print(
         "| visual frames | forward+backward (s) | OGM scaling (ms) | OGM share of step | OGM-GE (ms) "
