@@ -24,8 +24,14 @@ avbalance samples per second (1.0: the engine costs nothing), ``peak_rss_mib`` p
 ``loader_samples_per_s`` per worker and ``loader_ratio``, every median in ``details``, what each
 key means in ``keys`` and whether the targets are met in ``targets_met``.
 
-    REF_OGM_REPO=<OGM-GE git dir> REFBENCH_VENV=<harness venv> python benchmarks/vs_official.py
+    REF_OGM_REPO=<OGM-GE git dir> REFBENCH_VENV=<harness venv> python benchmarks/vs_official.py \
+        --epochs 3 --repeats 2 --max-foreign 0.25     # the recorded measurement
     python benchmarks/vs_official.py --quick          # a few steps of baseline-f1
+    python benchmarks/vs_official.py --accelerator cuda --configs baseline-f1,ogm_ge-f1   # avbalance on a GPU
+
+``--repeats N`` alternates the avbalance sides N times and pools their steps (the harness pools N
+official runs); ``--max-foreign C`` leaves out, on every side, steps during which other processes
+used more than C cores.
 """
 
 from __future__ import annotations
