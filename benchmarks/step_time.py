@@ -78,15 +78,24 @@ def forbid_host_sync():
             setattr(torch.Tensor, name, original)
 
 
-def benchmark(frames: int, batch_size: int, repeats: int, device: torch.device) -> dict[str, float]:
-    torch.manual_seed(0)
-    spec = model_spec({"audio": (1, 257, 188), "visual": (3, frames, 224, 224)}, num_classes=6)
-    model = build_model(spec).to(device).train()
-    batch = {
+def official_size_spec(frames: int) -> dict:
+    """The official OGM-GE model on CREMA-D: audio 1x257x188, ``frames`` visual frames of 224², 6 classes."""
+    return model_spec({"audio": (1, 257, 188), "visual": (3, frames, 224, 224)}, num_classes=6)
+
+
+def random_batch(frames: int, batch_size: int, device: torch.device) -> dict[str, torch.Tensor]:
+    """A batch of random inputs of the official sizes."""
+    return {
         "audio": torch.randn(batch_size, 1, 257, 188, device=device),
         "visual": torch.randn(batch_size, 3, frames, 224, 224, device=device),
         "label": torch.randint(0, 6, (batch_size,), device=device),
     }
+
+
+def benchmark(frames: int, batch_size: int, repeats: int, device: torch.device) -> dict[str, float]:
+    torch.manual_seed(0)
+    model = build_model(official_size_spec(frames)).to(device).train()
+    batch = random_batch(frames, batch_size, device)
     state = {}
 
     def forward_backward():
@@ -139,7 +148,7 @@ def training_step(model, optimizer, method, batch: dict) -> None:
 def ab_benchmark(frames: int, method_name: str, batch_size: int, steps: int, device: torch.device) -> dict:
     """Median seconds (wall and CPU) of alternating training steps: plain vs fast settings."""
     torch.manual_seed(0)
-    spec = model_spec({"audio": (1, 257, 188), "visual": (3, frames, 224, 224)}, num_classes=6)
+    spec = official_size_spec(frames)
     plain, fast = build_model(spec).to(device).train(), build_model(spec).to(device).train()
     fast.load_state_dict(plain.state_dict())
     to_channels_last(fast)
@@ -151,11 +160,7 @@ def ab_benchmark(frames: int, method_name: str, batch_size: int, steps: int, dev
     }
     for model, optimizer, method in variants.values():
         method.setup(model, optimizer)
-    batch = {
-        "audio": torch.randn(batch_size, 1, 257, 188, device=device),
-        "visual": torch.randn(batch_size, 3, frames, 224, 224, device=device),
-        "label": torch.randint(0, 6, (batch_size,), device=device),
-    }
+    batch = random_batch(frames, batch_size, device)
     timings = {name: {"wall": [], "cpu": []} for name in variants}
     for index in range(steps + 1):  # the first round is a warm-up
         for name, (model, optimizer, method) in variants.items():
@@ -175,17 +180,12 @@ def memory_child(frames: int, batch_size: int, steps: int, keep: bool) -> dict:
     if keep:
         keep_freed_cpu_memory()
     torch.manual_seed(0)
-    spec = model_spec({"audio": (1, 257, 188), "visual": (3, frames, 224, 224)}, num_classes=6)
-    model = build_model(spec).train()
+    model = build_model(official_size_spec(frames)).train()
     to_channels_last(model)
     optimizer = fused_sgd(model.parameters(), lr=1e-3, momentum=0.9, weight_decay=1e-4)
     method = get_method("baseline")
     method.setup(model, optimizer)
-    batch = {
-        "audio": torch.randn(batch_size, 1, 257, 188),
-        "visual": torch.randn(batch_size, 3, frames, 224, 224),
-        "label": torch.randint(0, 6, (batch_size,)),
-    }
+    batch = random_batch(frames, batch_size, torch.device("cpu"))
     seconds, faults = [], []
     for index in range(steps + 2):
         before, start = resource.getrusage(resource.RUSAGE_SELF).ru_minflt, time.perf_counter()

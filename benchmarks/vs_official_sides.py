@@ -51,6 +51,7 @@ from avbalance.engine.run import (
     latest_checkpoint,
     quiet_lightning,
 )
+from step_time import synchronise, training_step  # the sibling benchmark (its directory is on sys.path)
 
 # config name -> (avbalance method, official --modulation, frames per clip)
 CONFIGS = {
@@ -111,12 +112,6 @@ class StepTimer(Callback):
         load = other_load(self._sample, sample)
         self.steps.append(step_record(data, compute, compute_cpu, len(batch["label"]), *load))
         self._mark, self._sample = perf(), sample
-
-
-def synchronise(device: torch.device) -> None:
-    """Wait for the GPU's queued work, so that a step's time is its own."""
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 def step_record(
@@ -208,25 +203,19 @@ def time_bare(run: TrainingRun, config: RunConfig) -> list[dict[str, float]]:
     for epoch in range(config.trainer.epochs):
         loader.sampler.set_epoch(epoch)
         method.on_epoch_start(epoch, model)
-        batches = iter(loader)
+        batches, sample = iter(loader), machine_sample()
         while True:
-            sample = machine_sample()
             requested = perf()
             batch = next(batches, None)
             if batch is None:
                 break
             got, got_cpu = perf(), cpu()
             batch = {k: v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
-            batch = run.datamodule.batch_transform(batch)
-            optimizer.zero_grad(set_to_none=True)
-            output = model(batch)
-            loss = method.loss(output, batch)
-            loss.backward()
-            method.after_backward(model, output, batch)
-            optimizer.step()
+            training_step(model, optimizer, method, run.datamodule.batch_transform(batch))
             synchronise(device)
             end, compute_cpu = perf(), cpu() - got_cpu
-            load = other_load(sample, machine_sample())
+            previous, sample = sample, machine_sample()  # this step's end is the next one's start
+            load = other_load(previous, sample)
             steps.append(step_record(got - requested, end - got, compute_cpu, len(batch["label"]), *load))
     return steps
 
