@@ -14,7 +14,7 @@ from torch.utils.data import DataLoader, Dataset, random_split
 
 from ..data import DatasetInfo, build_dataset
 from ..data.collate import collate_for
-from ..data.datasets.cached import uint8_frames
+from ..data.datasets.cached import normalised_frames, uint8_frames
 from ..errors import ConfigError, DataError
 from .config import DataConfig
 from .resume import ResumableSampler
@@ -85,9 +85,8 @@ class FrameNormaliser:
         key = (modality, device)
         if key not in self._constants:  # made once per device: no copy to the device per batch
             mean, std, _ = self.statistics[modality]
-            shape = (1, -1, 1, 1, 1)
             self._constants[key] = tuple(
-                torch.tensor(values, dtype=torch.float32, device=device).view(shape) for values in (mean, std)
+                torch.tensor(values, dtype=torch.float32, device=device) for values in (mean, std)
             )
         return self._constants[key]
 
@@ -99,10 +98,7 @@ class FrameNormaliser:
         for modality in raw:
             frames = batch[modality]
             mean, std = self._mean_std(modality, frames.device)
-            values = frames.float().div_(255.0).sub_(mean).div_(std)
-            if self.statistics[modality][2] and values.shape[1] == 1:
-                values = values.repeat(1, 3, 1, 1, 1)  # grey images feed the 3-channel visual encoder
-            batch[modality] = values
+            batch[modality] = normalised_frames(frames, mean, std, to_rgb=self.statistics[modality][2])
         return batch
 
 

@@ -371,13 +371,17 @@ def uint8_frames():
         SERVE_UINT8_FRAMES.reset(token)
 
 
-def normalised_frames(frames: torch.Tensor, mean: tuple, std: tuple, to_rgb: bool) -> torch.Tensor:
-    """``(C, K, H, W)`` uint8 frames as float32 ``(x / 255 - mean) / std`` per channel; grey frames
-    repeated to 3 channels with ``to_rgb``."""
-    shape = (-1, 1, 1, 1)
-    mean, std = (torch.tensor(values, dtype=torch.float32).view(shape) for values in (mean, std))
+def normalised_frames(
+    frames: torch.Tensor, mean: tuple | torch.Tensor, std: tuple | torch.Tensor, to_rgb: bool
+) -> torch.Tensor:
+    """``(C, K, H, W)`` uint8 frames, or a batch of them ``(B, C, K, H, W)``, as float32
+    ``(x / 255 - mean) / std`` per channel; grey frames repeated to 3 channels with ``to_rgb``.
+    ``mean`` and ``std``: one value per channel (or tensors of that shape on the frames' device)."""
+    mean, std = (torch.as_tensor(values, dtype=torch.float32).view(-1, 1, 1, 1) for values in (mean, std))
     values = frames.float().div_(255.0).sub_(mean).div_(std)
-    return values.repeat(3, 1, 1, 1) if to_rgb else values  # grey images feed the 3-channel visual encoder
+    if to_rgb and values.shape[-4] == 1:  # grey images feed the 3-channel visual encoder
+        values = values.repeat_interleave(3, dim=-4)
+    return values
 
 
 def crop_resize_flip(frames: torch.Tensor, crop, size: int, is_flow: bool) -> torch.Tensor:
