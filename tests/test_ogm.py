@@ -162,32 +162,15 @@ def test_window_bounds_are_inclusive(tiny_model):
         assert torch.equal(conv.grad, before * k)
 
 
-def test_ogm_ge_noise_is_the_official_draw(tiny_model):
-    """k * g + N(0, (std(g) + 1e-8)^2), drawn from the method's seeded generator in tensor order."""
-    batch = tiny_batch(seed=2)
-    output = tiny_model(batch)
-    method = get_method("ogm_ge", alpha=0.4, seed=123)
-    before = _model_with_gradients(tiny_model)
-    k = ogm_coefficients(output.unimodal_logits, batch["label"], 0.4)
-    method.after_backward(tiny_model, output, batch)
-    generator = torch.Generator().manual_seed(123)
-    for modality in tiny_model.modalities:
-        for name, p in tiny_model.encoders[modality].named_parameters():
-            full = f"encoders.{modality}.{name}"
-            if p.dim() != 4:
-                assert torch.equal(p.grad, before[full])
-                continue
-            g = before[full]
-            noise = torch.randn(g.shape, generator=generator) * (g.std() + 1e-8)
-            torch.testing.assert_close(p.grad, g * k[modality] + noise, rtol=1e-5, atol=1e-6)
-
-
-def test_ogm_ge_noise_does_not_depend_on_the_kernels_memory_layout(tiny_model):
-    """Channels-last kernels (the engine's default layout) get the official draw in the kernels'
-    logical order, element for element as contiguous ones, and keep their layout."""
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_ogm_ge_noise_is_the_official_draw(tiny_model, channels_last):
+    """k * g + N(0, (std(g) + 1e-8)^2), drawn from the method's seeded generator in tensor order;
+    channels-last kernels (the engine's default layout) get the same numbers element for element,
+    in the kernels' logical order, and keep their layout."""
     from avbalance.engine.module import to_channels_last
 
-    to_channels_last(tiny_model)
+    if channels_last:
+        to_channels_last(tiny_model)
     batch = tiny_batch(seed=2)
     output = tiny_model(batch)
     method = get_method("ogm_ge", alpha=0.4, seed=123)
@@ -197,17 +180,19 @@ def test_ogm_ge_noise_does_not_depend_on_the_kernels_memory_layout(tiny_model):
     k = ogm_coefficients(output.unimodal_logits, batch["label"], 0.4)
     method.after_backward(tiny_model, output, batch)
     generator = torch.Generator().manual_seed(123)
-    channels_last = 0
+    laid_out_channels_last = 0
     for modality in tiny_model.modalities:
         for name, p in tiny_model.encoders[modality].named_parameters():
+            full = f"encoders.{modality}.{name}"
             if p.dim() != 4:
+                assert torch.equal(p.grad, before[full])
                 continue
-            g = before[f"encoders.{modality}.{name}"]
+            g = before[full]
             noise = torch.randn(g.shape, generator=generator) * (g.std() + 1e-8)
             torch.testing.assert_close(p.grad, g * k[modality] + noise, rtol=1e-5, atol=1e-6)
             assert p.grad.stride() == p.stride()
-            channels_last += not p.grad.is_contiguous()
-    assert channels_last > 0
+            laid_out_channels_last += not p.grad.is_contiguous()
+    assert (laid_out_channels_last > 0) == channels_last
 
 
 def ge_noise(model, run_seed=None, **hparams):
