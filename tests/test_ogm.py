@@ -2,6 +2,7 @@
 
 import math
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -162,37 +163,105 @@ def test_window_bounds_are_inclusive(tiny_model):
         assert torch.equal(conv.grad, before * k)
 
 
+def seeded_streams(seed, count):
+    """Generator 0 seeded with the seed, generator k > 0 with the 64-bit seed NumPy's SeedSequence
+    spawns from (seed, k)."""
+    spawned = [np.random.SeedSequence(seed, spawn_key=(k,)).generate_state(1, np.uint64)[0] for k in range(1, count)]
+    return [torch.Generator().manual_seed(int(s)) for s in [seed, *spawned]]
+
+
+def stream_of_each(sizes, streams):
+    """The noise rule's split: the tensors, in order, cut into one part per stream, cut k where the
+    elements before it come closest to k/streams of all (the later index on a tie, never before the
+    previous cut); part k drawn from stream k."""
+    parts, starts = len(streams), [0]
+    for k in range(1, parts):
+        share = sum(sizes) * k / parts
+        best = starts[-1]
+        for index in range(starts[-1], len(sizes) + 1):
+            if abs(sum(sizes[:index]) - share) <= abs(sum(sizes[:best]) - share):
+                best = index
+        starts.append(best)
+    part_of = [max(k for k in range(parts) if starts[k] <= index) for index in range(len(sizes))]
+    return [streams[k] for k in part_of]
+
+
+@pytest.mark.parametrize("streams", [1, 8])
 @pytest.mark.parametrize("channels_last", [False, True])
-def test_ogm_ge_noise_is_the_official_draw(tiny_model, channels_last):
-    """k * g + N(0, (std(g) + 1e-8)^2), drawn from the method's seeded generator in tensor order;
-    channels-last kernels (the engine's default layout) get the same numbers element for element,
-    in the kernels' logical order, and keep their layout."""
+def test_ogm_ge_noise_is_the_official_draw_from_seeded_streams(tiny_model, channels_last, streams):
+    """k * g + N(0, (std(g) + 1e-8)^2), drawn in tensor order from the method's seeded generator or,
+    with ``noise_streams``, each modality's kernels cut into that many parts of about equal size, each
+    drawn from its own seeded stream (the streams go on from one modality to the next); channels-last kernels (the
+    engine's default layout) get the same numbers element for element, in the kernels' logical
+    order, and keep their layout."""
     from avbalance.engine.module import to_channels_last
 
     if channels_last:
         to_channels_last(tiny_model)
     batch = tiny_batch(seed=2)
     output = tiny_model(batch)
-    method = get_method("ogm_ge", alpha=0.4, seed=123)
+    method = get_method("ogm_ge", alpha=0.4, seed=123, noise_streams=streams)
     before = _model_with_gradients(tiny_model)
     for p in tiny_model.parameters():
         p.grad = torch.empty_like(p).copy_(p.grad)  # in the parameter's layout, as autograd leaves it
     k = ogm_coefficients(output.unimodal_logits, batch["label"], 0.4)
     method.after_backward(tiny_model, output, batch)
-    generator = torch.Generator().manual_seed(123)
     laid_out_channels_last = 0
+    generators = seeded_streams(123, streams)  # drawn on, modality after modality
+    used = set()
     for modality in tiny_model.modalities:
-        for name, p in tiny_model.encoders[modality].named_parameters():
+        named = list(tiny_model.encoders[modality].named_parameters())
+        kernels = [(name, p) for name, p in named if p.dim() == 4]
+        for name, p in named:
             full = f"encoders.{modality}.{name}"
             if p.dim() != 4:
                 assert torch.equal(p.grad, before[full])
-                continue
-            g = before[full]
+        for (name, p), generator in zip(kernels, stream_of_each([p.numel() for _, p in kernels], generators)):
+            used.add(id(generator))
+            g = before[f"encoders.{modality}.{name}"]
             noise = torch.randn(g.shape, generator=generator) * (g.std() + 1e-8)
             torch.testing.assert_close(p.grad, g * k[modality] + noise, rtol=1e-5, atol=1e-6)
             assert p.grad.stride() == p.stride()
             laid_out_channels_last += not p.grad.is_contiguous()
     assert (laid_out_channels_last > 0) == channels_last
+    assert len(used) == 1 if streams == 1 else len(used) >= 4  # several streams draw
+
+
+def test_ogm_ge_noise_does_not_depend_on_the_thread_count(tiny_model):
+    """The streams are drawn at once on several threads and in order on one: the same numbers."""
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        alone = ge_noise(tiny_model, seed=5, noise_streams=8)
+        torch.set_num_threads(2)
+        together = ge_noise(tiny_model, seed=5, noise_streams=8)
+    finally:
+        torch.set_num_threads(threads)
+    assert torch.equal(alone, together)
+
+
+def test_ogm_ge_noise_is_standard_normal_per_element():
+    """Over many elements of gradients split across the streams, noise / sigma has mean 0, variance 1
+    and no correlation between the streams' parts."""
+    from avbalance.methods.ogm_ge import OGMGE
+
+    method = OGMGE(seed=9, noise_streams=8)
+    grads = [torch.zeros(100_000) for _ in range(4)]
+    method._add_noise(grads, [torch.tensor(2.0)] * 4)
+    noise = torch.cat(grads) / 2
+    assert abs(noise.mean().item()) < 0.01 and abs(noise.var().item() - 1) < 0.01
+    first, second = torch.cat(grads[:2]), torch.cat(grads[2:])
+    assert abs(torch.corrcoef(torch.stack([first, second]))[0, 1].item()) < 0.01
+
+
+def test_ogm_ge_split_cuts_where_the_parts_balance():
+    from avbalance.methods.ogm_ge import split_in_order
+
+    assert split_in_order([5, 1, 1, 1, 2], 2, int) == [[5], [1, 1, 1, 2]]
+    assert split_in_order([1, 1, 1, 1, 8], 2, int) == [[1, 1, 1, 1], [8]]
+    assert split_in_order([3], 2, int) == [[3], []]  # a tie: the later cut
+    assert split_in_order([], 2, int) == [[], []]
+    assert split_in_order([2, 2, 2, 2, 2, 2], 3, int) == [[2, 2], [2, 2], [2, 2]]
 
 
 def ge_noise(model, run_seed=None, **hparams):
@@ -271,3 +340,37 @@ def test_ogm_refuses_one_modality():
     model = build_model(tiny_spec(modalities=("audio",)))
     with pytest.raises(ValueError, match="needs 2\\+ modalities"):
         get_method("ogm").setup(model)
+
+
+def test_ogm_ge_state_restores_every_stream(tiny_model):
+    """A resumed method draws, on both streams, what the uninterrupted one draws next."""
+    from avbalance.methods.ogm_ge import OGMGE
+
+    method = OGMGE(seed=4, noise_streams=8)
+    grads = [torch.zeros(3000) for _ in range(2)]  # two tensors: two streams draw, the others do not
+    method._add_noise(grads, [torch.tensor(1.0)] * 2)  # their states moved on
+    state = method.state_dict()
+    assert sum(saved is not None for saved in [state.get("generator"), *state["generator_streams"]]) == 2
+    assert len(state["generator_streams"]) == 7
+    tensors = [3000] * 8  # now every stream draws
+    following = [torch.zeros(n) for n in tensors]
+    method._add_noise(following, [torch.tensor(1.0)] * len(tensors))
+    resumed = OGMGE(seed=4, noise_streams=8)
+    resumed.load_state_dict(state)
+    again = [torch.zeros(n) for n in tensors]
+    resumed._add_noise(again, [torch.tensor(1.0)] * len(tensors))
+    assert all(torch.equal(a, b) for a, b in zip(again, following))
+    assert not any(torch.equal(a, b) for a in again for b in grads)
+
+
+BAD_STREAMS = [
+    (0, "noise_streams must be >= 1, got 0"),
+    (-2, "noise_streams must be >= 1, got -2"),
+    (1.5, "noise_streams: .*integer"),
+]
+
+
+@pytest.mark.parametrize("streams, message", BAD_STREAMS)
+def test_ogm_ge_noise_streams_must_be_a_whole_number(streams, message):
+    with pytest.raises(ConfigError, match=f"method 'ogm_ge': {message}"):
+        get_method("ogm_ge", noise_streams=streams)

@@ -1,10 +1,13 @@
-"""A method's own random generator, for draws that must agree on every DDP rank."""
+"""A method's own random generators, for draws that must agree on every DDP rank."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import functools
+from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
+import numpy as np
 import torch
 
 
@@ -35,24 +38,62 @@ class DeviceGenerator:
 
 class DrawsOnDevice:
     """Mixin for a :class:`~avbalance.methods.base.Method` drawing on the device of its tensors:
-    one :class:`DeviceGenerator` seeded with ``draw_seed``, re-seeded by ``reset_generators`` and
-    kept in the method's state as ``"generator"``. Call ``reset_generators()`` in ``__init__``."""
+    ``draw_streams`` independent :class:`DeviceGenerator` streams, the first seeded with ``draw_seed``
+    and the others with seeds spawned from it, re-seeded by ``reset_generators`` and kept in the
+    method's state as ``"generator"`` (the first) and ``"generator_streams"`` (the others). Call
+    ``reset_generators()`` in ``__init__``."""
 
     draw_seed: int
+    draw_streams = 1  # independent generators, for draws split into parts that may run at once
 
     def reset_generators(self) -> None:
-        self.device_generator = DeviceGenerator(self.draw_seed)
+        self.device_generators = [
+            DeviceGenerator(stream_seed(self.draw_seed, stream)) for stream in range(self.draw_streams)
+        ]
 
-    def generator(self, device: torch.device) -> torch.Generator:
-        return self.device_generator.on(device)
+    def generator(self, device: torch.device, stream: int = 0) -> torch.Generator:
+        return self.device_generators[stream].on(device)
 
     def state_dict(self) -> dict[str, Any]:
         state = super().state_dict()  # type: ignore[misc]
-        if self.device_generator.state() is not None:
-            state["generator"] = self.device_generator.state()
+        first, *others = [generator.state() for generator in self.device_generators]
+        if first is not None:
+            state["generator"] = first
+        if any(other is not None for other in others):
+            state["generator_streams"] = others  # None for a stream not drawn from yet
         return state
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         super().load_state_dict(state)  # type: ignore[misc]
+        first, *others = self.device_generators
         if "generator" in state:
-            self.device_generator.load(state["generator"])
+            first.load(state["generator"])
+        for generator, saved in zip(others, state.get("generator_streams", ())):
+            generator.load(saved)
+
+
+def stream_seed(seed: int, stream: int) -> int:
+    """The seed of a method's ``stream``-th generator: ``seed`` itself for the first, for the others
+    a 64-bit seed spawned from ``(seed, stream)`` by NumPy's ``SeedSequence`` (independent streams
+    that no run seed's first stream repeats by construction)."""
+    if stream == 0:
+        return seed
+    return int(np.random.SeedSequence(seed, spawn_key=(stream,)).generate_state(1, dtype=np.uint64)[0])
+
+
+def run_at_once(jobs: Sequence[Callable[[], None]], device: torch.device) -> None:
+    """Run ``jobs`` (functions of independent tensors) on as many worker threads as torch may use
+    cores (torch releases the GIL), when on CPU and torch may use several; in order otherwise, and
+    on accelerators, whose kernels are already asynchronous. A job's error is raised here."""
+    threads = min(len(jobs), torch.get_num_threads())
+    if device.type != "cpu" or threads < 2:
+        for job in jobs:
+            job()
+        return
+    for _ in _workers(threads).map(lambda job: job(), jobs):  # waits for every job; raises the first error
+        pass
+
+
+@functools.cache
+def _workers(count: int) -> ThreadPoolExecutor:
+    return ThreadPoolExecutor(max_workers=count, thread_name_prefix="avbalance-draws")
