@@ -10,7 +10,8 @@
    threads, DataLoader workers, epochs and warm-up steps left out:
    * ``official``: the authors' ``main.py``, unmodified, through the harness's ``bench.py`` (needs
      ``REF_OGM_REPO`` and the harness's own Python, ``--ref-python``; without the repository the
-     official side is skipped);
+     official side is skipped); with ``--accelerator cuda`` through ``refbench_on_cuda.py``, which
+     keeps the script's device moves on the GPU (the harness alone maps them to the CPU);
    * ``avbalance``: the Lightning engine as ``avbalance train`` builds it;
    * ``bare_loop``: avbalance's model, loader and method in a plain PyTorch loop.
    Each avbalance side runs in its own process (``vs_official_sides.py``), so that its peak RSS is
@@ -27,7 +28,8 @@ key means in ``keys`` and whether the targets are met in ``targets_met``.
     REF_OGM_REPO=<OGM-GE git dir> REFBENCH_VENV=<harness venv> python benchmarks/vs_official.py \
         --epochs 3 --repeats 2 --max-foreign 0.25     # the recorded measurement
     python benchmarks/vs_official.py --quick          # a few steps of baseline-f1
-    python benchmarks/vs_official.py --accelerator cuda --configs baseline-f1,ogm_ge-f1   # avbalance on a GPU
+    REF_OGM_REPO=... python benchmarks/vs_official.py --accelerator cuda --num-workers 8 \
+        --ref-python "$(which python)"   # both loops on a GPU
 
 ``--repeats N`` alternates the avbalance sides N times and pools their steps (the harness pools N
 official runs); ``--max-foreign C`` leaves out, on every side, steps during which other processes
@@ -60,6 +62,7 @@ from avbalance.prepare_cli import run as run_prepare
 HERE = Path(__file__).resolve().parent
 SIDES = HERE / "vs_official_sides.py"
 sys.path.insert(0, str(HERE))
+from refbench_on_cuda import cuda_overlay  # noqa: E402
 from vs_official_sides import CONFIGS  # noqa: E402  (the sibling module, also run as a script)
 from vs_official_sides import summarise as summarise_steps  # noqa: E402
 
@@ -160,10 +163,15 @@ def run_side(args: argparse.Namespace, side: str, label: str, extra: list[str]) 
 
 
 def official_side(args: argparse.Namespace, name: str) -> dict | None:
-    """The official loop for one configuration through the harness; its summary (seconds)."""
+    """The official loop for one configuration through the harness; its summary (seconds). On CUDA
+    the harness's ``bench.py`` runs from an overlay whose launcher leaves the script on the GPU."""
     _, mode, fps = CONFIGS[name]
     out = Path(args.work) / f"official-{name}.json"
-    command = [args.ref_python, str(Path(args.refbench) / "bench.py"), "--which", "ogm", "--fps", str(fps)]
+    harness, env = Path(args.refbench), {**os.environ, "REF_OGM_REPO": args.ref_repo}
+    if args.accelerator == "cuda":
+        harness = cuda_overlay(args.refbench, Path(args.work) / "refbench-cuda")
+        env["REFBENCH_DIR"] = str(Path(args.refbench).resolve())
+    command = [args.ref_python, str(harness / "bench.py"), "--which", "ogm", "--fps", str(fps)]
     command += ["--ogm-modes", mode, "--epochs", str(args.epochs), "--repeats", str(args.repeats), "--alpha", "0.8"]
     command += ["--batch-size", str(args.batch_size), "--num-workers", str(args.num_workers)]
     command += ["--threads", str(args.threads), "--warmup", str(args.warmup), "--seed", "0"]
@@ -171,8 +179,8 @@ def official_side(args: argparse.Namespace, name: str) -> dict | None:
     command += ["--n-train", str(args.n_train), "--n-test", str(args.n_test), "--sr", str(SAMPLE_RATE)]
     command += ["--data", str(Path(args.data).resolve()), "--work", str(Path(args.work) / f"official-{name}")]
     command += ["--out", str(out)]
-    print(f"[vs_official] official {name} ...", flush=True)
-    subprocess.run(command, check=True, env={**os.environ, "REF_OGM_REPO": args.ref_repo})
+    print(f"[vs_official] official {name} ({args.accelerator}) ...", flush=True)
+    subprocess.run(command, check=True, env=env)
     summaries = json.loads(out.read_text())["summaries"]
     return next(iter(summaries.values()), None)
 
@@ -207,8 +215,7 @@ def measure_config(args: argparse.Namespace, name: str, cache: Path, time_loader
     which pools their steps), then ``avbalance train`` and the bare loop alternating ``--repeats``
     times, so that load drift hits both alike; each side's medians pool the steps of its runs (each
     run's warm-up left out). When ``time_loader``, the first bare run also times the cache loader."""
-    official = args.ref_repo and args.accelerator == "cpu"  # the harness runs the official loop on CPU only
-    results = {"official": official_summary(official_side(args, name)) if official else None}
+    results = {"official": official_summary(official_side(args, name)) if args.ref_repo else None}
     runs: dict[str, list[dict]] = {"avbalance": [], "bare_loop": []}
     loader = None
     for repeat in range(args.repeats):
@@ -384,7 +391,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--accelerator",
         choices=["auto", "cpu", "cuda"],
         default="cpu",
-        help="where avbalance trains (auto: cuda when available); the official side runs on CPU only",
+        help="where every side trains (auto: cuda when available); on cuda the official loop runs through "
+        "the harness with its device moves left on the GPU (refbench_on_cuda.py)",
     )
     p.add_argument("--num-workers", type=int, default=0, help="DataLoader workers on every side")
     p.add_argument("--warmup", type=int, default=1, help="steps left out at the start of every run")
@@ -447,12 +455,6 @@ def run(args: argparse.Namespace) -> dict:
     names = check_args(args)
     if args.accelerator == "auto":
         args.accelerator = "cuda" if torch.cuda.is_available() else "cpu"
-    if args.accelerator == "cuda" and args.ref_repo:
-        print(
-            "[vs_official] --accelerator cuda: the harness maps the official loop to the CPU, so no official "
-            "side is timed (ratios need both loops on the same device); avbalance's sides run on the GPU",
-            flush=True,
-        )
     if not args.ref_repo:
         print("[vs_official] REF_OGM_REPO is not set: timing avbalance alone (no official side)", flush=True)
     args.work = args.work or tempfile.mkdtemp(prefix="vs_official_")

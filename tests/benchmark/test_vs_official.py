@@ -122,3 +122,87 @@ def test_quick_avbalance_side_without_official_repository(tmp_path, monkeypatch,
     assert document["loader_ratio"] == {"f1": None} and document["targets_met"]["ratio"] is None
     assert set(document["keys"]) >= {"ratio", "engine_overhead", "peak_rss_mib", "loader_ratio"}
     assert document["machine"]["batch_size"] == 2 and "--quick" in document["command"]
+
+
+on_cuda = load("refbench_on_cuda")
+needs_harness = pytest.mark.skipif(
+    not (REFBENCH / "launch.py").is_file(), reason="the refbench harness is not on this machine"
+)
+
+
+@needs_harness
+def test_cuda_overlay_runs_the_harness_bench_with_the_cuda_launcher(tmp_path):
+    folder = on_cuda.cuda_overlay(REFBENCH, tmp_path / "overlay")
+    assert sorted(path.name for path in folder.iterdir()) == ["bench.py", "launch.py", "make_data.py"]
+    for name in ("bench.py", "make_data.py"):
+        assert (folder / name).resolve() == (REFBENCH / name).resolve()
+    assert (folder / "launch.py").resolve() == (BENCHMARKS / "refbench_on_cuda.py").resolve()
+    assert on_cuda.cuda_overlay(REFBENCH, folder) == folder  # made again over an existing one
+
+
+PATCH_CHECK = """
+import sys, torch
+sys.path.insert(0, {benchmarks!r})
+import refbench_on_cuda as on_cuda
+launcher = on_cuda.harness_launcher({refbench!r})
+install = launcher.install_torch_patches
+if sys.argv[1] == "cuda":
+    install = on_cuda.keeping_devices(install)
+originals = (torch.Tensor.to, torch.nn.Module.cuda, torch.utils.data.DataLoader.__init__, torch.Tensor.backward)
+install(0, 0)
+print("to kept", torch.Tensor.to is originals[0], "cuda kept", torch.nn.Module.cuda is originals[1])
+print("loader patched", torch.utils.data.DataLoader.__init__ is not originals[2])
+print("backward patched", torch.Tensor.backward is not originals[3])
+try:
+    print("moved to", torch.zeros(1).to("cuda").device.type)
+except (RuntimeError, AssertionError):
+    print("moved to cuda: refused")
+"""
+
+
+@needs_harness
+@pytest.mark.skipif(torch.cuda.is_available(), reason="tells the two launchers apart by a refused CUDA move")
+def test_cuda_launcher_keeps_device_moves_and_every_other_harness_patch(tmp_path):
+    """The harness's patches map a CUDA move to the CPU; the CUDA launcher's leave torch's own moves
+    (refused here: no CUDA) and keep the timing and worker patches."""
+    import subprocess
+
+    script = tmp_path / "check.py"
+    script.write_text(PATCH_CHECK.format(benchmarks=str(BENCHMARKS), refbench=str(REFBENCH)))
+    printed = {}
+    for launcher in ("harness", "cuda"):
+        run = subprocess.run([sys.executable, str(script), launcher], capture_output=True, text=True, check=True)
+        printed[launcher] = run.stdout
+    assert "to kept False cuda kept False" in printed["harness"] and "moved to cpu" in printed["harness"]
+    assert "to kept True cuda kept True" in printed["cuda"] and "moved to cuda: refused" in printed["cuda"]
+    for text in printed.values():
+        assert "loader patched True" in text and "backward patched True" in text
+
+
+def test_official_side_on_cuda_runs_the_harness_from_the_overlay(tmp_path, monkeypatch):
+    """With --accelerator cuda the harness's bench.py runs from the overlay, told where the harness is."""
+    calls = []
+
+    def fake_run(command, check, env):
+        calls.append((command, env))
+        out = Path(command[command.index("--out") + 1])
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps({"summaries": {"ogm-f1": {"n_steps": 3}}}))
+
+    monkeypatch.setattr(vs_official.subprocess, "run", fake_run)
+    harness = tmp_path / "harness"
+    harness.mkdir()
+    for name in ("bench.py", "make_data.py"):
+        (harness / name).write_text("")
+    args = vs_official.parse_args(["--refbench", str(harness), "--work", str(tmp_path / "work")])
+    args.ref_repo, args.ref_python = str(tmp_path / "repo"), sys.executable
+    for accelerator in ("cpu", "cuda"):
+        args.accelerator = accelerator
+        assert vs_official.official_side(args, "ogm_ge-f3") == {"n_steps": 3}
+    (cpu_command, cpu_env), (cuda_command, cuda_env) = calls
+    assert cpu_command[1] == str(harness / "bench.py")
+    assert cuda_command[1] == str(tmp_path / "work" / "refbench-cuda" / "bench.py")
+    assert cuda_env["REFBENCH_DIR"] == str(harness.resolve()) and cuda_env["REF_OGM_REPO"] == args.ref_repo
+    assert cpu_command[2:] == cuda_command[2:]  # the same run otherwise
+    assert cuda_command[cuda_command.index("--ogm-modes") + 1] == "OGM_GE"
+    assert cuda_command[cuda_command.index("--fps") + 1] == "3"
