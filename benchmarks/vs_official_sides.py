@@ -191,7 +191,8 @@ def time_lightning(config: RunConfig) -> list[dict[str, float]]:
 def time_bare(run: TrainingRun, config: RunConfig) -> list[dict[str, float]]:
     """The engine's model (channels-last and CPU memory reuse as the engine sets them), loader
     (uint8 frames normalised per batch by the data module's transform), optimizer and method in a
-    plain loop: zero_grad, forward, the method's loss, backward, the method's gradient work, SGD step."""
+    plain loop: zero_grad, forward, the method's loss, backward, the method's gradient work, SGD step;
+    after each epoch an untimed validation pass (no checkpoints, logs or metrics)."""
     device = torch.device("cuda" if config.trainer.accelerator == "cuda" else "cpu")
     model, method = run.module.model.to(device).train(), run.method
     if config.trainer.channels_last:
@@ -219,7 +220,19 @@ def time_bare(run: TrainingRun, config: RunConfig) -> list[dict[str, float]]:
             previous, sample = sample, machine_sample()  # this step's end is the next one's start
             load = other_load(previous, sample)
             steps.append(step_record(got - requested, end - got, compute_cpu, len(batch["label"]), *load))
+        validate(model, run.datamodule, device)
     return steps
+
+
+@torch.no_grad()
+def validate(model: torch.nn.Module, datamodule, device: torch.device) -> None:
+    """An untimed pass over the validation split after each epoch, as ``avbalance train`` and the
+    official loop make: the next epoch's steps start from the same state on every side."""
+    model.eval()
+    for batch in datamodule.val_dataloader():
+        batch = {k: v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
+        model(datamodule.batch_transform(batch))
+    model.train()
 
 
 def loader_rate(dataset, samples: int, passes: int = 3) -> dict[str, float]:
