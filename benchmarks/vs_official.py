@@ -26,14 +26,15 @@ avbalance samples per second (1.0: the engine costs nothing), ``peak_rss_mib`` p
 key means in ``keys`` and whether the targets are met in ``targets_met``.
 
     REF_OGM_REPO=<OGM-GE git dir> REFBENCH_VENV=<harness venv> python benchmarks/vs_official.py \
-        --epochs 3 --repeats 2 --max-foreign 0.25     # the recorded measurement
+        --epochs 3 --repeats 3 --max-foreign 0.25     # the recorded measurement
     python benchmarks/vs_official.py --quick          # a few steps of baseline-f1
     REF_OGM_REPO=... python benchmarks/vs_official.py --accelerator cuda --num-workers 8 \
         --ref-python "$(which python)"   # both loops on a GPU
 
-``--repeats N`` alternates the avbalance sides N times and pools their steps (the harness pools N
-official runs); ``--max-foreign C`` leaves out, on every side, steps during which other processes
-used more than C cores.
+``--repeats N`` makes N rounds of one run per side (official, ``avbalance train``, bare loop, in
+turn), so that the machine's drift hits every side alike, and pools each side's steps;
+``--max-foreign C`` leaves out, on every side, steps during which other processes used more than C
+cores.
 """
 
 from __future__ import annotations
@@ -44,6 +45,7 @@ import json
 import os
 import platform
 import shlex
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -162,44 +164,46 @@ def run_side(args: argparse.Namespace, side: str, label: str, extra: list[str]) 
     return json.loads(result.read_text())
 
 
-def official_side(args: argparse.Namespace, name: str) -> dict | None:
-    """The official loop for one configuration through the harness; its summary (seconds). On CUDA
-    the harness's ``bench.py`` runs from an overlay whose launcher leaves the script on the GPU."""
+def official_side(args: argparse.Namespace, name: str, repeat: int = 0) -> dict:
+    """One run of the official loop for one configuration through the harness; the harness's
+    document (every step's record under ``runs``). On CUDA the harness's ``bench.py`` runs from an
+    overlay whose launcher leaves the script on the GPU."""
     _, mode, fps = CONFIGS[name]
-    out = Path(args.work) / f"official-{name}.json"
+    out = Path(args.work) / f"official-{name}-r{repeat}.json"
     harness, env = Path(args.refbench), {**os.environ, "REF_OGM_REPO": args.ref_repo}
     if args.accelerator == "cuda":
         harness = cuda_overlay(args.refbench, Path(args.work) / "refbench-cuda")
         env["REFBENCH_DIR"] = str(Path(args.refbench).resolve())
     command = [args.ref_python, str(harness / "bench.py"), "--which", "ogm", "--fps", str(fps)]
-    command += ["--ogm-modes", mode, "--epochs", str(args.epochs), "--repeats", str(args.repeats), "--alpha", "0.8"]
+    command += ["--ogm-modes", mode, "--epochs", str(args.epochs), "--repeats", "1", "--alpha", "0.8"]
     command += ["--batch-size", str(args.batch_size), "--num-workers", str(args.num_workers)]
     command += ["--threads", str(args.threads), "--warmup", str(args.warmup), "--seed", "0"]
     command += ["--max-foreign", str(args.max_foreign), "--wait-idle", str(args.wait_idle)]
     command += ["--n-train", str(args.n_train), "--n-test", str(args.n_test), "--sr", str(SAMPLE_RATE)]
-    command += ["--data", str(Path(args.data).resolve()), "--work", str(Path(args.work) / f"official-{name}")]
+    command += ["--data", str(Path(args.data).resolve()), "--work", str(Path(args.work) / f"official-{name}-r{repeat}")]
     command += ["--out", str(out)]
-    print(f"[vs_official] official {name} ({args.accelerator}) ...", flush=True)
+    print(f"[vs_official] official {name}-r{repeat} ({args.accelerator}) ...", flush=True)
     subprocess.run(command, check=True, env=env)
-    summaries = json.loads(out.read_text())["summaries"]
-    return next(iter(summaries.values()), None)
+    return json.loads(out.read_text())
 
 
-def official_summary(raw: dict | None) -> dict:
-    """The harness's summary in the avbalance sides' terms (median seconds, samples per second)."""
-    if not raw or not raw.get("n_steps"):
-        return {"n_steps": 0}
-    return {
-        "data": raw["data"]["median"],
-        "compute": raw["compute"]["median"],
-        "total": raw["total"]["median"],
-        "n_steps": raw["n_steps"],
-        "n_excluded": raw["n_excluded"],
-        "samples_per_s": raw["samples_per_s_median_step"],
-        "peak_rss_mib": raw.get("peak_rss_mib"),
-        "modulation": raw.get("modulation", {}).get("median"),
-        "other_load_cores": raw.get("cpu_foreign"),  # median cores other processes used during a step
-    }
+def official_summary(documents: list[dict], warmup: int, max_foreign: float) -> dict:
+    """The official runs' steps pooled as the avbalance sides' are: each run's first ``warmup`` steps
+    and the steps that shared the CPU with more than ``max_foreign`` cores of other work left out;
+    median seconds, samples per second, OGM-GE's modulation window, peak RSS (``/usr/bin/time -v``)."""
+    runs = [run for document in documents for run in document.get("runs", []) if run.get("rc") == 0]
+    steps = []
+    for run in runs:
+        records = [record for record in run["records"] if record.get("type") == "step"]
+        steps += records[warmup:]
+    summary = summarise_steps(steps, 0, max_foreign)
+    kept = [step for step in steps if step.get("cpu_foreign", 0.0) <= max_foreign]
+    if kept:
+        summary["modulation"] = statistics.median(step.get("modulation", 0.0) for step in kept)
+        summary["other_load_cores"] = statistics.median(step.get("cpu_foreign", 0.0) for step in kept)
+    rss = [run["time_v"]["maxrss_kb"] for run in runs if run.get("time_v", {}).get("maxrss_kb")]
+    summary.update(n_warmup=warmup, n_runs=len(runs), peak_rss_mib=max(rss) / 1024 if rss else None)
+    return summary
 
 
 def extract_official(args: argparse.Namespace) -> Path:
@@ -211,14 +215,15 @@ def extract_official(args: argparse.Namespace) -> Path:
 
 
 def measure_config(args: argparse.Namespace, name: str, cache: Path, time_loader: bool) -> tuple[dict, float | None]:
-    """The sides of one configuration: the official loop (``--repeats`` runs through the harness,
-    which pools their steps), then ``avbalance train`` and the bare loop alternating ``--repeats``
-    times, so that load drift hits both alike; each side's medians pool the steps of its runs (each
-    run's warm-up left out). When ``time_loader``, the first bare run also times the cache loader."""
-    results = {"official": official_summary(official_side(args, name)) if args.ref_repo else None}
-    runs: dict[str, list[dict]] = {"avbalance": [], "bare_loop": []}
+    """The sides of one configuration, in ``--repeats`` rounds of one run each -- the official loop
+    (through the harness), ``avbalance train``, the bare loop -- so that the machine's drift hits
+    every side alike; each side's medians pool the steps of its runs (each run's warm-up left out).
+    When ``time_loader``, the first bare run also times the cache loader."""
+    runs: dict[str, list[dict]] = {"official": [], "avbalance": [], "bare_loop": []}
     loader = None
     for repeat in range(args.repeats):
+        if args.ref_repo:
+            runs["official"].append(official_side(args, name, repeat))
         for side, key in (("lightning", "avbalance"), ("bare", "bare_loop")):
             extra = ["--config", name, "--cache", str(cache)]
             if side == "bare" and time_loader and repeat == 0:
@@ -226,6 +231,8 @@ def measure_config(args: argparse.Namespace, name: str, cache: Path, time_loader
             result = run_side(args, side, f"{name}-r{repeat}", extra)
             runs[key].append(result)
             loader = loader or result.get("loader")
+    official = runs.pop("official")
+    results = {"official": official_summary(official, args.warmup, args.max_foreign) if args.ref_repo else None}
     for key, side_runs in runs.items():
         steps = [step for run in side_runs for step in run["steps"][args.warmup :]]
         summary = summarise_steps(steps, 0, args.max_foreign)

@@ -278,7 +278,8 @@ def summarise(steps: list[dict[str, float]], warmup: int, max_foreign: float = f
     kept = [s for s in timed if s.get("cpu_foreign", 0.0) <= max_foreign]
     if not kept:
         return {"n_steps": 0, "n_warmup": min(warmup, len(steps)), "n_excluded": len(timed)}
-    summary = {key: statistics.median(s[key] for s in kept) for key in ("data", "compute", "total", "compute_cpu")}
+    keys = [key for key in ("data", "compute", "total", "compute_cpu") if all(key in s for s in kept)]
+    summary = {key: statistics.median(s[key] for s in kept) for key in keys}  # the harness's lack compute_cpu
     batch = statistics.median(s["bs"] for s in kept)
     summary.update(n_steps=len(kept), n_warmup=warmup, n_excluded=len(timed) - len(kept), batch_size=batch)
     summary["samples_per_s"] = batch / summary["total"]

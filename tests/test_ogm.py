@@ -374,3 +374,29 @@ BAD_STREAMS = [
 def test_ogm_ge_noise_streams_must_be_a_whole_number(streams, message):
     with pytest.raises(ConfigError, match=f"method 'ogm_ge': {message}"):
         get_method("ogm_ge", noise_streams=streams)
+
+
+def test_parallel_draws_end_before_an_error_is_raised():
+    """A failing job is raised once every other job has finished (none still writes after the call)."""
+    import threading
+    import time
+
+    from avbalance.methods.randomness import run_at_once
+
+    finished = []
+
+    def slow():
+        time.sleep(0.2)
+        finished.append(threading.get_ident())
+
+    def failing():
+        raise RuntimeError("draw failed")
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        with pytest.raises(RuntimeError, match="draw failed"):
+            run_at_once([failing, slow, slow], torch.device("cpu"))
+    finally:
+        torch.set_num_threads(threads)
+    assert len(finished) == 2

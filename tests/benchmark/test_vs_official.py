@@ -187,7 +187,7 @@ def test_official_side_on_cuda_runs_the_harness_from_the_overlay(tmp_path, monke
         calls.append((command, env))
         out = Path(command[command.index("--out") + 1])
         out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(json.dumps({"summaries": {"ogm-f1": {"n_steps": 3}}}))
+        out.write_text(json.dumps({"runs": []}))
 
     monkeypatch.setattr(vs_official.subprocess, "run", fake_run)
     harness = tmp_path / "harness"
@@ -198,7 +198,7 @@ def test_official_side_on_cuda_runs_the_harness_from_the_overlay(tmp_path, monke
     args.ref_repo, args.ref_python = str(tmp_path / "repo"), sys.executable
     for accelerator in ("cpu", "cuda"):
         args.accelerator = accelerator
-        assert vs_official.official_side(args, "ogm_ge-f3") == {"n_steps": 3}
+        assert vs_official.official_side(args, "ogm_ge-f3", repeat=1) == {"runs": []}
     (cpu_command, cpu_env), (cuda_command, cuda_env) = calls
     assert cpu_command[1] == str(harness / "bench.py")
     assert cuda_command[1] == str(tmp_path / "work" / "refbench-cuda" / "bench.py")
@@ -206,3 +206,31 @@ def test_official_side_on_cuda_runs_the_harness_from_the_overlay(tmp_path, monke
     assert cpu_command[2:] == cuda_command[2:]  # the same run otherwise
     assert cuda_command[cuda_command.index("--ogm-modes") + 1] == "OGM_GE"
     assert cuda_command[cuda_command.index("--fps") + 1] == "3"
+    assert cuda_command[cuda_command.index("--repeats") + 1] == "1"  # one run per round
+    assert cuda_command[cuda_command.index("--out") + 1].endswith("official-ogm_ge-f3-r1.json")
+
+
+def harness_run(totals, foreign=0.0, rc=0, maxrss_kb=2048 * 1024):
+    """A harness run document entry: its step records (data 0.1 s each) and its peak RSS."""
+    steps = [
+        {"type": "step", "bs": 16, "data": 0.1, "compute": t - 0.1, "total": t, "modulation": 0.05, "cpu_foreign": f}
+        for t, f in zip(totals, foreign if isinstance(foreign, list) else [foreign] * len(totals))
+    ]
+    return {"rc": rc, "time_v": {"maxrss_kb": maxrss_kb}, "records": [{"type": "env"}, *steps, {"type": "run"}]}
+
+
+def test_official_steps_are_pooled_as_the_avbalance_sides_are():
+    """Each run's first step left out, steps with other load left out, failed runs ignored, medians of
+    the rest and the largest peak RSS."""
+    documents = [
+        {"runs": [harness_run([9.0, 2.0, 3.0], maxrss_kb=1024 * 1024)]},
+        {"runs": [harness_run([8.0, 4.0, 5.0, 7.0], foreign=[0, 0, 0, 0.9], maxrss_kb=3 * 1024 * 1024)]},
+        {"runs": [harness_run([1.0, 1.0], rc=1)]},
+    ]
+    summary = vs_official.official_summary(documents, warmup=1, max_foreign=0.25)
+    assert summary["n_steps"] == 4 and summary["n_excluded"] == 1 and summary["n_runs"] == 2
+    assert summary["total"] == pytest.approx(3.5)  # median of 2, 3, 4, 5
+    assert summary["samples_per_s"] == pytest.approx(16 / 3.5)
+    assert summary["data"] == pytest.approx(0.1) and summary["modulation"] == pytest.approx(0.05)
+    assert summary["peak_rss_mib"] == pytest.approx(3072) and "compute_cpu" not in summary
+    assert vs_official.official_summary([{"runs": []}], 1, 0.25)["n_steps"] == 0

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Callable, Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor, wait
 from typing import Any
 
 import numpy as np
@@ -73,9 +73,9 @@ class DrawsOnDevice:
 
 
 def stream_seed(seed: int, stream: int) -> int:
-    """The seed of a method's ``stream``-th generator: ``seed`` itself for the first, for the others
-    a 64-bit seed spawned from ``(seed, stream)`` by NumPy's ``SeedSequence`` (independent streams
-    that no run seed's first stream repeats by construction)."""
+    """The seed of a method's ``stream``-th generator: ``seed`` itself for the first (the numbers of
+    a one-stream method do not change), for the others the 64-bit seed NumPy's ``SeedSequence``
+    derives from ``(seed, stream)``, which mixes the pair so that the streams are unrelated."""
     if stream == 0:
         return seed
     return int(np.random.SeedSequence(seed, spawn_key=(stream,)).generate_state(1, dtype=np.uint64)[0])
@@ -84,14 +84,17 @@ def stream_seed(seed: int, stream: int) -> int:
 def run_at_once(jobs: Sequence[Callable[[], None]], device: torch.device) -> None:
     """Run ``jobs`` (functions of independent tensors) on as many worker threads as torch may use
     cores (torch releases the GIL), when on CPU and torch may use several; in order otherwise, and
-    on accelerators, whose kernels are already asynchronous. A job's error is raised here."""
+    on accelerators, whose kernels are already asynchronous. Every job has ended when it returns;
+    a job's error is raised here."""
     threads = min(len(jobs), torch.get_num_threads())
     if device.type != "cpu" or threads < 2:
         for job in jobs:
             job()
         return
-    for _ in _workers(threads).map(lambda job: job(), jobs):  # waits for every job; raises the first error
-        pass
+    futures = [_workers(threads).submit(job) for job in jobs]
+    wait(futures)
+    for future in futures:
+        future.result()
 
 
 @functools.cache
