@@ -45,7 +45,6 @@ import json
 import os
 import platform
 import shlex
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -197,10 +196,6 @@ def official_summary(documents: list[dict], warmup: int, max_foreign: float) -> 
         records = [record for record in run["records"] if record.get("type") == "step"]
         steps += records[warmup:]
     summary = summarise_steps(steps, 0, max_foreign)
-    kept = [step for step in steps if step.get("cpu_foreign", 0.0) <= max_foreign]
-    if kept:
-        summary["modulation"] = statistics.median(step.get("modulation", 0.0) for step in kept)
-        summary["other_load_cores"] = statistics.median(step.get("cpu_foreign", 0.0) for step in kept)
     rss = [run["time_v"]["maxrss_kb"] for run in runs if run.get("time_v", {}).get("maxrss_kb")]
     summary.update(n_warmup=warmup, n_runs=len(runs), peak_rss_mib=max(rss) / 1024 if rss else None)
     return summary

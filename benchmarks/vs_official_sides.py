@@ -41,6 +41,7 @@ from avbalance.engine.callbacks import EpochHistory, GeneratorStates, NonFiniteG
 from avbalance.engine.config import RunConfig
 from avbalance.engine.cpu_memory import keep_freed_cpu_memory
 from avbalance.engine.datamodule import UInt8Frames
+from avbalance.engine.epoch_data import to_device
 from avbalance.engine.module import to_channels_last
 from avbalance.engine.optim import build_optimizer
 from avbalance.engine.run import (
@@ -213,7 +214,7 @@ def time_bare(run: TrainingRun, config: RunConfig) -> list[dict[str, float]]:
             if batch is None:
                 break
             got, got_cpu = perf(), cpu()
-            batch = {k: v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
+            batch = to_device(batch, device)
             training_step(model, optimizer, method, run.datamodule.batch_transform(batch))
             synchronise(device)
             end, compute_cpu = perf(), cpu() - got_cpu
@@ -230,7 +231,7 @@ def validate(model: torch.nn.Module, datamodule, device: torch.device) -> None:
     official loop make: the next epoch's steps start from the same state on every side."""
     model.eval()
     for batch in datamodule.val_dataloader():
-        batch = {k: v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
+        batch = to_device(batch, device)
         model(datamodule.batch_transform(batch))
     model.train()
 
@@ -270,6 +271,17 @@ def official_loader(src: str, data_root: str, frames: int, samples: int) -> dict
     return loader_rate(dataset, samples)
 
 
+#: step record key -> summary key (the median over the kept steps)
+SUMMARISED = {
+    "data": "data",
+    "compute": "compute",
+    "total": "total",
+    "compute_cpu": "compute_cpu",
+    "modulation": "modulation",
+    "cpu_foreign": "other_load_cores",  # cores other processes used during a step
+}
+
+
 def summarise(steps: list[dict[str, float]], warmup: int, max_foreign: float = float("inf")) -> dict:
     """Medians (seconds) of the steps after the first ``warmup``, and samples per second; steps during
     which other processes used more than ``max_foreign`` cores are left out (the harness's rule for
@@ -278,8 +290,10 @@ def summarise(steps: list[dict[str, float]], warmup: int, max_foreign: float = f
     kept = [s for s in timed if s.get("cpu_foreign", 0.0) <= max_foreign]
     if not kept:
         return {"n_steps": 0, "n_warmup": min(warmup, len(steps)), "n_excluded": len(timed)}
-    keys = [key for key in ("data", "compute", "total", "compute_cpu") if all(key in s for s in kept)]
-    summary = {key: statistics.median(s[key] for s in kept) for key in keys}  # the harness's lack compute_cpu
+    # medians of what every kept step records: the harness's steps have no compute_cpu, only they have
+    # OGM-GE's modulation window, and cpu_foreign only where /proc was sampled
+    keys = [key for key in SUMMARISED if all(key in s for s in kept)]
+    summary = {SUMMARISED[key]: statistics.median(s[key] for s in kept) for key in keys}
     batch = statistics.median(s["bs"] for s in kept)
     summary.update(n_steps=len(kept), n_warmup=warmup, n_excluded=len(timed) - len(kept), batch_size=batch)
     summary["samples_per_s"] = batch / summary["total"]
