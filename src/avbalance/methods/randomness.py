@@ -91,7 +91,8 @@ def run_at_once(jobs: Sequence[Callable[[], None]], device: torch.device) -> Non
         for job in jobs:
             job()
         return
-    futures = [_workers(threads).submit(job) for job in jobs]
+    pool = _workers(threads)
+    futures = [pool.submit(job) for job in jobs]
     wait(futures)
     for future in futures:
         future.result()
