@@ -411,7 +411,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     p.add_argument("--wait-idle", type=int, default=0, help="harness: wait up to this many s for an idle machine")
     p.add_argument("--data", default=os.path.join(tempfile.gettempdir(), "vs_official_data"))
-    p.add_argument("--work", default=None, help="scratch folder (default: a new temp dir)")
+    p.add_argument("--work", default=None, help="scratch folder, kept (default: a temp dir, removed at the end)")
     p.add_argument("--out", default=str(HERE / "vs_official.json"))
     p.add_argument(
         "--refbench",
@@ -459,8 +459,16 @@ def run(args: argparse.Namespace) -> dict:
         args.accelerator = "cuda" if torch.cuda.is_available() else "cpu"
     if not args.ref_repo:
         print("[vs_official] REF_OGM_REPO is not set: timing avbalance alone (no official side)", flush=True)
-    args.work = args.work or tempfile.mkdtemp(prefix="vs_official_")
-    Path(args.work).mkdir(parents=True, exist_ok=True)
+    if args.work:
+        Path(args.work).mkdir(parents=True, exist_ok=True)
+        return measure_and_report(args, names)
+    # Caches and run folders take hundreds of MB: a scratch folder of our own goes when we are done.
+    with tempfile.TemporaryDirectory(prefix="vs_official_") as work:
+        args.work = work
+        return measure_and_report(args, names)
+
+
+def measure_and_report(args: argparse.Namespace, names: list[str]) -> dict:
     caches = make_data(args, sorted({CONFIGS[name][2] for name in names}))
     official_src = extract_official(args) if args.ref_repo else None
     details, loaders = measure_all(args, names, caches, official_src)

@@ -23,6 +23,7 @@ medians, samples per second and the process's peak RSS. Sides:
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import resource
@@ -318,18 +319,23 @@ def time_side(side: str, config: RunConfig, loader_samples: int) -> dict:
     return {"steps": time_bare(run, config), "loader": loader}
 
 
+def time_config(args: argparse.Namespace, out: str) -> dict:
+    method, _, frames = CONFIGS[args.config]
+    config = run_config(
+        method, frames, args.cache, out, args.batch_size, args.epochs, args.num_workers, args.accelerator
+    )
+    return time_side(args.side, config, args.samples)
+
+
 def measure(args: argparse.Namespace) -> dict:
     if args.threads:
         torch.set_num_threads(args.threads)
     if args.side == "official-loader":
         result = {"loader": official_loader(args.official_src, args.official_data, args.frames, args.samples)}
     else:
-        method, _, frames = CONFIGS[args.config]
-        out = args.work or tempfile.mkdtemp(prefix="vs_official_")
-        config = run_config(
-            method, frames, args.cache, out, args.batch_size, args.epochs, args.num_workers, args.accelerator
-        )
-        result = time_side(args.side, config, args.samples)
+        with contextlib.ExitStack() as stack:
+            out = args.work or stack.enter_context(tempfile.TemporaryDirectory(prefix="vs_official_"))
+            result = time_config(args, out)
         result["summary"] = summarise(result["steps"], args.warmup, args.max_foreign)
     result.update(side=args.side, config=args.config, threads=torch.get_num_threads(), peak_rss_mib=peak_rss_mib())
     if args.accelerator == "cuda" and args.side != "official-loader":
@@ -343,7 +349,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--config", choices=sorted(CONFIGS), default="baseline-f1", help="method and frames")
     p.add_argument("--frames", type=int, default=1, help="frames per clip (official-loader)")
     p.add_argument("--cache", help="prepared CREMA-D cache (avbalance sides)")
-    p.add_argument("--work", default=None, help="run folder (default: a new temp dir)")
+    p.add_argument("--work", default=None, help="run folder, kept (default: a temp dir, removed at the end)")
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--epochs", type=int, default=1)
     p.add_argument("--num-workers", type=int, default=0)

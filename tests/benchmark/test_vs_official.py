@@ -5,6 +5,7 @@ import importlib.util
 import json
 import os
 import sys
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -94,13 +95,17 @@ def test_cuda_without_a_device_is_one_line_error(capsys):
 @pytest.mark.skipif(not (REFBENCH / "make_data.py").is_file(), reason="the refbench harness is not on this machine")
 def test_quick_avbalance_side_without_official_repository(tmp_path, monkeypatch, capsys):
     monkeypatch.delenv("REF_OGM_REPO", raising=False)
+    scratch = tmp_path / "scratch"  # the temp folder; without --work the run's caches go there
+    scratch.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(scratch))
     out = tmp_path / "vs_official.json"
     args = ["--quick", "--n-train", "5", "--n-test", "1", "--batch-size", "2", "--epochs", "1"]
     args += ["--loader-samples", "3", "--prepare-workers", "1", "--refbench", str(REFBENCH)]
-    args += ["--data", str(tmp_path / "data"), "--work", str(tmp_path / "work"), "--out", str(out)]
+    args += ["--data", str(tmp_path / "data"), "--out", str(out)]
     assert vs_official.main(args) == 0
     printed = capsys.readouterr().out
     assert "REF_OGM_REPO is not set" in printed and "| baseline-f1 | avbalance |" in printed
+    assert list(scratch.iterdir()) == []  # hundreds of MB at full size: not left behind
 
     document = json.loads(out.read_text())
     assert {"official", "avbalance", "bare_loop", "ratio", "engine_overhead", "machine", "command"} <= set(document)
