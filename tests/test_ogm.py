@@ -246,11 +246,13 @@ def test_ogm_ge_noise_is_standard_normal_per_element():
     from avbalance.methods.ogm_ge import OGMGE
 
     method = OGMGE(seed=9, noise_streams=8)
-    grads = [torch.zeros(100_000) for _ in range(4)]
-    method._add_noise(grads, [torch.tensor(2.0)] * 4)
-    noise = torch.cat(grads) / 2
+    generator = torch.Generator().manual_seed(0)
+    before = [torch.randn(100_000, generator=generator) * scale for scale in (1.0, 2.0, 0.5, 3.0)]
+    grads = [grad.clone() for grad in before]
+    method.perturb_gradients(grads)
+    noise = torch.cat([(after - grad) / grad.std() for after, grad in zip(grads, before)])
     assert abs(noise.mean().item()) < 0.01 and abs(noise.var().item() - 1) < 0.01
-    first, second = torch.cat(grads[:2]), torch.cat(grads[2:])
+    first, second = noise[:200_000], noise[200_000:]
     assert abs(torch.corrcoef(torch.stack([first, second]))[0, 1].item()) < 0.01
 
 
@@ -348,17 +350,17 @@ def test_ogm_ge_state_restores_every_stream(tiny_model):
 
     method = OGMGE(seed=4, noise_streams=8)
     grads = [torch.zeros(3000) for _ in range(2)]  # two tensors: two streams draw, the others do not
-    method._add_noise(grads, [torch.tensor(1.0)] * 2)  # their states moved on
+    method.perturb_gradients(grads)  # their states moved on
     state = method.state_dict()
     assert sum(saved is not None for saved in [state.get("generator"), *state["generator_streams"]]) == 2
     assert len(state["generator_streams"]) == 7
     tensors = [3000] * 8  # now every stream draws
     following = [torch.zeros(n) for n in tensors]
-    method._add_noise(following, [torch.tensor(1.0)] * len(tensors))
+    method.perturb_gradients(following)
     resumed = OGMGE(seed=4, noise_streams=8)
     resumed.load_state_dict(state)
     again = [torch.zeros(n) for n in tensors]
-    resumed._add_noise(again, [torch.tensor(1.0)] * len(tensors))
+    resumed.perturb_gradients(again)
     assert all(torch.equal(a, b) for a, b in zip(again, following))
     assert not any(torch.equal(a, b) for a in again for b in grads)
 

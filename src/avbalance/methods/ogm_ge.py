@@ -51,27 +51,32 @@ class OGMGE(DrawsOnDevice, OGM):
         self._noise_buffers: dict[int, torch.Tensor] = {}  # one per drawing thread, reused from step to step
 
     def modulate_gradients(self, grads: list[torch.Tensor], coefficient: torch.Tensor) -> None:
-        stds = gradient_stds(grads)  # before scaling
-        super().modulate_gradients(grads, coefficient)
-        self._add_noise(grads, stds)
+        self._add_noise(grads, coefficient)
 
     def perturb_gradients(self, grads: list[torch.Tensor]) -> None:
-        self._add_noise(grads, gradient_stds(grads))
+        self._add_noise(grads, None)
 
-    def _add_noise(self, grads: list[torch.Tensor], stds: list[torch.Tensor]) -> None:
-        parts = split_in_order(list(zip(grads, stds)), self.draw_streams, lambda item: item[0].numel())
-        jobs = [functools.partial(self._add_stream_noise, stream, part) for stream, part in enumerate(parts)]
+    def _add_noise(self, grads: list[torch.Tensor], coefficient: torch.Tensor | None) -> None:
+        """``g <- coefficient * g + eps`` on every tensor (``g + eps`` without a coefficient)."""
+        parts = split_in_order(grads, self.draw_streams, torch.Tensor.numel)
+        jobs = [
+            functools.partial(self._add_stream_noise, stream, part, coefficient) for stream, part in enumerate(parts)
+        ]
         run_at_once(jobs, grads[0].device)
 
-    def _add_stream_noise(self, stream: int, work: list[tuple[torch.Tensor, torch.Tensor]]) -> None:
-        if not work:
+    def _add_stream_noise(self, stream: int, grads: list[torch.Tensor], coefficient: torch.Tensor | None) -> None:
+        if not grads:
             return
-        generator = self.generator(work[0][0].device, stream)
-        buffer = self._buffer_for([grad for grad, _ in work])
-        for grad, std in work:
+        generator = self.generator(grads[0].device, stream)
+        buffer = self._buffer_for(grads)
+        # one tensor at a time, so that it stays in cache from its std to its update
+        for grad in grads:
+            std = gradient_std(grad)  # of the unmodulated gradient
             # drawn contiguous (torch's vectorised draw; a strided one is ~5x slower) in the kernel's
             # logical order, so the numbers do not depend on its memory layout (channels-last or not)
             noise = buffer[: grad.numel()].normal_(generator=generator).view(grad.shape)
+            if coefficient is not None:
+                grad.mul_(coefficient)
             grad.addcmul_(noise, std)
 
     def _buffer_for(self, grads: list[torch.Tensor]) -> torch.Tensor:
@@ -101,6 +106,6 @@ def split_in_order(items: list, parts: int, size: Callable[[Any], int]) -> list[
     return [items[start:end] for start, end in itertools.pairwise(cuts)]
 
 
-def gradient_stds(grads: list[torch.Tensor]) -> list[torch.Tensor]:
-    """``sigma = std(g) + 1e-8`` of every tensor (0 for a one-element tensor)."""
-    return [torch.nan_to_num(g.std(), nan=0.0) + 1e-8 for g in grads]
+def gradient_std(grad: torch.Tensor) -> torch.Tensor:
+    """``sigma = std(g) + 1e-8`` (0 + 1e-8 for a one-element tensor), a 0-d tensor on ``g``'s device."""
+    return torch.nan_to_num(grad.std(), nan=0.0) + 1e-8
