@@ -34,7 +34,10 @@ key means in ``keys`` and whether the targets are met in ``targets_met``.
 ``--repeats N`` makes N rounds of one run per side (official, ``avbalance train``, bare loop, in
 turn), so that the machine's drift hits every side alike, and pools each side's steps;
 ``--max-foreign C`` leaves out, on every side, steps during which other processes used more than C
-cores.
+cores. The ratios of each round's runs alone (``ratio_by_round``, ``engine_overhead_by_round``) show
+how far the machine's drift moves them. Every run's result stays in ``--work`` when it is given (a
+temporary folder otherwise, removed at the end); ``--from-work`` with the same settings rebuilds
+the report from them without measuring anything.
 """
 
 from __future__ import annotations
@@ -158,9 +161,10 @@ def run_side(args: argparse.Namespace, side: str, label: str, extra: list[str]) 
     command += ["--epochs", str(args.epochs), "--batch-size", str(args.batch_size), "--threads", str(args.threads)]
     command += ["--num-workers", str(args.num_workers), "--warmup", str(args.warmup), *extra]
     command += ["--accelerator", args.accelerator, "--max-foreign", str(args.max_foreign)]
-    print(f"[vs_official] {side} {label} ...", flush=True)
-    subprocess.run(command, check=True)
-    return json.loads(result.read_text())
+    if not args.from_work:
+        print(f"[vs_official] {side} {label} ...", flush=True)
+        subprocess.run(command, check=True)
+    return saved_result(result)
 
 
 def official_side(args: argparse.Namespace, name: str, repeat: int = 0) -> dict:
@@ -181,9 +185,17 @@ def official_side(args: argparse.Namespace, name: str, repeat: int = 0) -> dict:
     command += ["--n-train", str(args.n_train), "--n-test", str(args.n_test), "--sr", str(SAMPLE_RATE)]
     command += ["--data", str(Path(args.data).resolve()), "--work", str(Path(args.work) / f"official-{name}-r{repeat}")]
     command += ["--out", str(out)]
-    print(f"[vs_official] official {name}-r{repeat} ({args.accelerator}) ...", flush=True)
-    subprocess.run(command, check=True, env=env)
-    return json.loads(out.read_text())
+    if not args.from_work:
+        print(f"[vs_official] official {name}-r{repeat} ({args.accelerator}) ...", flush=True)
+        subprocess.run(command, check=True, env=env)
+    return saved_result(out)
+
+
+def saved_result(path: Path) -> dict:
+    """A run's JSON result; a one-line error when the run left none (``--from-work`` reads earlier runs)."""
+    if not path.is_file():
+        raise DataError(f"{path}: no saved result (that run did not finish); measure again without --from-work")
+    return json.loads(path.read_text())
 
 
 def official_summary(documents: list[dict], warmup: int, max_foreign: float) -> dict:
@@ -227,11 +239,17 @@ def measure_config(args: argparse.Namespace, name: str, cache: Path, time_loader
             runs[key].append(result)
             loader = loader or result.get("loader")
     official = runs.pop("official")
-    results = {"official": official_summary(official, args.warmup, args.max_foreign) if args.ref_repo else None}
+    results = {"official": None}
+    if args.ref_repo:
+        results["official"] = official_summary(official, args.warmup, args.max_foreign)
+        by_run = [official_summary([document], args.warmup, args.max_foreign) for document in official]
+        results["official"]["samples_per_s_by_run"] = [summary.get("samples_per_s") for summary in by_run]
     for key, side_runs in runs.items():
         steps = [step for run in side_runs for step in run["steps"][args.warmup :]]
         summary = summarise_steps(steps, 0, args.max_foreign)
         summary.update(n_warmup=args.warmup, n_runs=len(side_runs))
+        by_run = [summarise_steps(run["steps"], args.warmup, args.max_foreign) for run in side_runs]
+        summary["samples_per_s_by_run"] = [run_summary.get("samples_per_s") for run_summary in by_run]
         results[key] = {**summary, "peak_rss_mib": max(run["peak_rss_mib"] for run in side_runs)}
     return results, loader["samples_per_s"] if loader else None
 
@@ -270,7 +288,10 @@ KEYS = {
     "loader_samples_per_s": "samples per second one loader process (one DataLoader worker) delivers, per frame rate: "
     "avbalance's cache loader as its loaders read it vs the official CramedDataset",
     "loader_ratio": "avbalance / official loader samples per second per worker (target >= 10)",
-    "details": "every median (seconds: data wait, compute, total step) per side and configuration",
+    "ratio_by_round / engine_overhead_by_round": "the same ratios of each round's runs alone (one run per side "
+    "in turn), which shows how far the machine's drift moves them",
+    "details": "every median (seconds: data wait, compute, total step) per side and configuration, and each "
+    "run's samples per second (samples_per_s_by_run, in round order)",
 }
 TARGETS = {"ratio": 1.25, "engine_overhead": 1.03, "loader_ratio": 10.0}
 
@@ -283,6 +304,15 @@ def per_side(details: dict[str, dict], key: str) -> dict[str, dict[str, float]]:
             if sides.get(side) and sides[side].get(key):
                 values[side][name] = sides[side][key]
     return values
+
+
+def by_round(details: dict[str, dict], numerator: str, denominator: str) -> dict[str, list[float | None]]:
+    """``{config: [numerator side / denominator side samples per second, round by round]}``."""
+    ratios = {}
+    for name, sides in details.items():
+        tops, bottoms = ((sides.get(side) or {}).get("samples_per_s_by_run", []) for side in (numerator, denominator))
+        ratios[name] = [ratio(top, bottom) for top, bottom in zip(tops, bottoms)]
+    return ratios
 
 
 def targets_met(document: dict) -> dict[str, bool | None]:
@@ -308,6 +338,8 @@ def report(details: dict[str, dict], loaders: dict, args: argparse.Namespace) ->
         **rate,
         "ratio": {name: ratio(rate["avbalance"].get(name), rate["official"].get(name)) for name in details},
         "engine_overhead": {name: ratio(rate["bare_loop"].get(name), rate["avbalance"].get(name)) for name in details},
+        "ratio_by_round": by_round(details, "avbalance", "official"),
+        "engine_overhead_by_round": by_round(details, "bare_loop", "avbalance"),
         "peak_rss_mib": per_side(details, "peak_rss_mib"),
         "loader_samples_per_s": loaders,
         "loader_ratio": loader_ratio,
@@ -376,7 +408,19 @@ def table(document: dict) -> str:
         f"{key} {'met' if ok else 'NOT met' if ok is False else 'not measured'}"
         for key, ok in document["targets_met"].items()
     )
+    lines += round_lines(document)
     return "\n".join(lines) + f"\n\ntargets (ratio >= 1.25, engine_overhead <= 1.03, loader_ratio >= 10): {met}"
+
+
+def round_lines(document: dict) -> list[str]:
+    """One line per configuration and ratio with each round's value, where there were several rounds."""
+    lines = []
+    for key, label in (("ratio_by_round", "vs official"), ("engine_overhead_by_round", "engine overhead")):
+        for name, values in document[key].items():
+            if len(values) > 1:
+                shown = " ".join(f"{value:.3f}" if value else "-" for value in values)
+                lines.append(f"{name} {label}, round by round: {shown}")
+    return [""] + lines if lines else []
 
 
 # -- the command ------------------------------------------------------------------------------------
@@ -412,6 +456,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--wait-idle", type=int, default=0, help="harness: wait up to this many s for an idle machine")
     p.add_argument("--data", default=os.path.join(tempfile.gettempdir(), "vs_official_data"))
     p.add_argument("--work", default=None, help="scratch folder, kept (default: a temp dir, removed at the end)")
+    p.add_argument(
+        "--from-work",
+        action="store_true",
+        help="measure nothing: rebuild the report from the runs an earlier run with the same settings saved in --work",
+    )
     p.add_argument("--out", default=str(HERE / "vs_official.json"))
     p.add_argument(
         "--refbench",
@@ -436,6 +485,9 @@ def check_args(args: argparse.Namespace) -> list[str]:
         raise ConfigError(
             f"--configs: unknown configuration {unknown[0] if unknown else ''!r}; choose from {', '.join(CONFIGS)}"
         )
+    if args.from_work and not (args.work and Path(args.work).is_dir()):
+        where = f"--work {args.work} is not a folder" if args.work else "give --work"
+        raise ConfigError(f"--from-work reads the runs an earlier run saved in its --work folder: {where}")
     if args.repeats < 1 or args.epochs < 1:
         raise ConfigError(f"--repeats and --epochs must be at least 1, got {args.repeats} and {args.epochs}")
     if args.accelerator == "cuda" and not torch.cuda.is_available():
@@ -469,8 +521,12 @@ def run(args: argparse.Namespace) -> dict:
 
 
 def measure_and_report(args: argparse.Namespace, names: list[str]) -> dict:
-    caches = make_data(args, sorted({CONFIGS[name][2] for name in names}))
-    official_src = extract_official(args) if args.ref_repo else None
+    frame_rates = sorted({CONFIGS[name][2] for name in names})
+    if args.from_work:  # the runs saved in --work are read, nothing is measured
+        caches, official_src = dict.fromkeys(frame_rates), Path(args.work) / "official-src" if args.ref_repo else None
+    else:
+        caches = make_data(args, frame_rates)
+        official_src = extract_official(args) if args.ref_repo else None
     details, loaders = measure_all(args, names, caches, official_src)
     document = report(details, loaders, args)
     Path(args.out).write_text(json.dumps(document, indent=1))

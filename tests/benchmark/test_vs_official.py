@@ -127,6 +127,10 @@ def test_quick_avbalance_side_without_official_repository(tmp_path, monkeypatch,
     assert document["loader_ratio"] == {"f1": None} and document["targets_met"]["ratio"] is None
     assert set(document["keys"]) >= {"ratio", "engine_overhead", "peak_rss_mib", "loader_ratio"}
     assert document["machine"]["batch_size"] == 2 and "--quick" in document["command"]
+    for side in ("avbalance", "bare_loop"):  # one round: its run is the whole side
+        assert document["details"]["baseline-f1"][side]["samples_per_s_by_run"] == [document[side]["baseline-f1"]]
+    assert document["ratio_by_round"] == {"baseline-f1": []}
+    assert document["engine_overhead_by_round"] == {"baseline-f1": [pytest.approx(overhead)]}
 
 
 on_cuda = load("refbench_on_cuda")
@@ -239,3 +243,53 @@ def test_official_steps_are_pooled_as_the_avbalance_sides_are():
     assert summary["data"] == pytest.approx(0.1) and summary["modulation"] == pytest.approx(0.05)
     assert summary["peak_rss_mib"] == pytest.approx(3072) and "compute_cpu" not in summary
     assert vs_official.official_summary([{"runs": []}], 1, 0.25)["n_steps"] == 0
+
+
+def test_ratios_round_by_round_pair_each_rounds_runs():
+    """Each round's avbalance run against that round's official run (and bare against avbalance);
+    a run with no kept step gives no ratio, and a side not measured gives none at all."""
+    details = {
+        "baseline-f1": {
+            "official": {"samples_per_s_by_run": [4.0, 5.0, None]},
+            "avbalance": {"samples_per_s_by_run": [6.0, 5.5, 6.0]},
+            "bare_loop": {"samples_per_s_by_run": [6.3, 5.5, 5.4]},
+        },
+        "ogm_ge-f1": {"official": None, "avbalance": {"samples_per_s_by_run": [2.0]}, "bare_loop": None},
+    }
+    ratios = vs_official.by_round(details, "avbalance", "official")
+    assert ratios == {"baseline-f1": [pytest.approx(1.5), pytest.approx(1.1), None], "ogm_ge-f1": []}
+    overhead = vs_official.by_round(details, "bare_loop", "avbalance")
+    assert overhead["baseline-f1"] == [pytest.approx(1.05), pytest.approx(1.0), pytest.approx(0.9)]
+    document = {"ratio_by_round": ratios, "engine_overhead_by_round": overhead}
+    assert vs_official.round_lines(document) == [
+        "",
+        "baseline-f1 vs official, round by round: 1.500 1.100 -",
+        "baseline-f1 engine overhead, round by round: 1.050 1.000 0.900",
+    ]
+
+
+@pytest.mark.skipif(not (REFBENCH / "make_data.py").is_file(), reason="the refbench harness is not on this machine")
+def test_report_rebuilt_from_the_runs_saved_in_work(tmp_path, monkeypatch, capsys):
+    monkeypatch.delenv("REF_OGM_REPO", raising=False)
+    args = ["--quick", "--n-train", "5", "--n-test", "1", "--batch-size", "2", "--epochs", "1", "--loader-samples", "3"]
+    args += ["--prepare-workers", "1", "--refbench", str(REFBENCH), "--data", str(tmp_path / "data")]
+    args += ["--work", str(tmp_path / "work")]
+    assert vs_official.main([*args, "--out", str(tmp_path / "measured.json")]) == 0
+    capsys.readouterr()
+    (tmp_path / "data").rename(tmp_path / "moved")  # nothing is prepared or measured again
+    assert vs_official.main([*args, "--from-work", "--out", str(tmp_path / "rebuilt.json")]) == 0
+    assert "[vs_official] lightning" not in capsys.readouterr().out
+    measured, rebuilt = (json.loads((tmp_path / name).read_text()) for name in ("measured.json", "rebuilt.json"))
+    for key in ("avbalance", "bare_loop", "engine_overhead", "details", "loader_samples_per_s"):
+        assert rebuilt[key] == measured[key], key
+
+
+def test_report_from_work_needs_the_saved_runs(tmp_path, capsys):
+    assert vs_official.main(["--quick", "--from-work"]) == 2
+    assert "give --work" in capsys.readouterr().err
+    assert vs_official.main(["--quick", "--from-work", "--work", str(tmp_path / "absent")]) == 2
+    assert "is not a folder" in capsys.readouterr().err
+    (tmp_path / "empty").mkdir()
+    assert vs_official.main(["--quick", "--from-work", "--work", str(tmp_path / "empty")]) == 2
+    error = capsys.readouterr().err
+    assert error.count("\n") == 1 and "result.json: no saved result (that run did not finish)" in error
