@@ -402,3 +402,37 @@ def test_parallel_draws_end_before_an_error_is_raised():
     finally:
         torch.set_num_threads(threads)
     assert len(finished) == 2
+
+
+def test_ogm_ge_noise_waves_keep_each_streams_order_within_their_limit():
+    from avbalance.methods.ogm_ge import in_waves
+
+    sizes = [[4, 4, 4], [10], [1, 1, 1, 1], []]
+    parts = [[torch.zeros(n) for n in part] for part in sizes]
+    waves = list(in_waves(parts, 24))  # a share of 6 elements per stream and wave
+    assert [[[t.numel() for t in taken] for taken in wave] for wave in waves] == [
+        [[4], [10], [1, 1, 1, 1], []],  # a tensor larger than the share goes alone
+        [[4], [], [], []],
+        [[4], [], [], []],
+    ]
+    for stream, part in enumerate(parts):  # every tensor once, in its stream's order
+        dealt = [t for wave in waves for t in wave[stream]]
+        assert len(dealt) == len(part) and all(a is b for a, b in zip(dealt, part))
+    assert list(in_waves([[], []], 8)) == []
+
+
+@pytest.mark.parametrize("streams", [1, 8])
+def test_ogm_ge_noise_does_not_depend_on_the_wave_size(monkeypatch, streams):
+    """Drawn in many small waves or in one: the same numbers (each stream draws its tensors in order)."""
+    from avbalance.methods import ogm_ge
+
+    generator = torch.Generator().manual_seed(1)
+    before = [torch.randn(n, generator=generator) for n in (700, 50, 3000, 20, 900, 1200)]
+    results = []
+    for limit in (64, 1 << 23):
+        monkeypatch.setattr(ogm_ge, "NOISE_WAVE_ELEMENTS", limit)
+        grads = [grad.clone() for grad in before]
+        ogm_ge.OGMGE(seed=2, noise_streams=streams).modulate_gradients(grads, torch.tensor(0.5))
+        results.append(grads)
+    assert all(torch.equal(a, b) for a, b in zip(*results))
+    assert not any(torch.equal(a, b * 0.5) for a, b in zip(results[0], before))  # noise was added

@@ -14,7 +14,9 @@ torch draws on one core (~100 ms per step for the official-size ResNet-18 pair).
 ``noise_streams=N > 1`` each modality's tensors are cut into N consecutive parts of about equal
 size, each drawn from its own generator (the first seeded as above, the others with seeds spawned
 from it), so that on CPU the parts are drawn at once, one thread per core torch may use: the same
-distribution, other numbers than one stream, and the same numbers on any number of cores.
+distribution, other numbers than one stream, and the same numbers on any number of cores. Only the
+draws run on those threads, in waves of at most ``NOISE_WAVE_ELEMENTS`` numbers; the standard
+deviations, scaling and additions stay on torch's intra-op threads.
 
 With ``modulate_via="lr"`` the coefficient scales the parameter update and the noise stays on the
 gradient: ``g <- g + eps`` (the same ``sigma``).
@@ -22,10 +24,10 @@ gradient: ``g <- g + eps`` (the same ``sigma``).
 
 from __future__ import annotations
 
+import collections
 import functools
 import itertools
-import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import torch
@@ -48,7 +50,7 @@ class OGMGE(DrawsOnDevice, OGM):
         check_param(noise_streams >= 1, self.name, f"noise_streams must be >= 1, got {noise_streams}")
         self.seed, self.draw_streams = seed, noise_streams
         self.reset_generators()
-        self._noise_buffers: dict[int, torch.Tensor] = {}  # one per drawing thread, reused from step to step
+        self._noise_buffer: torch.Tensor | None = None  # reused from step to step
 
     def modulate_gradients(self, grads: list[torch.Tensor], coefficient: torch.Tensor) -> None:
         self._add_noise(grads, coefficient)
@@ -59,37 +61,67 @@ class OGMGE(DrawsOnDevice, OGM):
     def _add_noise(self, grads: list[torch.Tensor], coefficient: torch.Tensor | None) -> None:
         """``g <- coefficient * g + eps`` on every tensor (``g + eps`` without a coefficient)."""
         parts = split_in_order(grads, self.draw_streams, torch.Tensor.numel)
-        jobs = [
-            functools.partial(self._add_stream_noise, stream, part, coefficient) for stream, part in enumerate(parts)
-        ]
-        run_at_once(jobs, grads[0].device)
+        for wave in in_waves(parts, NOISE_WAVE_ELEMENTS):
+            noises = self._draw(wave)
+            # one tensor at a time, so that it stays in cache from its std to its update; these run
+            # on torch's own intra-op threads (an op with intra-op work on the drawing threads
+            # would start a second thread team per drawing thread, and the teams leave cores idle)
+            for grad, noise in zip(itertools.chain(*wave), itertools.chain(*noises)):
+                std = gradient_std(grad)  # of the unmodulated gradient
+                if coefficient is not None:
+                    grad.mul_(coefficient)
+                grad.addcmul_(noise, std)
 
-    def _add_stream_noise(self, stream: int, grads: list[torch.Tensor], coefficient: torch.Tensor | None) -> None:
-        if not grads:
-            return
-        generator = self.generator(grads[0].device, stream)
-        buffer = self._buffer_for(grads)
-        # one tensor at a time, so that it stays in cache from its std to its update
-        for grad in grads:
-            std = gradient_std(grad)  # of the unmodulated gradient
-            # drawn contiguous (torch's vectorised draw; a strided one is ~5x slower) in the kernel's
-            # logical order, so the numbers do not depend on its memory layout (channels-last or not)
-            noise = buffer[: grad.numel()].normal_(generator=generator).view(grad.shape)
-            if coefficient is not None:
-                grad.mul_(coefficient)
-            grad.addcmul_(noise, std)
+    def _draw(self, wave: list[list[torch.Tensor]]) -> list[list[torch.Tensor]]:
+        """The noise of every tensor of ``wave`` (one list of tensors per stream), each stream drawing
+        its own on a thread of its own."""
+        like = next(itertools.chain(*wave))
+        buffer = self._buffer(sum(grad.numel() for grad in itertools.chain(*wave)), like)
+        noises, offset = [], 0
+        for part in wave:
+            noises.append([])
+            for grad in part:
+                # drawn contiguous (torch's vectorised draw; a strided one is ~5x slower) in the
+                # kernel's logical order, so the numbers do not depend on its memory layout
+                noises[-1].append(buffer[offset : offset + grad.numel()])
+                offset += grad.numel()
+        jobs = [functools.partial(self._draw_stream, stream, flat) for stream, flat in enumerate(noises) if flat]
+        run_at_once(jobs, like.device)
+        return [[flat.view(grad.shape) for flat, grad in zip(flats, part)] for flats, part in zip(noises, wave)]
 
-    def _buffer_for(self, grads: list[torch.Tensor]) -> torch.Tensor:
-        size, thread = max(g.numel() for g in grads), threading.get_ident()
-        buffer = self._noise_buffers.get(thread)
-        if (
-            buffer is None
-            or buffer.numel() < size
-            or buffer.device != grads[0].device
-            or buffer.dtype != grads[0].dtype
-        ):
-            buffer = self._noise_buffers[thread] = torch.empty(size, device=grads[0].device, dtype=grads[0].dtype)
+    def _draw_stream(self, stream: int, noises: list[torch.Tensor]) -> None:
+        generator = self.generator(noises[0].device, stream)
+        for noise in noises:
+            noise.normal_(generator=generator)
+
+    def _buffer(self, size: int, like: torch.Tensor) -> torch.Tensor:
+        """A flat buffer of at least ``size`` elements on ``like``'s device and dtype, reused between steps."""
+        buffer = self._noise_buffer
+        if buffer is None or buffer.numel() < size or buffer.device != like.device or buffer.dtype != like.dtype:
+            buffer = self._noise_buffer = torch.empty(size, device=like.device, dtype=like.dtype)
         return buffer
+
+
+#: Noise drawn before it is added, per wave: 8 M elements (32 MiB of float32), or more where one
+#: stream's next tensor alone is larger. Bounds the buffer for large encoders.
+NOISE_WAVE_ELEMENTS = 1 << 23
+
+
+def in_waves(parts: list[list[torch.Tensor]], limit: int) -> Iterator[list[list[torch.Tensor]]]:
+    """Each part's tensors in order, dealt out in waves: a wave takes from every part its next
+    tensors while they hold at most ``limit / len(parts)`` elements (at least one tensor from each
+    part that has any left), so that every stream draws in every wave."""
+    queues = [collections.deque(part) for part in parts]
+    share = max(1, limit // max(1, len(parts)))
+    while any(queues):
+        wave = []
+        for queue in queues:
+            taken, size = [], 0
+            while queue and (not taken or size + queue[0].numel() <= share):
+                size += queue[0].numel()
+                taken.append(queue.popleft())
+            wave.append(taken)
+        yield wave
 
 
 def split_in_order(items: list, parts: int, size: Callable[[Any], int]) -> list[list]:
