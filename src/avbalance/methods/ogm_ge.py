@@ -83,11 +83,11 @@ class OGMGE(DrawsOnDevice, OGM):
             for grad in part:
                 # drawn contiguous (torch's vectorised draw; a strided one is ~5x slower) in the
                 # kernel's logical order, so the numbers do not depend on its memory layout
-                noises[-1].append(buffer[offset : offset + grad.numel()])
+                noises[-1].append(buffer[offset : offset + grad.numel()].view(grad.shape))
                 offset += grad.numel()
-        jobs = [functools.partial(self._draw_stream, stream, flat) for stream, flat in enumerate(noises) if flat]
+        jobs = [functools.partial(self._draw_stream, stream, part) for stream, part in enumerate(noises) if part]
         run_at_once(jobs, like.device)
-        return [[flat.view(grad.shape) for flat, grad in zip(flats, part)] for flats, part in zip(noises, wave)]
+        return noises
 
     def _draw_stream(self, stream: int, noises: list[torch.Tensor]) -> None:
         generator = self.generator(noises[0].device, stream)
