@@ -31,8 +31,9 @@ key means in ``keys`` and whether the targets are met in ``targets_met``.
     REF_OGM_REPO=... python benchmarks/vs_official.py --accelerator cuda --num-workers 8 \
         --ref-python "$(which python)"   # both loops on a GPU
 
-``--repeats N`` makes N rounds of one run per side (official, ``avbalance train``, bare loop, in
-turn), so that the machine's drift hits every side alike, and pools each side's steps;
+``--repeats N`` makes N rounds; a round runs every configuration's sides once each, in turn
+(official, ``avbalance train``, bare loop; the other way round every other round), so that the
+machine's drift hits every configuration and side alike, and pools each side's steps;
 ``--max-foreign C`` leaves out, on every side, steps during which other processes used more than C
 cores. The ratios of each round's runs alone (``ratio_by_round``, ``engine_overhead_by_round``) show
 how far the machine's drift moves them. Every run's result stays in ``--work`` when it is given (a
@@ -221,53 +222,70 @@ def extract_official(args: argparse.Namespace) -> Path:
     return dest
 
 
-def measure_config(args: argparse.Namespace, name: str, cache: Path, time_loader: bool) -> tuple[dict, float | None]:
-    """The sides of one configuration, in ``--repeats`` rounds of one run each -- the official loop
-    (through the harness), ``avbalance train``, the bare loop -- so that the machine's drift hits
-    every side alike; each side's medians pool the steps of its runs (each run's warm-up left out).
-    When ``time_loader``, the first bare run also times the cache loader."""
-    runs: dict[str, list[dict]] = {"official": [], "avbalance": [], "bare_loop": []}
-    loader = None
+SIDES_IN_TURN = ("official", "avbalance", "bare_loop")
+
+
+def sides_in_turn(repeat: int) -> tuple[str, ...]:
+    """The order of the sides in round ``repeat``: reversed every other round, so that the machine's
+    drift over a round favours no side."""
+    return SIDES_IN_TURN if repeat % 2 == 0 else SIDES_IN_TURN[::-1]
+
+
+def measure_all(args: argparse.Namespace, names: list[str], caches: dict[int, Path], official_src: Path | None):
+    """Every configuration's sides, in ``--repeats`` rounds; a round runs every configuration's sides
+    once each -- the official loop (through the harness), ``avbalance train``, the bare loop -- so that
+    the machine's drift hits every configuration and side alike. Also the loaders' samples per
+    second per frame rate: the cache loader (in the first bare run of that rate) and, with the
+    official repository, the official CramedDataset on the same clips."""
+    runs = {name: {side: [] for side in SIDES_IN_TURN} for name in names}
+    loaders: dict[str, dict] = {"avbalance": {}, "official": {}}
     for repeat in range(args.repeats):
-        if args.ref_repo:
-            runs["official"].append(official_side(args, name, repeat))
-        for side, key in (("lightning", "avbalance"), ("bare", "bare_loop")):
-            extra = ["--config", name, "--cache", str(cache)]
-            if side == "bare" and time_loader and repeat == 0:
-                extra += ["--samples", str(args.loader_samples)]
-            result = run_side(args, side, f"{name}-r{repeat}", extra)
-            runs[key].append(result)
-            loader = loader or result.get("loader")
-    official = runs.pop("official")
+        for name in names:
+            fps = CONFIGS[name][2]
+            for side in sides_in_turn(repeat):
+                if side == "official" and not args.ref_repo:
+                    continue
+                time_loader = side == "bare_loop" and f"f{fps}" not in loaders["avbalance"]
+                result = measure_side(args, name, side, repeat, caches[fps], time_loader)
+                runs[name][side].append(result)
+                if time_loader and result.get("loader"):
+                    loaders["avbalance"][f"f{fps}"] = result["loader"]["samples_per_s"]
+    details = {name: config_summary(args, runs[name]) for name in names}
+    for fps in caches if official_src is not None else ():
+        extra = ["--frames", str(fps), "--samples", str(args.loader_samples), "--official-src", str(official_src)]
+        extra += ["--official-data", str(Path(args.data).resolve())]
+        loaders["official"][f"f{fps}"] = run_side(args, "official-loader", f"f{fps}", extra)["loader"]["samples_per_s"]
+    return details, loaders
+
+
+def measure_side(args: argparse.Namespace, name: str, side: str, repeat: int, cache: Path, time_loader: bool) -> dict:
+    """One run of one side of configuration ``name`` in round ``repeat``: its saved result."""
+    if side == "official":
+        return official_side(args, name, repeat)
+    extra = ["--config", name, "--cache", str(cache)]
+    if time_loader:
+        extra += ["--samples", str(args.loader_samples)]
+    return run_side(args, "lightning" if side == "avbalance" else "bare", f"{name}-r{repeat}", extra)
+
+
+def config_summary(args: argparse.Namespace, runs: dict[str, list[dict]]) -> dict:
+    """Each side's medians over the steps of its runs pooled (each run's warm-up left out), and each
+    run's samples per second."""
+    official = runs["official"]
     results = {"official": None}
     if args.ref_repo:
         results["official"] = official_summary(official, args.warmup, args.max_foreign)
         by_run = [official_summary([document], args.warmup, args.max_foreign) for document in official]
         results["official"]["samples_per_s_by_run"] = [summary.get("samples_per_s") for summary in by_run]
-    for key, side_runs in runs.items():
+    for key in ("avbalance", "bare_loop"):
+        side_runs = runs[key]
         steps = [step for run in side_runs for step in run["steps"][args.warmup :]]
         summary = summarise_steps(steps, 0, args.max_foreign)
         summary.update(n_warmup=args.warmup, n_runs=len(side_runs))
         by_run = [summarise_steps(run["steps"], args.warmup, args.max_foreign) for run in side_runs]
         summary["samples_per_s_by_run"] = [run_summary.get("samples_per_s") for run_summary in by_run]
         results[key] = {**summary, "peak_rss_mib": max(run["peak_rss_mib"] for run in side_runs)}
-    return results, loader["samples_per_s"] if loader else None
-
-
-def measure_all(args: argparse.Namespace, names: list[str], caches: dict[int, Path], official_src: Path | None):
-    """Every configuration's sides, and the loaders' samples per second per frame rate: the cache
-    loader and, with the official repository, the official CramedDataset on the same clips."""
-    details, loaders = {}, {"avbalance": {}, "official": {}}
-    for name in names:
-        fps = CONFIGS[name][2]
-        details[name], rate = measure_config(args, name, caches[fps], f"f{fps}" not in loaders["avbalance"])
-        if rate is not None:
-            loaders["avbalance"][f"f{fps}"] = rate
-    for fps in caches if official_src is not None else ():
-        extra = ["--frames", str(fps), "--samples", str(args.loader_samples), "--official-src", str(official_src)]
-        extra += ["--official-data", str(Path(args.data).resolve())]
-        loaders["official"][f"f{fps}"] = run_side(args, "official-loader", f"f{fps}", extra)["loader"]["samples_per_s"]
-    return details, loaders
+    return results
 
 
 # -- the report -------------------------------------------------------------------------------------
@@ -289,7 +307,7 @@ KEYS = {
     "avbalance's cache loader as its loaders read it vs the official CramedDataset",
     "loader_ratio": "avbalance / official loader samples per second per worker (target >= 10)",
     "ratio_by_round / engine_overhead_by_round": "the same ratios of each round's runs alone (one run per side "
-    "in turn), which shows how far the machine's drift moves them",
+    "and configuration in a round), which shows how far the machine's drift moves them",
     "details": "every median (seconds: data wait, compute, total step) per side and configuration, and each "
     "run's samples per second (samples_per_s_by_run, in round order)",
 }

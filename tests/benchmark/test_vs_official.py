@@ -293,3 +293,38 @@ def test_report_from_work_needs_the_saved_runs(tmp_path, capsys):
     assert vs_official.main(["--quick", "--from-work", "--work", str(tmp_path / "empty")]) == 2
     error = capsys.readouterr().err
     assert error.count("\n") == 1 and "result.json: no saved result (that run did not finish)" in error
+
+
+def test_rounds_run_every_configuration_with_the_side_order_reversed_every_other_round(monkeypatch):
+    """Round by round through the configurations, so that a slow spell of the machine does not fall on
+    one configuration; the sides' order flips every round; the cache loader is timed once per frame
+    rate, in its first bare run; every side pools its runs in round order."""
+    calls = []
+
+    def fake_run(args, side, label, extra):
+        calls.append((side, label, "--samples" in extra))
+        loader = {"samples_per_s": 100.0} if "--samples" in extra else None
+        step = {"data": 0.1, "compute": 0.9, "total": 1.0, "bs": 2}
+        return {"steps": [step, step], "peak_rss_mib": 10.0, "loader": loader}
+
+    def fake_official(args, name, repeat):
+        calls.append(("official", f"{name}-r{repeat}", False))
+        return {"runs": []}
+
+    monkeypatch.setattr(vs_official, "run_side", fake_run)
+    monkeypatch.setattr(vs_official, "official_side", fake_official)
+    args = vs_official.parse_args(["--repeats", "2", "--configs", "baseline-f1,ogm_ge-f1,baseline-f3"])
+    args.ref_repo = "official"
+    details, loaders = vs_official.measure_all(args, args.configs.split(","), {1: "c1", 3: "c3"}, None)
+    assert [f"{side} {label}" for side, label, _ in calls] == [
+        "official baseline-f1-r0", "lightning baseline-f1-r0", "bare baseline-f1-r0",
+        "official ogm_ge-f1-r0", "lightning ogm_ge-f1-r0", "bare ogm_ge-f1-r0",
+        "official baseline-f3-r0", "lightning baseline-f3-r0", "bare baseline-f3-r0",
+        "bare baseline-f1-r1", "lightning baseline-f1-r1", "official baseline-f1-r1",
+        "bare ogm_ge-f1-r1", "lightning ogm_ge-f1-r1", "official ogm_ge-f1-r1",
+        "bare baseline-f3-r1", "lightning baseline-f3-r1", "official baseline-f3-r1",
+    ]  # fmt: skip
+    assert [label for _, label, timed_loader in calls if timed_loader] == ["baseline-f1-r0", "baseline-f3-r0"]
+    assert loaders == {"avbalance": {"f1": 100.0, "f3": 100.0}, "official": {}}
+    assert details["ogm_ge-f1"]["avbalance"]["n_runs"] == 2 and details["ogm_ge-f1"]["official"]["n_runs"] == 0
+    assert details["baseline-f3"]["bare_loop"]["samples_per_s_by_run"] == [pytest.approx(2.0)] * 2
