@@ -26,7 +26,7 @@ avbalance samples per second (1.0: the engine costs nothing), ``peak_rss_mib`` p
 key means in ``keys`` and whether the targets are met in ``targets_met``.
 
     REF_OGM_REPO=<OGM-GE git dir> REFBENCH_VENV=<harness venv> python benchmarks/vs_official.py \
-        --epochs 3 --repeats 3 --max-foreign 0.25     # the recorded measurement
+        --epochs 3 --repeats 4 --max-foreign 0.25     # the recorded measurement
     python benchmarks/vs_official.py --quick          # a few steps of baseline-f1
     REF_OGM_REPO=... python benchmarks/vs_official.py --accelerator cuda --num-workers 8 \
         --ref-python "$(which python)"   # both loops on a GPU
