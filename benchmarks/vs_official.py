@@ -463,7 +463,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--repeats", type=int, default=1, help="runs per side and configuration, steps pooled")
     p.add_argument("--n-train", type=int, default=64)
     p.add_argument("--n-test", type=int, default=32)
-    p.add_argument("--loader-samples", type=int, default=64, help="samples read by each loader pass (3 passes)")
+    p.add_argument(
+        "--loader-samples", type=int, default=64, help="samples each loader pass reads (5 passes of >= 0.5 s)"
+    )
     p.add_argument(
         "--max-foreign",
         type=float,

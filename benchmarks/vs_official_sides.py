@@ -237,21 +237,33 @@ def validate(model: torch.nn.Module, datamodule, device: torch.device) -> None:
     model.train()
 
 
-def loader_rate(dataset, samples: int, passes: int = 3) -> dict[str, float]:
+def loader_rate(dataset, samples: int, passes: int = 5, min_seconds: float = 0.5) -> dict[str, float]:
     """Samples per second of ``dataset[i]`` read one after the other (one loader worker's work), the
-    median of ``passes`` passes over the first ``samples`` samples, after one untimed pass (the
-    operating system's file cache, lazy imports: both sides read warm files)."""
+    median of ``passes`` passes, after one untimed pass over the first ``samples`` samples (the
+    operating system's file cache, lazy imports: both sides read warm files). A pass reads those
+    samples again and again until ``min_seconds`` have gone by, so that a fast loader is not timed
+    over a few milliseconds, where one stall of the machine decides its figure."""
     count = min(samples, len(dataset))
     for index in range(count):
         dataset[index]
-    rates = []
+    timed = range(1, count) if count > 1 else range(count)
+    rates, reads = [], []
     for _ in range(passes):
-        start = perf()
-        for index in range(1, count):
-            dataset[index]
+        start, read = perf(), 0
+        while timed and (not read or perf() - start < min_seconds):
+            for index in timed:
+                dataset[index]
+            read += len(timed)
         elapsed = perf() - start
-        rates.append((count - 1) / elapsed if elapsed else 0.0)
-    return {"samples": count - 1, "passes": passes, "rates": rates, "samples_per_s": statistics.median(rates)}
+        rates.append(read / elapsed if elapsed else 0.0)
+        reads.append(read)
+    return {
+        "samples": len(timed),
+        "passes": passes,
+        "reads": reads,
+        "rates": rates,
+        "samples_per_s": statistics.median(rates),
+    }
 
 
 def official_loader(src: str, data_root: str, frames: int, samples: int) -> dict[str, float]:

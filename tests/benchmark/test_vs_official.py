@@ -328,3 +328,31 @@ def test_rounds_run_every_configuration_with_the_side_order_reversed_every_other
     assert loaders == {"avbalance": {"f1": 100.0, "f3": 100.0}, "official": {}}
     assert details["ogm_ge-f1"]["avbalance"]["n_runs"] == 2 and details["ogm_ge-f1"]["official"]["n_runs"] == 0
     assert details["baseline-f3"]["bare_loop"]["samples_per_s_by_run"] == [pytest.approx(2.0)] * 2
+
+
+def test_loader_passes_last_long_enough_for_a_fast_loader():
+    """Each timed pass cycles over the samples until min_seconds are up, so that a loader reading a
+    sample in microseconds is not timed over a few of them; the rate is the reads over the time."""
+    import time
+
+    class Slow:
+        def __init__(self, seconds):
+            self.seconds, self.reads = seconds, 0
+
+        def __len__(self):
+            return 4
+
+        def __getitem__(self, index):
+            self.reads += 1
+            time.sleep(self.seconds)
+
+    fast = Slow(0.0)
+    rate = sides.loader_rate(fast, samples=10, passes=3, min_seconds=0.05)
+    assert rate["samples"] == 3 and rate["passes"] == 3 and len(rate["rates"]) == 3
+    assert all(reads % 3 == 0 and reads > 3 for reads in rate["reads"])  # whole cycles, more than one
+    assert fast.reads == 4 + sum(rate["reads"])  # one untimed warm-up pass over all four
+    slow = Slow(0.02)  # one cycle already outlasts min_seconds: exactly one per pass
+    rate = sides.loader_rate(slow, samples=10, passes=2, min_seconds=0.05)
+    assert rate["reads"] == [3, 3]
+    assert 0 < rate["samples_per_s"] <= 50  # at most one read per 20 ms
+    assert sides.loader_rate(Slow(0.0), samples=0, passes=2)["samples_per_s"] == 0.0
