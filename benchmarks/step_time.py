@@ -12,12 +12,15 @@ Python number) and prints a Markdown table.
 ``--ab`` times whole training steps (forward, loss, backward, the method's gradient work, SGD step)
 of the engine's fast settings (channels-last convolutions, fused SGD) against the plain ones
 (contiguous weights, torch's default SGD, as the official loop runs), alternating the two step by
-step in one process so that other load on the machine hits both alike.
+step in one process so that other load on the machine hits both alike. ``--precision`` alternates
+the fast settings' steps in float32 and under ``torch.autocast`` to bfloat16 (``trainer.precision:
+bf16-mixed``) the same way, on one model.
 
     python benchmarks/step_time.py                    # frames 1 and 3, batch 16, CPU
     python benchmarks/step_time.py --frames 1 --repeats 3 --device cuda
     python benchmarks/step_time.py --ab --frames 1 3 --repeats 6
     python benchmarks/step_time.py --memory --frames 1 3 --repeats 3
+    python benchmarks/step_time.py --precision --frames 1 3 --repeats 6
 
 ``--memory`` times whole fast training steps with ``trainer.keep_cpu_memory``'s allocator settings
 against glibc's defaults, each in its own process (the settings are process-wide), alternating the
@@ -160,15 +163,37 @@ def ab_benchmark(frames: int, method_name: str, batch_size: int, steps: int, dev
         "plain": (plain, torch.optim.SGD(plain.parameters(), **settings), get_method(method_name, **params)),
         "fast": (fast, fused_sgd(fast.parameters(), **settings), get_method(method_name, **params)),
     }
+    return alternate(variants, random_batch(frames, batch_size, device), steps, device)
+
+
+def precision_benchmark(frames: int, method_name: str, batch_size: int, steps: int, device: torch.device) -> dict:
+    """Median seconds (wall and CPU) of alternating fast training steps in float32 and under
+    ``torch.autocast`` to bfloat16 (what ``trainer.precision: bf16-mixed`` runs): one model, one
+    optimizer, one method, so that only the precision differs between the two."""
+    torch.manual_seed(0)
+    model = build_model(official_size_spec(frames)).to(device).train()
+    to_channels_last(model)
+    optimizer = fused_sgd(model.parameters(), lr=1e-3, momentum=0.9, weight_decay=1e-4)
+    method = get_method(method_name, **({"alpha": 0.8} if method_name == "ogm_ge" else {}))
+    variants = {"32-true": (model, optimizer, method), "bf16-mixed": (model, optimizer, method)}
+    autocast = {"bf16-mixed": torch.bfloat16}
+    return alternate(variants, random_batch(frames, batch_size, device), steps, device, autocast)
+
+
+def alternate(variants: dict, batch: dict, steps: int, device: torch.device, autocast: dict | None = None) -> dict:
+    """Each variant's ``(model, optimizer, method)`` trains on ``batch`` in turn, ``steps + 1`` times
+    (the first round a warm-up), under ``torch.autocast`` to ``autocast[name]`` where given: the
+    median wall and CPU seconds of each variant's step."""
+    autocast = autocast or {}
     for model, optimizer, method in variants.values():
         method.setup(model, optimizer)
-    batch = random_batch(frames, batch_size, device)
     timings = {name: {"wall": [], "cpu": []} for name in variants}
-    for index in range(steps + 1):  # the first round is a warm-up
+    for index in range(steps + 1):
         for name, (model, optimizer, method) in variants.items():
             synchronise(device)
             start, start_cpu = time.perf_counter(), time.process_time()
-            training_step(model, optimizer, method, batch)
+            with torch.autocast(device.type, dtype=autocast.get(name), enabled=name in autocast):
+                training_step(model, optimizer, method, batch)
             synchronise(device)
             if index:
                 timings[name]["wall"].append(time.perf_counter() - start)
@@ -217,15 +242,22 @@ def main_memory(args: argparse.Namespace) -> None:
 
 
 def main_ab(args: argparse.Namespace, device: torch.device) -> None:
-    print("| method | visual frames | plain step (s) | fast step (s) | plain / fast (wall) | plain / fast (CPU time) |")
+    if args.precision:
+        compare, first, second = precision_benchmark, "32-true", "bf16-mixed"
+    else:
+        compare, first, second = ab_benchmark, "plain", "fast"
+    print(
+        f"| method | visual frames | {first} step (s) | {second} step (s) | {first} / {second} (wall) "
+        f"| {first} / {second} (CPU time) |"
+    )
     print("|---|---|---|---|---|---|")
     for method in ("baseline", "ogm_ge"):
         for frames in args.frames:
-            r = ab_benchmark(frames, method, args.batch_size, args.repeats, device)
-            plain, fast = r["plain"], r["fast"]
+            r = compare(frames, method, args.batch_size, args.repeats, device)
+            a, b = r[first], r[second]
             print(
-                f"| {method} | {frames} | {plain['wall']:.3f} | {fast['wall']:.3f} "
-                f"| {plain['wall'] / fast['wall']:.3f} | {plain['cpu'] / fast['cpu']:.3f} |",
+                f"| {method} | {frames} | {a['wall']:.3f} | {b['wall']:.3f} "
+                f"| {a['wall'] / b['wall']:.3f} | {a['cpu'] / b['cpu']:.3f} |",
                 flush=True,
             )
 
@@ -237,6 +269,9 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--ab", action="store_true", help="whole steps: fast settings against plain ones")
+    parser.add_argument(
+        "--precision", action="store_true", help="whole fast steps: float32 against bf16-mixed (torch.autocast)"
+    )
     parser.add_argument("--memory", action="store_true", help="whole steps: kept CPU memory against the default")
     parser.add_argument("--steps", type=int, default=7, help="timed steps per process (--memory)")
     parser.add_argument("--memory-child", choices=["default", "keep"], help=argparse.SUPPRESS)
@@ -249,7 +284,7 @@ def main() -> None:
         f"device: {device} ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads), "
         f"torch {torch.__version__}, batch {args.batch_size}, median of {args.repeats}"
     )
-    if args.ab:
+    if args.ab or args.precision:
         main_ab(args, device)
         return
     if args.memory:

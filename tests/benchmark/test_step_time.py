@@ -1,0 +1,55 @@
+"""``benchmarks/step_time.py``'s alternating comparisons: each variant trains in turn, under
+autocast only where asked, and its steps are timed after one warm-up round."""
+
+import importlib.util
+import sys
+from pathlib import Path
+
+import torch
+
+from avbalance.methods import get_method
+from avbalance.models import build_model, model_spec
+
+BENCHMARKS = Path(__file__).resolve().parents[2] / "benchmarks"
+sys.path.insert(0, str(BENCHMARKS))
+_spec = importlib.util.spec_from_file_location("step_time", BENCHMARKS / "step_time.py")
+step_time = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(step_time)
+
+
+def tiny_variant():
+    torch.manual_seed(0)
+    spec = model_spec({"audio": (1, 16, 12), "visual": (3, 1, 16, 16)}, num_classes=3, width=8, layers=(1, 1, 1, 1))
+    model = build_model(spec).train()
+    return model, torch.optim.SGD(model.parameters(), lr=0.1), get_method("baseline")
+
+
+def test_alternate_runs_each_variant_in_turn_under_its_own_autocast():
+    seen = []
+    variants = {"32-true": tiny_variant(), "bf16-mixed": tiny_variant()}
+    for name, (model, _, _) in variants.items():
+        model.register_forward_hook(
+            lambda module, args, output, name=name: seen.append(
+                (name, torch.is_autocast_enabled("cpu"), output.logits.dtype)
+            )
+        )
+    batch = {
+        "audio": torch.randn(4, 1, 16, 12),
+        "visual": torch.randn(4, 3, 1, 16, 16),
+        "label": torch.tensor([0, 1, 2, 0]),
+    }
+    before = {name: variant[0].encoders.audio.conv1.weight.clone() for name, variant in variants.items()}
+    result = step_time.alternate(
+        variants, batch, steps=2, device=torch.device("cpu"), autocast={"bf16-mixed": torch.bfloat16}
+    )
+
+    # a warm-up round, then two timed ones; float32 first in every round
+    assert [name for name, _, _ in seen] == ["32-true", "bf16-mixed"] * 3
+    assert {(name, enabled) for name, enabled, _ in seen} == {("32-true", False), ("bf16-mixed", True)}
+    assert {name: dtype for name, _, dtype in seen} == {"32-true": torch.float32, "bf16-mixed": torch.bfloat16}
+    assert set(result) == {"32-true", "bf16-mixed"}
+    for timing in result.values():
+        assert set(timing) == {"wall", "cpu"} and timing["wall"] > 0
+    for name, (model, _, _) in variants.items():  # every step trained its own model
+        assert not torch.equal(model.encoders.audio.conv1.weight, before[name])
+        assert model.encoders.audio.conv1.weight.dtype == torch.float32
