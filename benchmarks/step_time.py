@@ -150,18 +150,32 @@ def training_step(model, optimizer, method, batch: dict) -> None:
     optimizer.step()
 
 
+#: SGD as the official OGM-GE recipe sets it
+SGD_SETTINGS = {"lr": 1e-3, "momentum": 0.9, "weight_decay": 1e-4}
+
+
+def recipe_method(name: str):
+    """``name`` with the official recipe's OGM-GE alpha (0.8); other methods with their defaults."""
+    return get_method(name, **({"alpha": 0.8} if name == "ogm_ge" else {}))
+
+
+def fast_training(frames: int, method_name: str, device: torch.device):
+    """``(model, optimizer, method)`` with the engine's fast settings: the official-size model with
+    channels-last convolutions, fused SGD."""
+    model = build_model(official_size_spec(frames)).to(device).train()
+    to_channels_last(model)
+    return model, fused_sgd(model.parameters(), **SGD_SETTINGS), recipe_method(method_name)
+
+
 def ab_benchmark(frames: int, method_name: str, batch_size: int, steps: int, device: torch.device) -> dict:
     """Median seconds (wall and CPU) of alternating training steps: plain vs fast settings."""
     torch.manual_seed(0)
-    spec = official_size_spec(frames)
-    plain, fast = build_model(spec).to(device).train(), build_model(spec).to(device).train()
-    fast.load_state_dict(plain.state_dict())
-    to_channels_last(fast)
-    settings = {"lr": 1e-3, "momentum": 0.9, "weight_decay": 1e-4}
-    params = {"alpha": 0.8} if method_name == "ogm_ge" else {}
+    fast = fast_training(frames, method_name, device)
+    plain = build_model(official_size_spec(frames)).to(device).train()
+    plain.load_state_dict(fast[0].state_dict())  # a state dict loads whatever the memory format
     variants = {
-        "plain": (plain, torch.optim.SGD(plain.parameters(), **settings), get_method(method_name, **params)),
-        "fast": (fast, fused_sgd(fast.parameters(), **settings), get_method(method_name, **params)),
+        "plain": (plain, torch.optim.SGD(plain.parameters(), **SGD_SETTINGS), recipe_method(method_name)),
+        "fast": fast,
     }
     return alternate(variants, random_batch(frames, batch_size, device), steps, device)
 
@@ -171,11 +185,8 @@ def precision_benchmark(frames: int, method_name: str, batch_size: int, steps: i
     ``torch.autocast`` to bfloat16 (what ``trainer.precision: bf16-mixed`` runs): one model, one
     optimizer, one method, so that only the precision differs between the two."""
     torch.manual_seed(0)
-    model = build_model(official_size_spec(frames)).to(device).train()
-    to_channels_last(model)
-    optimizer = fused_sgd(model.parameters(), lr=1e-3, momentum=0.9, weight_decay=1e-4)
-    method = get_method(method_name, **({"alpha": 0.8} if method_name == "ogm_ge" else {}))
-    variants = {"32-true": (model, optimizer, method), "bf16-mixed": (model, optimizer, method)}
+    training = fast_training(frames, method_name, device)
+    variants = {"32-true": training, "bf16-mixed": training}
     autocast = {"bf16-mixed": torch.bfloat16}
     return alternate(variants, random_batch(frames, batch_size, device), steps, device, autocast)
 
@@ -207,10 +218,7 @@ def memory_child(frames: int, batch_size: int, steps: int, keep: bool) -> dict:
     if keep:
         keep_freed_cpu_memory()
     torch.manual_seed(0)
-    model = build_model(official_size_spec(frames)).train()
-    to_channels_last(model)
-    optimizer = fused_sgd(model.parameters(), lr=1e-3, momentum=0.9, weight_decay=1e-4)
-    method = get_method("baseline")
+    model, optimizer, method = fast_training(frames, "baseline", torch.device("cpu"))
     method.setup(model, optimizer)
     batch = random_batch(frames, batch_size, torch.device("cpu"))
     seconds, faults = [], []

@@ -1,5 +1,7 @@
 """Small shared helpers for the tests (tiny models and batches, epoch data, plain training loops, paths)."""
 
+import importlib.util
+import sys
 from contextlib import contextmanager
 from pathlib import Path
 from unittest import mock
@@ -10,6 +12,7 @@ from avbalance.models import model_spec
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data"
+BENCHMARKS = REPO / "benchmarks"
 SHAPES = {"audio": (1, 16, 16), "visual": (3, 2, 16, 16), "flow": (2, 2, 16, 16)}
 TWO, THREE = ("audio", "visual"), ("audio", "visual", "flow")
 
@@ -134,3 +137,13 @@ def train_on_synthetic(method: str, out, *extra: str, **data_options) -> int:
     sets = [arg for key, value in data_options.items() for arg in ("--set", f"data.options.{key}={value}")]
     command = ["train", "--method", method, "--epochs", "2", "--batch-size", "32", "--out", str(out)]
     return main([*command, *sets, "--set", "trainer.progress_bar=false", *extra])
+
+
+def load_benchmark(name: str):
+    """The module of ``benchmarks/<name>.py`` (the folder put on ``sys.path`` for its sibling imports)."""
+    if str(BENCHMARKS) not in sys.path:
+        sys.path.insert(0, str(BENCHMARKS))
+    spec = importlib.util.spec_from_file_location(name, BENCHMARKS / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module

@@ -1,26 +1,18 @@
 """``benchmarks/step_time.py``'s alternating comparisons: each variant trains in turn, under
 autocast only where asked, and its steps are timed after one warm-up round."""
 
-import importlib.util
-import sys
-from pathlib import Path
-
 import torch
 
+from avb_testing import load_benchmark, tiny_batch, tiny_spec
 from avbalance.methods import get_method
-from avbalance.models import build_model, model_spec
+from avbalance.models import build_model
 
-BENCHMARKS = Path(__file__).resolve().parents[2] / "benchmarks"
-sys.path.insert(0, str(BENCHMARKS))
-_spec = importlib.util.spec_from_file_location("step_time", BENCHMARKS / "step_time.py")
-step_time = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(step_time)
+step_time = load_benchmark("step_time")
 
 
 def tiny_variant():
     torch.manual_seed(0)
-    spec = model_spec({"audio": (1, 16, 12), "visual": (3, 1, 16, 16)}, num_classes=3, width=8, layers=(1, 1, 1, 1))
-    model = build_model(spec).train()
+    model = build_model(tiny_spec()).train()
     return model, torch.optim.SGD(model.parameters(), lr=0.1), get_method("baseline")
 
 
@@ -33,14 +25,9 @@ def test_alternate_runs_each_variant_in_turn_under_its_own_autocast():
                 (name, torch.is_autocast_enabled("cpu"), output.logits.dtype)
             )
         )
-    batch = {
-        "audio": torch.randn(4, 1, 16, 12),
-        "visual": torch.randn(4, 3, 1, 16, 16),
-        "label": torch.tensor([0, 1, 2, 0]),
-    }
     before = {name: variant[0].encoders.audio.conv1.weight.clone() for name, variant in variants.items()}
     result = step_time.alternate(
-        variants, batch, steps=2, device=torch.device("cpu"), autocast={"bf16-mixed": torch.bfloat16}
+        variants, tiny_batch(), steps=2, device=torch.device("cpu"), autocast={"bf16-mixed": torch.bfloat16}
     )
 
     # a warm-up round, then two timed ones; float32 first in every round

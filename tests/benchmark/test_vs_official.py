@@ -1,7 +1,6 @@
 """benchmarks/vs_official.py: the avbalance side of ``--quick`` on a tiny generated set (no official
 repository), the video encoding that makes both sides see the same frames, and the summaries."""
 
-import importlib.util
 import json
 import os
 import sys
@@ -13,21 +12,11 @@ import pytest
 import torch
 from PIL import Image
 
+from avb_testing import BENCHMARKS, load_benchmark
 from avbalance.data.prepare.video import read_video_frames
 
-BENCHMARKS = Path(__file__).resolve().parents[2] / "benchmarks"
-
-
-def load(name: str):
-    sys.path.insert(0, str(BENCHMARKS))
-    spec = importlib.util.spec_from_file_location(name, BENCHMARKS / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-vs_official = load("vs_official")
-sides = load("vs_official_sides")
+vs_official = load_benchmark("vs_official")
+sides = load_benchmark("vs_official_sides")
 REFBENCH = Path(os.environ.get("REFBENCH_DIR", vs_official.DEFAULT_REFBENCH))
 
 
@@ -133,7 +122,7 @@ def test_quick_avbalance_side_without_official_repository(tmp_path, monkeypatch,
     assert document["engine_overhead_by_round"] == {"baseline-f1": [pytest.approx(overhead)]}
 
 
-on_cuda = load("refbench_on_cuda")
+on_cuda = load_benchmark("refbench_on_cuda")
 needs_harness = pytest.mark.skipif(
     not (REFBENCH / "launch.py").is_file(), reason="the refbench harness is not on this machine"
 )
