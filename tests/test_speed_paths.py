@@ -4,6 +4,8 @@ mode, deterministic runs, the fused optimizer's device-side skip and ``trainer.c
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import warnings
 from types import SimpleNamespace
 
@@ -23,7 +25,7 @@ from avbalance.data.prepare.video import read_video_frames, read_video_with_audi
 from avbalance.engine.callbacks import EpochHistory, NonFiniteGuard, skips_on_device
 from avbalance.engine.config import DataConfig, auto_workers, load_config
 from avbalance.engine.datamodule import BalancedDataModule, FrameNormaliser
-from avbalance.engine.module import BalancedModule, compiles_on, to_channels_last
+from avbalance.engine.module import BalancedModule, channels_last_is_safe, compiles_on, to_channels_last
 from avbalance.engine.optim import fused_sgd
 from avbalance.engine.run import build_run, build_trainer
 from avbalance.errors import ConfigError
@@ -225,13 +227,71 @@ def test_channels_last_model_gives_the_same_outputs():
     fast.load_state_dict(contiguous.state_dict())
     to_channels_last(fast)
     convolutions = [m for m in fast.modules() if isinstance(m, torch.nn.Conv2d)]
-    assert convolutions and all(c.weight.is_contiguous(memory_format=torch.channels_last) for c in convolutions)
+    safe = [c for c in convolutions if channels_last_is_safe(c)]
+    assert safe and all(c.weight.is_contiguous(memory_format=torch.channels_last) for c in safe)
     batch = tiny_batch()
     with torch.no_grad():
         expected, got = contiguous(batch), fast(batch)
     torch.testing.assert_close(got.logits, expected.logits, rtol=1e-4, atol=1e-5)
     for modality, logits in expected.unimodal_logits.items():
         torch.testing.assert_close(got.unimodal_logits[modality], logits, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize(
+    ("conv", "safe"),
+    [
+        (torch.nn.Conv2d(8, 16, 1, stride=2), False),  # a ResNet shortcut at width 8
+        (torch.nn.Conv2d(15, 16, 1, stride=(1, 2)), False),
+        (torch.nn.Conv2d(32, 32, 1, stride=2, groups=4), False),  # 8 input channels per group
+        (torch.nn.Conv2d(16, 32, 1, stride=2), True),
+        (torch.nn.Conv2d(8, 16, 1, stride=1), True),
+        (torch.nn.Conv2d(8, 16, 3, stride=2), True),
+    ],
+)
+def test_channels_last_leaves_out_small_strided_pointwise_convolutions(conv, safe):
+    assert channels_last_is_safe(conv) is safe
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, conv.in_channels, 3), conv)
+    to_channels_last(model)
+    to_channels_last(model)  # Lightning configures the model again before each fit, validate or test
+    assert channels_last_strides(model[0].weight)
+    assert channels_last_strides(conv.weight) is safe  # (a 1x1 kernel's layout shows in its strides only)
+    assert len(conv._forward_pre_hooks) == (0 if safe else 1)
+    seen = []
+    conv.register_forward_hook(lambda module, args, output: seen.append(args[0].is_contiguous()))
+    model(torch.randn(2, 3, 12, 12).to(memory_format=torch.channels_last))
+    assert seen == [not safe]  # an unsafe convolution gets its input in the plain layout
+
+
+def channels_last_strides(tensor: torch.Tensor) -> bool:
+    return tensor.stride() == torch.empty(tensor.shape, memory_format=torch.channels_last).stride()
+
+
+# oneDNN's 1x1 strided backward with a channels-last input of 8 channels writes past its workspace
+# (uxlfoundation/oneDNN#6035): a crash, or wrong weight gradients, at this size. In a child process,
+# so that a regression fails this test instead of killing the session.
+SHORTCUT_GRADIENTS = """
+import torch
+from avbalance.engine.module import to_channels_last
+torch.manual_seed(0)
+conv = torch.nn.Sequential(torch.nn.Conv2d(8, 16, 1, stride=2, bias=False))
+reference = torch.nn.Conv2d(8, 16, 1, stride=2, bias=False).double()
+reference.weight.data.copy_(conv[0].weight.data)
+to_channels_last(conv)
+for step in range(10):
+    x = torch.randn(16, 8, 56, 56)
+    out = conv(x.to(memory_format=torch.channels_last).requires_grad_())
+    grad = torch.randn_like(out)
+    out.backward(grad)
+    reference(x.double()).backward(grad.double())
+    torch.testing.assert_close(conv[0].weight.grad.double(), reference.weight.grad, rtol=1e-4, atol=1e-4)
+    conv.zero_grad(), reference.zero_grad()
+print("gradients match")
+"""
+
+
+def test_a_small_strided_shortcut_trains_correctly_after_to_channels_last():
+    done = subprocess.run([sys.executable, "-c", SHORTCUT_GRADIENTS], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0 and "gradients match" in done.stdout, f"exit {done.returncode}: {done.stderr[-2000:]}"
 
 
 def test_deterministic_cpu_runs_are_bit_identical(tmp_path):

@@ -34,13 +34,36 @@ from .config import RunConfig
 from .epoch_data import LoaderEpochData
 from .optim import build_optimizer, build_scheduler, match_layouts, parameter_groups
 
+#: oneDNN's 1x1 strided convolution computes wrong weight gradients, or writes past its workspace
+#: and corrupts the heap, for channels-last inputs with fewer input channels per group than its
+#: channel block (8 with AVX2, 16 with AVX-512): uxlfoundation/oneDNN#6035, in the oneDNN of
+#: torch 2.14. A ResNet's downsampling shortcut at widths below 16 is such a convolution.
+ONEDNN_CHANNEL_BLOCK = 16
+
+
+def channels_last_is_safe(conv: torch.nn.Conv2d) -> bool:
+    """Whether ``conv`` trains correctly in channels-last memory format (see ``ONEDNN_CHANNEL_BLOCK``)."""
+    pointwise = all(size == 1 for size in conv.kernel_size)
+    strided = any(step > 1 for step in conv.stride)
+    return not (pointwise and strided and conv.in_channels // conv.groups < ONEDNN_CHANNEL_BLOCK)
+
+
+def _contiguous_input(module: torch.nn.Module, args: tuple) -> tuple:
+    return (args[0].contiguous(), *args[1:])
+
 
 def to_channels_last(model: torch.nn.Module) -> None:
     """Every 2-D convolution's weights in channels-last memory format, where CPU (oneDNN) and CUDA
-    (cuDNN) convolutions run fastest; their outputs follow, so activations need no conversion."""
+    (cuDNN) convolutions run fastest; their outputs follow, so activations need no conversion. The
+    few convolutions for which that is not safe (:func:`channels_last_is_safe`) keep contiguous
+    weights and get their input made contiguous, which makes torch run them in the plain layout."""
     for module in model.modules():
-        if isinstance(module, torch.nn.Conv2d):
+        if not isinstance(module, torch.nn.Conv2d):
+            continue
+        if channels_last_is_safe(module):
             module.to(memory_format=torch.channels_last)
+        elif _contiguous_input not in module._forward_pre_hooks.values():  # Lightning may call this again
+            module.register_forward_pre_hook(_contiguous_input)
 
 
 def compiles_on(device: torch.device) -> bool:
