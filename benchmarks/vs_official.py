@@ -31,6 +31,14 @@ key means in ``keys`` and whether the targets are met in ``targets_met``.
     REF_OGM_REPO=... python benchmarks/vs_official.py --accelerator cuda --num-workers 8 \
         --ref-python "$(which python)"   # both loops on a GPU
 
+``--width`` and ``--layers`` train a smaller ResNet pair on the avbalance sides alone (without the
+official repository): with little to compute, what the engine adds to each step stands out from the
+machine's spread (``engine_overhead``, and the bare loop's and ``avbalance train``'s milliseconds per
+step in ``details``)::
+
+    python benchmarks/vs_official.py --width 8 --layers 1,1,1,1 --configs baseline-f1,ogm_ge-f1 \
+        --epochs 30 --repeats 4 --max-foreign 0.25 --out benchmarks/results/engine_cost.json
+
 ``--repeats N`` makes N rounds; a round runs every configuration's sides once each, in turn
 (official, ``avbalance train``, bare loop; the other way round every other round), so that the
 machine's drift hits every configuration and side alike, and pools each side's steps;
@@ -68,7 +76,7 @@ HERE = Path(__file__).resolve().parent
 SIDES = HERE / "vs_official_sides.py"
 sys.path.insert(0, str(HERE))
 from refbench_on_cuda import cuda_overlay  # noqa: E402
-from vs_official_sides import CONFIGS  # noqa: E402  (the sibling module, also run as a script)
+from vs_official_sides import CONFIGS, OFFICIAL_LAYERS, OFFICIAL_WIDTH, add_model_size_args  # noqa: E402
 from vs_official_sides import summarise as summarise_steps  # noqa: E402
 
 DEFAULT_REFBENCH = "/work/shared/refbench"
@@ -162,6 +170,7 @@ def run_side(args: argparse.Namespace, side: str, label: str, extra: list[str]) 
     command += ["--epochs", str(args.epochs), "--batch-size", str(args.batch_size), "--threads", str(args.threads)]
     command += ["--num-workers", str(args.num_workers), "--warmup", str(args.warmup), *extra]
     command += ["--accelerator", args.accelerator, "--max-foreign", str(args.max_foreign)]
+    command += ["--width", str(args.width), "--layers", ",".join(map(str, args.layers))]
     if not args.from_work:
         print(f"[vs_official] {side} {label} ...", flush=True)
         subprocess.run(command, check=True)
@@ -386,6 +395,7 @@ def machine(args: argparse.Namespace) -> dict:
         "warmup_steps": args.warmup,
         "repeats": args.repeats,
         "clips": {"train": args.n_train, "test": args.n_test},
+        "model": {"width": args.width, "layers": args.layers},
         "official_repository": args.ref_repo,
     }
 
@@ -459,6 +469,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "the harness with its device moves left on the GPU (refbench_on_cuda.py)",
     )
     p.add_argument("--num-workers", type=int, default=0, help="DataLoader workers on every side")
+    add_model_size_args(p)
     p.add_argument("--warmup", type=int, default=1, help="steps left out at the start of every run")
     p.add_argument("--repeats", type=int, default=1, help="runs per side and configuration, steps pooled")
     p.add_argument("--n-train", type=int, default=64)
@@ -512,6 +523,11 @@ def check_args(args: argparse.Namespace) -> list[str]:
         raise ConfigError(f"--repeats and --epochs must be at least 1, got {args.repeats} and {args.epochs}")
     if args.accelerator == "cuda" and not torch.cuda.is_available():
         raise ConfigError("--accelerator cuda: torch sees no CUDA device on this machine; use cpu or auto")
+    if args.ref_repo and (args.width, args.layers) != (OFFICIAL_WIDTH, OFFICIAL_LAYERS):
+        raise ConfigError(
+            "--width/--layers: the official loop trains the official-size model (width 64, layers 2,2,2,2); "
+            "a smaller model times avbalance's sides alone: leave REF_OGM_REPO unset"
+        )
     if args.ref_repo and not Path(args.ref_repo).is_dir():
         raise ConfigError(f"REF_OGM_REPO={args.ref_repo} is not a directory")
     if args.ref_repo:

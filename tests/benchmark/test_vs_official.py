@@ -90,7 +90,7 @@ def test_quick_avbalance_side_without_official_repository(tmp_path, monkeypatch,
     out = tmp_path / "vs_official.json"
     args = ["--quick", "--n-train", "5", "--n-test", "1", "--batch-size", "2", "--epochs", "1"]
     args += ["--loader-samples", "3", "--prepare-workers", "1", "--refbench", str(REFBENCH)]
-    args += ["--data", str(tmp_path / "data"), "--out", str(out)]
+    args += ["--data", str(tmp_path / "data"), "--out", str(out), "--width", "4", "--layers", "1,1"]
     assert vs_official.main(args) == 0
     printed = capsys.readouterr().out
     assert "REF_OGM_REPO is not set" in printed and "| baseline-f1 | avbalance |" in printed
@@ -116,10 +116,39 @@ def test_quick_avbalance_side_without_official_repository(tmp_path, monkeypatch,
     assert document["loader_ratio"] == {"f1": None} and document["targets_met"]["ratio"] is None
     assert set(document["keys"]) >= {"ratio", "engine_overhead", "peak_rss_mib", "loader_ratio"}
     assert document["machine"]["batch_size"] == 2 and "--quick" in document["command"]
+    assert document["machine"]["model"] == {"width": 4, "layers": [1, 1]}
     for side in ("avbalance", "bare_loop"):  # one round: its run is the whole side
         assert document["details"]["baseline-f1"][side]["samples_per_s_by_run"] == [document[side]["baseline-f1"]]
     assert document["ratio_by_round"] == {"baseline-f1": []}
     assert document["engine_overhead_by_round"] == {"baseline-f1": [pytest.approx(overhead)]}
+
+
+def test_a_smaller_model_reaches_every_avbalance_side(tmp_path, monkeypatch):
+    commands = []
+    monkeypatch.setattr(vs_official.subprocess, "run", lambda command, **kwargs: commands.append(command))
+    monkeypatch.setattr(vs_official, "saved_result", lambda path: {})
+    args = vs_official.parse_args(["--width", "8", "--layers", "1,1,1,1", "--work", str(tmp_path)])
+    vs_official.run_side(args, "lightning", "baseline-f1-r0", ["--config", "baseline-f1"])
+    side_args = sides.parse_args([*commands[0][2:], "--cache", "cache"])
+    assert (side_args.width, side_args.layers) == (8, [1, 1, 1, 1])
+    config = sides.run_config("ogm_ge", 3, "cache", str(tmp_path), 16, 1, 0, "cpu", side_args.width, side_args.layers)
+    assert (config.model.width, config.model.layers) == (8, [1, 1, 1, 1])
+    official = sides.run_config("ogm_ge", 3, "cache", str(tmp_path), 16, 1, 0)
+    assert (official.model.width, official.model.layers) == (64, [2, 2, 2, 2])
+
+
+def test_smaller_models_are_refused_with_the_official_loop_and_bad_layers_in_one_line(tmp_path, capsys):
+    repository = tmp_path / "repo"
+    repository.mkdir()
+    assert vs_official.main(["--width", "8", "--ref-repo", str(repository)]) == 2
+    error = capsys.readouterr().err
+    assert error.count("\n") == 1 and "official-size model" in error and "REF_OGM_REPO" in error
+    with pytest.raises(SystemExit) as stop:
+        vs_official.parse_args(["--layers", "2,0"])
+    assert (
+        stop.value.code == 2
+        and "--layers: blocks per stage as positive whole numbers, e.g. 2,2,2,2; got '2,0'" in capsys.readouterr().err
+    )
 
 
 on_cuda = load_benchmark("refbench_on_cuda")
