@@ -525,8 +525,9 @@ def check_args(args: argparse.Namespace) -> list[str]:
         raise ConfigError("--accelerator cuda: torch sees no CUDA device on this machine; use cpu or auto")
     if args.ref_repo and (args.width, args.layers) != (OFFICIAL_WIDTH, OFFICIAL_LAYERS):
         raise ConfigError(
-            "--width/--layers: the official loop trains the official-size model (width 64, layers 2,2,2,2); "
-            "a smaller model times avbalance's sides alone: leave REF_OGM_REPO unset"
+            f"--width/--layers: the official loop trains the official-size model (width {OFFICIAL_WIDTH}, "
+            f"layers {','.join(map(str, OFFICIAL_LAYERS))}); a smaller model times avbalance's sides alone: "
+            "leave REF_OGM_REPO unset"
         )
     if args.ref_repo and not Path(args.ref_repo).is_dir():
         raise ConfigError(f"REF_OGM_REPO={args.ref_repo} is not a directory")

@@ -53,7 +53,7 @@ from avbalance.engine.run import (
     latest_checkpoint,
     quiet_lightning,
 )
-from step_time import synchronise, training_step  # the sibling benchmark (its directory is on sys.path)
+from step_time import SGD_SETTINGS, synchronise, training_step  # the sibling benchmark (its directory is on sys.path)
 
 # config name -> (avbalance method, official --modulation, frames per clip)
 CONFIGS = {
@@ -100,7 +100,7 @@ def run_config(
             },
             "model": {"fusion": "concat", "width": width, "layers": list(layers)},
             "method": {"name": method, "params": OGM_GE_PARAMS if method == "ogm_ge" else {}},
-            "optim": {"name": "sgd", "lr": 1e-3, "momentum": 0.9, "weight_decay": 1e-4},
+            "optim": {"name": "sgd", **SGD_SETTINGS},
             "trainer": {"epochs": epochs, "accelerator": accelerator, "devices": 1, "progress_bar": False},
         }
     )
@@ -356,8 +356,8 @@ def time_config(args: argparse.Namespace, out: str) -> dict:
         args.epochs,
         args.num_workers,
         args.accelerator,
-        args.width,
-        args.layers,
+        width=args.width,
+        layers=args.layers,
     )
     return time_side(args.side, config, args.samples)
 
