@@ -22,6 +22,14 @@ bf16-mixed``) the same way, on one model.
     python benchmarks/step_time.py --memory --frames 1 3 --repeats 3
     python benchmarks/step_time.py --precision --frames 1 3 --repeats 6
 
+``--parts`` times two parts of the fast step against the way torch or the official code does them,
+alternating the two in one process (median of ``--repeats``): each encoder's stem (conv1, bn1,
+ReLU and max-pool, forward + backward) with max-pool before ReLU (avbalance) and after (the
+official order); and the SGD step of the official-size channels-last model, torch's fused SGD
+against avbalance's (the same kernel, given views in memory order).
+
+    python benchmarks/step_time.py --parts --frames 1 3 --repeats 30
+
 ``--memory`` times whole fast training steps with ``trainer.keep_cpu_memory``'s allocator settings
 against glibc's defaults, each in its own process (the settings are process-wide), alternating the
 two ``--repeats`` times: median step and minor page faults per step after two warm-up steps.
@@ -38,6 +46,7 @@ import subprocess
 import sys
 import time
 from contextlib import contextmanager
+from functools import partial
 
 import torch
 
@@ -212,6 +221,64 @@ def alternate(variants: dict, batch: dict, steps: int, device: torch.device, aut
     return {name: {kind: statistics.median(v) for kind, v in t.items()} for name, t in timings.items()}
 
 
+def official_stem(encoder: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """The official (torchvision) stem order: ReLU before max-pool."""
+    return encoder.maxpool(encoder.relu(encoder.bn1(encoder.conv1(x))))
+
+
+def alternate_calls(calls: dict, repeats: int) -> dict[str, float]:
+    """Median seconds of each of ``calls`` (name -> function), called in turn ``repeats + 1`` times
+    (the first round a warm-up), the order reversed every other round."""
+    names, times = list(calls), {name: [] for name in calls}
+    for index in range(repeats + 1):
+        for name in names if index % 2 else reversed(names):
+            start = time.perf_counter()
+            calls[name]()
+            if index:
+                times[name].append(time.perf_counter() - start)
+    return {name: statistics.median(t) for name, t in times.items()}
+
+
+def parts_benchmark(frames: int, batch_size: int, repeats: int) -> dict[str, dict[str, float]]:
+    """Seconds of each stem (official order against avbalance's) and of the SGD step (torch's fused
+    SGD against avbalance's) on the official-size channels-last model, on the CPU."""
+    torch.manual_seed(0)
+    model, optimizer, _ = fast_training(frames, "baseline", torch.device("cpu"))
+    batch = random_batch(frames, batch_size, torch.device("cpu"))
+    results = {}
+    for modality, encoder in model.encoders.items():
+        x = batch[modality]
+        if x.dim() == 5:  # (B, C, T, H, W) clips: frames folded into the batch, as the clip encoder does
+            x = x.transpose(1, 2).reshape(-1, *x.shape[1:2], *x.shape[3:])
+        grad = torch.randn_like(encoder.stem(x))
+
+        def stem_step(stem, encoder=encoder, x=x, grad=grad):
+            encoder.zero_grad(set_to_none=True)
+            stem(x).backward(grad)
+
+        calls = {
+            "official": partial(stem_step, partial(official_stem, encoder)),
+            "avbalance": partial(stem_step, encoder.stem),
+        }
+        results[f"{modality} stem"] = alternate_calls(calls, repeats)
+    for parameter in model.parameters():
+        parameter.grad = torch.randn_like(parameter)
+    torch_sgd = torch.optim.SGD(model.parameters(), **SGD_SETTINGS, fused=True)
+    for parameter in model.parameters():  # as fused_sgd starts them: no first-step special case
+        torch_sgd.state[parameter]["momentum_buffer"] = torch.zeros_like(parameter)
+    results["SGD step"] = alternate_calls({"official": torch_sgd.step, "avbalance": optimizer.step}, repeats)
+    return results
+
+
+def main_parts(args: argparse.Namespace) -> None:
+    print("| visual frames | part | official order / torch's fused SGD (ms) | avbalance (ms) | saved (ms) |")
+    print("|---|---|---|---|---|")
+    for frames in args.frames:
+        for part, r in parts_benchmark(frames, args.batch_size, args.repeats).items():
+            official, ours = 1e3 * r["official"], 1e3 * r["avbalance"]
+            print(f"| {frames} | {part} | {official:.1f} | {ours:.1f} | {official - ours:.1f} |", flush=True)
+
+
 def memory_child(frames: int, batch_size: int, steps: int, keep: bool) -> dict:
     """Fast training steps (channels-last, fused SGD, baseline) in this process, with or without the
     kept-memory settings: median seconds and minor page faults per step after two warm-up steps."""
@@ -281,6 +348,7 @@ def main() -> None:
         "--precision", action="store_true", help="whole fast steps: float32 against bf16-mixed (torch.autocast)"
     )
     parser.add_argument("--memory", action="store_true", help="whole steps: kept CPU memory against the default")
+    parser.add_argument("--parts", action="store_true", help="the stems and the SGD step against the official ways")
     parser.add_argument("--steps", type=int, default=7, help="timed steps per process (--memory)")
     parser.add_argument("--memory-child", choices=["default", "keep"], help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -297,6 +365,10 @@ def main() -> None:
         return
     if args.memory:
         main_memory(args)
+        return
+    if args.parts:
+        keep_freed_cpu_memory()  # as the engine trains
+        main_parts(args)
         return
     print(
         "| visual frames | forward+backward (s) | OGM scaling (ms) | OGM share of step | OGM-GE (ms) "

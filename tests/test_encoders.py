@@ -115,3 +115,33 @@ def test_default_encoder_kind_follows_the_per_sample_shape():
     assert encoder_kind((2, 3)) == "gru"  # a (T, F) sequence
     with pytest.raises(ConfigError, match=r"^no default encoder for inputs of per-sample shape \(2, 3, 4, 5, 6\)$"):
         encoder_kind((2, 3, 4, 5, 6))
+
+
+def torchvision_feature_map(reference: torchvision.models.ResNet, x: torch.Tensor) -> torch.Tensor:
+    """The official order: conv1, bn1, ReLU, max-pool, then the stages."""
+    x = reference.maxpool(reference.relu(reference.bn1(reference.conv1(x))))
+    return reference.layer4(reference.layer3(reference.layer2(reference.layer1(x))))
+
+
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_stem_pooling_before_relu_gives_torchvisions_values_and_gradients_bit_for_bit(channels_last):
+    torch.manual_seed(0)
+    ours = ResNetEncoder(in_channels=3, layers=[1, 1, 1, 1]).train()
+    with torch.no_grad():
+        ours.bn1.bias.fill_(-1.0)  # many windows of negatives only: the ties at zero both orders must treat alike
+    reference = torchvision.models.resnet.ResNet(torchvision.models.resnet.BasicBlock, [1, 1, 1, 1]).train()
+    reference.load_state_dict(ours.state_dict(), strict=False)  # no fc in ours
+    x = torch.randn(2, 3, 64, 64)
+    if channels_last:
+        ours, reference = (m.to(memory_format=torch.channels_last) for m in (ours, reference))
+        x = x.contiguous(memory_format=torch.channels_last)
+    stem_out = ours.stem(x)
+    assert (stem_out == 0).float().mean() > 0.1
+    ours_map, reference_map = ours.feature_map(x), torchvision_feature_map(reference, x)
+    assert torch.equal(ours_map, reference_map)
+    grad = torch.randn_like(ours_map)
+    ours_map.backward(grad)
+    reference_map.backward(grad)
+    reference_params = dict(reference.named_parameters())
+    for name, parameter in ours.named_parameters():
+        assert torch.equal(parameter.grad, reference_params[name].grad), name

@@ -20,7 +20,7 @@ def test_optimizers_get_the_configured_settings(name, kind):
         overrides=[f"optim.name={name}", "optim.lr=0.02", "optim.weight_decay=0.003", "optim.momentum=0.5"]
     )
     optimizer = build_optimizer(config, _parameters())
-    assert type(optimizer) is kind
+    assert isinstance(optimizer, kind)
     assert optimizer.defaults["lr"] == 0.02 and optimizer.defaults["weight_decay"] == 0.003
     if name == "sgd":
         assert optimizer.defaults["momentum"] == 0.5

@@ -4,6 +4,7 @@ mode, deterministic runs, the fused optimizer's device-side skip and ``trainer.c
 
 from __future__ import annotations
 
+import copy
 import subprocess
 import sys
 import warnings
@@ -26,7 +27,7 @@ from avbalance.engine.callbacks import EpochHistory, NonFiniteGuard, skips_on_de
 from avbalance.engine.config import DataConfig, auto_workers, load_config
 from avbalance.engine.datamodule import BalancedDataModule, FrameNormaliser
 from avbalance.engine.module import BalancedModule, channels_last_is_safe, compiles_on, to_channels_last
-from avbalance.engine.optim import fused_sgd
+from avbalance.engine.optim import fused_sgd, memory_order_views
 from avbalance.engine.run import build_run, build_trainer
 from avbalance.errors import ConfigError
 from avbalance.models import build_model
@@ -343,6 +344,46 @@ def test_fused_sgd_steps_a_channels_last_parameter_with_differently_laid_out_ten
     fused.step()
     torch.testing.assert_close(fast.detach(), reference.detach(), rtol=0, atol=1e-6)
     assert fused.state[fast]["momentum_buffer"].is_contiguous(memory_format=torch.channels_last)
+
+
+def test_memory_order_views_make_channels_last_tensors_row_major_and_leave_mixed_layouts_alone():
+    weight = torch.randn(8, 3, 5, 5).contiguous(memory_format=torch.channels_last)
+    grad = torch.randn(8, 3, 5, 5).contiguous(memory_format=torch.channels_last)
+    views = memory_order_views(weight, grad)
+    assert [v.shape for v in views] == [(8, 5, 5, 3)] * 2
+    assert all(v.is_contiguous() and v.data_ptr() == t.data_ptr() for v, t in zip(views, (weight, grad)))
+    assert torch.equal(views[1], grad.permute(0, 2, 3, 1))
+    plain = torch.randn(8, 3, 5, 5)
+    assert memory_order_views(plain)[0].shape == plain.shape
+    mixed = (weight, plain)  # different layouts: no one permutation makes both row-major
+    assert all(v is t for v, t in zip(memory_order_views(*mixed), mixed))
+
+
+def test_fused_sgd_copies_no_channels_last_tensor_and_matches_torchs_fused_step_bit_for_bit():
+    # torch's CPU kernel copies a gradient that is not row-major contiguous (and never reads the
+    # copy); the views of memory_order_views avoid that copy
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 16, 3), torch.nn.BatchNorm2d(16), torch.nn.Conv2d(16, 8, 3))
+    reference = copy.deepcopy(model)
+    for m in (model, reference):
+        m.to(memory_format=torch.channels_last)
+    ours = fused_sgd(model.parameters(), lr=0.1, momentum=0.9, weight_decay=1e-4)
+    theirs = torch.optim.SGD(reference.parameters(), lr=0.1, momentum=0.9, weight_decay=1e-4, fused=True)
+    for step in range(3):
+        x = torch.randn(2, 3, 12, 12).contiguous(memory_format=torch.channels_last)
+        for m, optimizer in ((model, ours), (reference, theirs)):
+            optimizer.zero_grad()
+            m(x).square().mean().backward()
+        with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as profile:
+            ours.step()
+        theirs.step()
+        copies = [e.name for e in profile.events() if e.name in ("aten::copy_", "aten::clone", "aten::contiguous")]
+        assert copies == [], f"step {step}"
+    for name, parameter in reference.named_parameters():
+        assert torch.equal(model.get_parameter(name), parameter), name
+        assert torch.equal(
+            ours.state[model.get_parameter(name)]["momentum_buffer"], theirs.state[parameter]["momentum_buffer"]
+        )
 
 
 def test_video_and_audio_from_one_opening_equal_two_separate_reads(tmp_path):

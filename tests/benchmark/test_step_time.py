@@ -40,3 +40,24 @@ def test_alternate_runs_each_variant_in_turn_under_its_own_autocast():
     for name, (model, _, _) in variants.items():  # every step trained its own model
         assert not torch.equal(model.encoders.audio.conv1.weight, before[name])
         assert model.encoders.audio.conv1.weight.dtype == torch.float32
+
+
+def test_alternate_calls_reverses_the_order_every_other_round_and_leaves_out_the_warm_up():
+    calls = []
+    result = step_time.alternate_calls({"a": lambda: calls.append("a"), "b": lambda: calls.append("b")}, repeats=3)
+    assert calls == ["b", "a", "a", "b", "b", "a", "a", "b"]  # warm-up round first
+    assert set(result) == {"a", "b"} and all(seconds >= 0 for seconds in result.values())
+
+
+def test_parts_times_both_stems_and_both_sgd_steps_on_the_official_size_model():
+    result = step_time.parts_benchmark(frames=1, batch_size=2, repeats=1)
+    assert list(result) == ["audio stem", "visual stem", "SGD step"]
+    for timing in result.values():
+        assert set(timing) == {"official", "avbalance"} and min(timing.values()) > 0
+
+
+def test_the_official_stem_order_gives_the_same_values_as_the_encoders():
+    torch.manual_seed(0)
+    encoder = build_model(tiny_spec()).encoders.audio.train()
+    x = torch.randn(2, 1, 16, 16)
+    assert torch.equal(step_time.official_stem(encoder, x), encoder.stem(x))

@@ -80,8 +80,15 @@ class ResNetEncoder(nn.Module):
                 nn.init.ones_(module.weight)
                 nn.init.zeros_(module.bias)
 
+    def stem(self, x: torch.Tensor) -> torch.Tensor:
+        """conv1, bn1, then max-pool before ReLU. The official (torchvision) order is ReLU then
+        max-pool; the two commute, because ReLU is monotone (the max of the ReLUs is the ReLU of the
+        max), and give the same values and gradients bit for bit, while ReLU and its backward work
+        on a quarter of the elements."""
+        return self.relu(self.maxpool(self.bn1(self.conv1(x))))
+
     def feature_map(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
+        x = self.stem(x)
         for stage in range(1, self.num_stages + 1):
             x = getattr(self, f"layer{stage}")(x)
         return x

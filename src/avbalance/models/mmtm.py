@@ -136,7 +136,7 @@ class MMTMModel(MultimodalModel):
                 frames[m] = (size, count)
             else:
                 frames[m] = (x.shape[0], 1)
-            maps[m] = encoder.maxpool(encoder.relu(encoder.bn1(encoder.conv1(x))))
+            maps[m] = encoder.stem(x)
         for stage in range(1, self.num_stages + 1):
             maps = {m: getattr(self.encoders[m], f"layer{stage}")(x) for m, x in maps.items()}
             block = self.mmtm[f"layer{stage}"] if f"layer{stage}" in self.mmtm else None
