@@ -56,6 +56,7 @@ from avbalance.engine.optim import fused_sgd
 from avbalance.methods import get_method
 from avbalance.methods.ogm import select_tensors
 from avbalance.models import build_model, model_spec
+from avbalance.models.encoders import fold_frames
 
 
 def synchronise(device: torch.device) -> None:
@@ -248,8 +249,8 @@ def parts_benchmark(frames: int, batch_size: int, repeats: int) -> dict[str, dic
     results = {}
     for modality, encoder in model.encoders.items():
         x = batch[modality]
-        if x.dim() == 5:  # (B, C, T, H, W) clips: frames folded into the batch, as the clip encoder does
-            x = x.transpose(1, 2).reshape(-1, *x.shape[1:2], *x.shape[3:])
+        if x.dim() == 5:  # clips: frames folded into the batch, as the clip encoder does
+            x = fold_frames(x)
         grad = torch.randn_like(encoder.stem(x))
 
         def stem_step(stem, encoder=encoder, x=x, grad=grad):

@@ -97,6 +97,12 @@ class ResNetEncoder(nn.Module):
         return self.feature_map(x).mean(dim=(-2, -1))
 
 
+def fold_frames(clips: torch.Tensor) -> torch.Tensor:
+    """Clips ``(B, C, T, H, W)`` as frames ``(B * T, C, H, W)``, each clip's frames in a row."""
+    batch, channels, frames, height, width = clips.shape
+    return clips.transpose(1, 2).reshape(batch * frames, channels, height, width)
+
+
 @ENCODERS.register("clip")
 class ClipEncoder(ResNetEncoder):
     """Clips ``(B, C, T, H, W)`` -> ``(B, D)``: frames are folded into the batch, encoded by one 2-D
@@ -106,9 +112,8 @@ class ClipEncoder(ResNetEncoder):
     input_layout = "(C, T, H, W)"
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        batch, channels, frames, height, width = x.shape
-        folded = x.transpose(1, 2).reshape(batch * frames, channels, height, width)
-        maps = self.feature_map(folded)  # (B*T, D, h, w)
+        batch, _, frames = x.shape[:3]
+        maps = self.feature_map(fold_frames(x))  # (B*T, D, h, w)
         return maps.view(batch, frames, *maps.shape[1:]).mean(dim=(1, 3, 4))
 
 

@@ -37,7 +37,7 @@ import torchvision
 from torch import nn
 
 from ..errors import ConfigError
-from .encoders import ENCODERS, MODEL_WIDE_OPTIONS
+from .encoders import ENCODERS, MODEL_WIDE_OPTIONS, fold_frames
 
 NAME_FORMS = "timm:<architecture>, torchvision:<name>, hf:<model folder> or python:<module>:<callable>"
 
@@ -71,9 +71,8 @@ class ImageBackbone(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.dim() != 5 or not self.folds_time:
             return self.backbone(x).flatten(1)
-        batch, channels, frames, height, width = x.shape
-        folded = x.transpose(1, 2).reshape(batch * frames, channels, height, width)
-        return self.backbone(folded).reshape(batch, frames, -1).mean(dim=1)
+        batch, _, frames = x.shape[:3]
+        return self.backbone(fold_frames(x)).reshape(batch, frames, -1).mean(dim=1)
 
 
 class PretrainedTransformer(nn.Module):

@@ -29,7 +29,7 @@ from collections.abc import Mapping, Sequence
 import torch
 from torch import nn
 
-from .encoders import ClipEncoder, ResNetEncoder
+from .encoders import ClipEncoder, ResNetEncoder, fold_frames
 from .fusion import FusionHead
 from .model import MultimodalModel
 
@@ -131,9 +131,8 @@ class MMTMModel(MultimodalModel):
         for m, encoder in self.encoders.items():
             x = batch[m]
             if isinstance(encoder, ClipEncoder):
-                size, channels, count, height, width = x.shape
-                x = x.transpose(1, 2).reshape(size * count, channels, height, width)
-                frames[m] = (size, count)
+                frames[m] = (x.shape[0], x.shape[2])
+                x = fold_frames(x)
             else:
                 frames[m] = (x.shape[0], 1)
             maps[m] = encoder.stem(x)
