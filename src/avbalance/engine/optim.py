@@ -50,9 +50,10 @@ def as_param_groups(parameters: Iterable) -> list[dict[str, Any]]:
 def fused_sgd(parameters: Iterable, lr: float, momentum: float, weight_decay: float) -> torch.optim.SGD:
     """torch's SGD with its fused kernel where every parameter allows it: one kernel per step instead
     of a series of tensor operations, with the same results, and a step the non-finite guard can skip
-    on the device (``found_inf``). Momentum buffers start at zero: the first step then gives each the
-    gradient, as torch's own initialisation does, and a parameter whose first gradient comes later
-    (a method training one encoder at a time) does not break the fused kernel."""
+    on the device (``found_inf``). A momentum buffer starts at zero, made at its parameter's first
+    gradient: that step gives it the gradient, as torch's own initialisation does, and a parameter
+    whose first gradient comes later (a method training one encoder at a time), or whose state a
+    method cleared, does not break the fused kernel."""
     groups = as_param_groups(parameters)
     tensors = [p for group in groups for p in group["params"]]
     fused = bool(tensors) and all(p.is_floating_point() and p.device.type in FUSED_DEVICES for p in tensors)
@@ -60,9 +61,6 @@ def fused_sgd(parameters: Iterable, lr: float, momentum: float, weight_decay: fl
         return torch.optim.SGD(groups, lr=lr, momentum=momentum, weight_decay=weight_decay)
     optimizer = MemoryOrderSGD(groups, lr=lr, momentum=momentum, weight_decay=weight_decay, fused=True)
     optimizer.register_step_pre_hook(match_layouts)  # steps without a closure (the engine calls it too)
-    if any(group["momentum"] for group in optimizer.param_groups):
-        for parameter in tensors:
-            optimizer.state[parameter]["momentum_buffer"] = torch.zeros_like(parameter)
     return optimizer
 
 
@@ -110,8 +108,9 @@ class MemoryOrderSGD(torch.optim.SGD):
         return loss
 
     def _momentum_buffer(self, parameter: torch.Tensor) -> torch.Tensor:
+        """The parameter's buffer, made at zero at its first gradient (see :func:`fused_sgd`)."""
         state = self.state[parameter]
-        if state.get("momentum_buffer") is None:  # a parameter added after fused_sgd made the others'
+        if state.get("momentum_buffer") is None:
             state["momentum_buffer"] = torch.zeros_like(parameter)
         return state["momentum_buffer"]
 
