@@ -8,6 +8,7 @@ from unittest import mock
 
 import torch
 
+from avbalance.methods import get_method
 from avbalance.models import model_spec
 
 REPO = Path(__file__).resolve().parents[1]
@@ -137,6 +138,22 @@ def train_on_synthetic(method: str, out, *extra: str, **data_options) -> int:
     sets = [arg for key, value in data_options.items() for arg in ("--set", f"data.options.{key}={value}")]
     command = ["train", "--method", method, "--epochs", "2", "--batch-size", "32", "--out", str(out)]
     return main([*command, *sets, "--set", "trainer.progress_bar=false", *extra])
+
+
+# Synthetic data for runs of about a second: 45 training samples (a tenth kept for validation), 16 test.
+SMALL_DATA = dict(train_size=45, test_size=16, image_size=16, freq_bins=16, time_steps=16, num_classes=4)
+
+
+def early_method(name: str):
+    """``name`` with :data:`EARLY_SCHEDULES`' hyperparameters (its schedule within a short run)."""
+    return get_method(name, **EARLY_SCHEDULES.get(name, {}))
+
+
+def train_briefly(name: str, out, *extra: str) -> int:
+    """``avbalance train`` of ``name`` (early schedule) for 2 epochs of :data:`SMALL_DATA`, batch 16."""
+    early = [f"method.params.{key}={value}" for key, value in EARLY_SCHEDULES.get(name, {}).items()]
+    sets = [arg for setting in early for arg in ("--set", setting)]
+    return train_on_synthetic(name, out, "--batch-size", "16", *sets, *extra, **SMALL_DATA)
 
 
 def load_benchmark(name: str):

@@ -18,30 +18,24 @@ import pytest
 import torch
 
 from avb_testing import (
-    EARLY_SCHEDULES,
+    SMALL_DATA,
     THREE,
     TWO,
     ListData,
     assert_same_state,
+    early_method,
     forbid_host_sync,
     indexed_batches,
     tiny_spec,
-    train_on_synthetic,
+    train_briefly,
 )
 from avbalance.cli import main
 from avbalance.data import build_dataset, dataset_names
-from avbalance.methods import get_method, method_names
+from avbalance.methods import method_names
 from avbalance.methods.base import PlainStep
 from avbalance.models import HEADS, build_model, load_model
 
 MODALITIES = {"one": ("visual",), "two": TWO, "three": THREE}
-
-# Synthetic data for runs of about a second: 45 training samples (a tenth kept for validation), 16 test.
-SMALL_DATA = dict(train_size=45, test_size=16, image_size=16, freq_bins=16, time_steps=16, num_classes=4)
-
-
-def early_method(name: str):
-    return get_method(name, **EARLY_SCHEDULES.get(name, {}))
 
 
 def modality_refusal(name: str, modalities) -> str | None:
@@ -51,12 +45,6 @@ def modality_refusal(name: str, modalities) -> str | None:
     except ValueError as error:
         return str(error)
     return None
-
-
-def train_briefly(name: str, out, *extra: str) -> int:
-    early = [f"method.params.{key}={value}" for key, value in EARLY_SCHEDULES.get(name, {}).items()]
-    sets = [arg for setting in early for arg in ("--set", setting)]
-    return train_on_synthetic(name, out, "--batch-size", "16", *sets, *extra, **SMALL_DATA)
 
 
 # -- methods -----------------------------------------------------------------------------------------
