@@ -14,7 +14,9 @@ import json
 import pytest
 import torch
 import torch.nn.functional as F
+from fixture_datasets import make_cremad
 from lightning.pytorch.callbacks import Callback
+from prep_helpers import prepare
 
 from avb_testing import SMALL_DATA, forbid_host_sync, tiny_batch, tiny_spec, train_briefly
 from avbalance.engine.callbacks import NonFiniteGuard, skips_on_device
@@ -207,8 +209,6 @@ class BatchesOnTheGpu(Callback):
 
 
 def test_loaders_pin_their_batches_which_arrive_normalised_on_the_gpu(tmp_path):
-    from test_speed_paths import make_cremad, prepare
-
     raw = make_cremad(tmp_path / "raw")
     assert prepare("cremad", raw, tmp_path / "cache", "--size", "16") == 0
     config = load_config(
