@@ -6,6 +6,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from unittest import mock
 
+import pytest
 import torch
 
 from avbalance.methods import get_method
@@ -16,6 +17,12 @@ SHARED_DATA = REPO.parent / "shared" / "data"
 BENCHMARKS = REPO / "benchmarks"
 SHAPES = {"audio": (1, 16, 16), "visual": (3, 2, 16, 16), "flow": (2, 2, 16, 16)}
 TWO, THREE = ("audio", "visual"), ("audio", "visual", "flow")
+
+#: Devices a test runs on: the CPU, and a CUDA GPU where torch sees one (never in CI).
+DEVICES = [
+    "cpu",
+    pytest.param("cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")),
+]
 
 # Hyperparameters that move a method's schedule (a start epoch, a warm-up, a stage length) into the
 # first epochs, so that short runs exercise what the method does; a method not listed runs with its

@@ -1,8 +1,9 @@
 """The GPU fast path on a CUDA device: every method trains through ``avbalance train`` in bf16-mixed
 precision with channels-last convolutions; a compiled model (``trainer.compile``) trains and computes
-what the eager one does; OGM-GE adds the official noise and scales *unscaled* gradients under fp16's
-grad scaler; the fused SGD step matches torch's SGD and skips a non-finite step on the device;
-loaders pin their batches, which arrive on the GPU normalised there.
+what the eager one does; OGM scales *unscaled* gradients under fp16's grad scaler; the fused SGD step
+matches torch's SGD on a channels-last model; loaders pin their batches, which arrive on the GPU
+normalised there. (OGM-GE's official noise and the fused step's device-side skip are tested on the
+GPU by their CPU tests' CUDA cases, in test_ogm.py and test_speed_paths.py.)
 
 Every test needs a CUDA GPU and is skipped without one (as in CI)."""
 
@@ -18,13 +19,13 @@ from fixture_datasets import make_cremad
 from lightning.pytorch.callbacks import Callback
 from prep_helpers import prepare
 
-from avb_testing import SMALL_DATA, forbid_host_sync, tiny_batch, tiny_spec, train_briefly
-from avbalance.engine.callbacks import NonFiniteGuard, skips_on_device
+from avb_testing import SMALL_DATA, tiny_batch, tiny_spec, train_briefly
+from avbalance.engine.callbacks import skips_on_device
 from avbalance.engine.config import load_config
+from avbalance.engine.epoch_data import to_device
 from avbalance.engine.module import to_channels_last
 from avbalance.engine.optim import fused_sgd
-from avbalance.methods import get_method, method_names
-from avbalance.methods.ogm import ogm_coefficients
+from avbalance.methods import method_names
 from avbalance.models import build_model, load_model
 from test_ogm import official_two_modality
 from test_speed_paths import Probe, fit_with, synthetic_config
@@ -33,10 +34,6 @@ pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a C
 
 CUDA = torch.device("cuda")
 ON_GPU = ("--set", "trainer.accelerator=gpu", "--set", "trainer.devices=1")
-
-
-def on_gpu(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    return {key: value.to(CUDA) for key, value in batch.items()}
 
 
 def tiny_gpu_model(seed: int = 0) -> torch.nn.Module:
@@ -66,37 +63,10 @@ def test_a_compiled_model_trains_without_host_syncs_and_computes_what_the_eager_
     assert run.module.compiled and probe.checked == 3 and guard.skipped_steps == 0
     assert skips_on_device(trainer.optimizers[0], "32-true")
     batch = next(iter(run.datamodule.val_dataloader()))
-    batch = run.datamodule.batch_transform(on_gpu(batch))
+    batch = run.datamodule.batch_transform(to_device(batch, CUDA))
     with torch.inference_mode():
         compiled, eager = model(batch), model._call_impl(batch)  # _call_impl: the module's own forward
     torch.testing.assert_close(compiled.logits, eager.logits, rtol=1e-4, atol=1e-4)
-
-
-def test_ogm_ge_adds_the_official_noise_to_channels_last_kernels_on_the_gpu():
-    """``k * g + N(0, (std(g) + 1e-8)^2)``, drawn tensor after tensor from the method's CUDA
-    generator seeded with ``seed``, in each kernel's logical order."""
-    model = tiny_gpu_model()
-    batch = on_gpu(tiny_batch(seed=2))
-    output = model(batch)
-    F.cross_entropy(output.logits, batch["label"]).backward()
-    before = {name: p.grad.clone() for name, p in model.named_parameters()}
-    method = get_method("ogm_ge", alpha=0.4, seed=123)
-    k = ogm_coefficients(output.unimodal_logits, batch["label"], 0.4)
-    with forbid_host_sync():
-        method.after_backward(model, output, batch)
-    generator = torch.Generator(CUDA).manual_seed(123)
-    kernels = 0
-    for modality in model.modalities:
-        for name, p in model.encoders[modality].named_parameters():
-            g = before[f"encoders.{modality}.{name}"]
-            if p.dim() != 4:
-                assert torch.equal(p.grad, g)
-                continue
-            noise = torch.randn(g.shape, generator=generator, device=CUDA) * (g.std() + 1e-8)
-            torch.testing.assert_close(p.grad, g * k[modality] + noise, rtol=1e-5, atol=1e-6)
-            assert p.grad.stride() == p.stride()
-            kernels += 1
-    assert kernels >= 4
 
 
 class GradientsSeenByTheMethod(Callback):
@@ -167,7 +137,7 @@ def test_ogm_modulates_unscaled_gradients_under_fp16_grad_scaling(tmp_path):
     assert kernels >= 4
 
 
-def test_fused_sgd_on_the_gpu_matches_torch_sgd_and_skips_a_non_finite_step_there():
+def test_fused_sgd_on_the_gpu_matches_torch_sgd_on_a_channels_last_model():
     reference, fused = tiny_gpu_model(), tiny_gpu_model()
     optimizers = [
         torch.optim.SGD(reference.parameters(), lr=0.1, momentum=0.9, weight_decay=1e-4, foreach=False),
@@ -175,24 +145,13 @@ def test_fused_sgd_on_the_gpu_matches_torch_sgd_and_skips_a_non_finite_step_ther
     ]
     assert optimizers[1].param_groups[0]["fused"]
     for step in range(3):
-        batch = on_gpu(tiny_batch(seed=step))
+        batch = to_device(tiny_batch(seed=step), CUDA)
         for model, optimizer in zip((reference, fused), optimizers):
             optimizer.zero_grad(set_to_none=True)
             F.cross_entropy(model(batch).logits, batch["label"]).backward()
             optimizer.step()
     for a, b in zip(reference.parameters(), fused.parameters()):
         torch.testing.assert_close(b, a, rtol=1e-5, atol=1e-6)
-    guard = NonFiniteGuard("skip")
-    module = type("Module", (), {"parameters": fused.parameters, "device": CUDA})()  # what the guard reads
-    before = [p.detach().clone() for p in fused.parameters()]
-    buffers = [optimizers[1].state[p]["momentum_buffer"].clone() for p in fused.parameters()]
-    next(fused.parameters()).grad.fill_(float("nan"))
-    with forbid_host_sync():
-        guard.on_before_optimizer_step(None, module, optimizers[1])
-        optimizers[1].step()
-    assert all(torch.equal(a, b) for a, b in zip(before, fused.parameters()))
-    assert all(torch.equal(optimizers[1].state[p]["momentum_buffer"], b) for p, b in zip(fused.parameters(), buffers))
-    assert guard.skipped_steps == 1
 
 
 class BatchesOnTheGpu(Callback):
@@ -224,7 +183,7 @@ def test_loaders_pin_their_batches_which_arrive_normalised_on_the_gpu(tmp_path):
     loader = run.datamodule.val_dataloader()
     raw_batch = next(iter(loader))
     assert raw_batch["visual"].dtype == torch.uint8 and raw_batch["visual"].is_pinned()
-    on_device = run.datamodule.batch_transform(on_gpu(raw_batch))
+    on_device = run.datamodule.batch_transform(to_device(raw_batch, CUDA))
     on_host = run.datamodule.batch_transform(raw_batch)
     assert on_device["visual"].dtype == torch.float32 and on_device["visual"].device.type == "cuda"
     torch.testing.assert_close(on_device["visual"].cpu(), on_host["visual"], rtol=0, atol=1e-6)

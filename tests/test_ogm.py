@@ -7,7 +7,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from avb_testing import tiny_batch
+from avb_testing import DEVICES, tiny_batch
 from avbalance.errors import ConfigError
 from avbalance.methods import get_method
 from avbalance.methods.ogm import ogm_coefficients
@@ -87,7 +87,7 @@ def test_three_modalities_use_mean_of_other_scores(seed):
 def _model_with_gradients(tiny_model, seed=1):
     generator = torch.Generator().manual_seed(seed)
     for p in tiny_model.parameters():
-        p.grad = torch.randn(p.shape, generator=generator)
+        p.grad = torch.randn(p.shape, generator=generator).to(p.device)
     return {name: p.grad.clone() for name, p in tiny_model.named_parameters()}
 
 
@@ -163,11 +163,11 @@ def test_window_bounds_are_inclusive(tiny_model):
         assert torch.equal(conv.grad, before * k)
 
 
-def seeded_streams(seed, count):
-    """Generator 0 seeded with the seed, generator k > 0 with the 64-bit seed NumPy's SeedSequence
-    spawns from (seed, k)."""
+def seeded_streams(seed, count, device="cpu"):
+    """Generators on ``device``: 0 seeded with the seed, k > 0 with the 64-bit seed NumPy's
+    SeedSequence spawns from (seed, k)."""
     spawned = [np.random.SeedSequence(seed, spawn_key=(k,)).generate_state(1, np.uint64)[0] for k in range(1, count)]
-    return [torch.Generator().manual_seed(int(s)) for s in [seed, *spawned]]
+    return [torch.Generator(device).manual_seed(int(s)) for s in [seed, *spawned]]
 
 
 def stream_of_each(sizes, streams):
@@ -186,19 +186,21 @@ def stream_of_each(sizes, streams):
     return [streams[k] for k in part_of]
 
 
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("streams", [1, 8])
 @pytest.mark.parametrize("channels_last", [False, True])
-def test_ogm_ge_noise_is_the_official_draw_from_seeded_streams(tiny_model, channels_last, streams):
+def test_ogm_ge_noise_is_the_official_draw_from_seeded_streams(tiny_model, channels_last, streams, device):
     """k * g + N(0, (std(g) + 1e-8)^2), drawn in tensor order from the method's seeded generator or,
     with ``noise_streams``, each modality's kernels cut into that many parts of about equal size, each
     drawn from its own seeded stream (the streams go on from one modality to the next); channels-last kernels (the
     engine's default layout) get the same numbers element for element, in the kernels' logical
-    order, and keep their layout."""
+    order, and keep their layout. On a GPU the generators are the device's."""
     from avbalance.engine.module import to_channels_last
 
+    tiny_model.to(device)
     if channels_last:
         to_channels_last(tiny_model)
-    batch = tiny_batch(seed=2)
+    batch = {key: value.to(device) for key, value in tiny_batch(seed=2).items()}
     output = tiny_model(batch)
     method = get_method("ogm_ge", alpha=0.4, seed=123, noise_streams=streams)
     before = _model_with_gradients(tiny_model)
@@ -207,7 +209,7 @@ def test_ogm_ge_noise_is_the_official_draw_from_seeded_streams(tiny_model, chann
     k = ogm_coefficients(output.unimodal_logits, batch["label"], 0.4)
     method.after_backward(tiny_model, output, batch)
     laid_out_channels_last = 0
-    generators = seeded_streams(123, streams)  # drawn on, modality after modality
+    generators = seeded_streams(123, streams, device)  # drawn on, modality after modality
     used = set()
     for modality in tiny_model.modalities:
         named = list(tiny_model.encoders[modality].named_parameters())
@@ -219,7 +221,7 @@ def test_ogm_ge_noise_is_the_official_draw_from_seeded_streams(tiny_model, chann
         for (name, p), generator in zip(kernels, stream_of_each([p.numel() for _, p in kernels], generators)):
             used.add(id(generator))
             g = before[f"encoders.{modality}.{name}"]
-            noise = torch.randn(g.shape, generator=generator) * (g.std() + 1e-8)
+            noise = torch.randn(g.shape, generator=generator, device=device) * (g.std() + 1e-8)
             torch.testing.assert_close(p.grad, g * k[modality] + noise, rtol=1e-5, atol=1e-6)
             assert p.grad.stride() == p.stride()
             laid_out_channels_last += not p.grad.is_contiguous()

@@ -18,7 +18,7 @@ from fixture_media import write_video
 from lightning.pytorch.callbacks import Callback
 from prep_helpers import prepare
 
-from avb_testing import forbid_host_sync, tiny_batch, tiny_spec
+from avb_testing import DEVICES, forbid_host_sync, tiny_batch, tiny_spec
 from avbalance.data import build_dataset
 from avbalance.data.datasets.cached import uint8_frames
 from avbalance.data.prepare.audio import NoAudioTrack, audio_from_frames, read_audio
@@ -99,16 +99,17 @@ def test_training_steps_never_wait_for_the_device(tmp_path, method):
     assert probe.inference == {"fit": (False, False), "validate": (True, False), "test": (True, False)}
 
 
-def test_a_skipped_step_leaves_parameters_and_momentum_unchanged_on_the_device():
+@pytest.mark.parametrize("device", DEVICES)
+def test_a_skipped_step_leaves_parameters_and_momentum_unchanged_on_the_device(device):
     torch.manual_seed(0)
-    model = torch.nn.Linear(3, 2)
+    model = torch.nn.Linear(3, 2).to(device)
     optimizer = fused_sgd(model.parameters(), lr=0.1, momentum=0.9, weight_decay=1e-4)
-    model(torch.randn(4, 3)).sum().backward()
+    model(torch.randn(4, 3, device=device)).sum().backward()
     optimizer.step()  # one real step: momentum buffers hold the gradient
     before = [p.detach().clone() for p in model.parameters()]
     buffers = [optimizer.state[p]["momentum_buffer"].clone() for p in model.parameters()]
     guard = NonFiniteGuard("skip")
-    module = SimpleNamespace(parameters=model.parameters, device=torch.device("cpu"))  # what the guard reads
+    module = SimpleNamespace(parameters=model.parameters, device=torch.device(device))  # what the guard reads
     model.weight.grad.fill_(float("nan"))
     with forbid_host_sync():
         guard.on_before_optimizer_step(None, module, optimizer)
@@ -117,7 +118,7 @@ def test_a_skipped_step_leaves_parameters_and_momentum_unchanged_on_the_device()
     assert all(torch.equal(optimizer.state[p]["momentum_buffer"], b) for p, b in zip(model.parameters(), buffers))
     assert guard.skipped_steps == 1
     model.zero_grad()
-    model(torch.randn(4, 3)).sum().backward()
+    model(torch.randn(4, 3, device=device)).sum().backward()
     guard.on_before_optimizer_step(None, module, optimizer)
     optimizer.step()
     assert guard.skipped_steps == 1 and not torch.equal(before[0], model.weight)
