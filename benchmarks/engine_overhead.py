@@ -1,0 +1,241 @@
+"""The engine's own cost per training step: ``avbalance train`` against the bare loop in one process.
+
+``vs_official.py`` runs every side in a process of its own, a minute or more apart; on a shared CPU
+the rounds' engine overhead there has a standard deviation of 5-10 %, which hides a 3 % target
+unless very many rounds are pooled. Here both sides train in one process, in turn, so that nothing
+that differs between processes (start-up, imports, memory layout, the machine's state minutes
+apart) separates them:
+
+* ``avbalance``: the Lightning engine as ``avbalance train`` builds it (the same callbacks, loggers
+  and checkpoints), timed by a callback around every training batch;
+* ``bare_loop``: the same model, loader, optimizer and method in a plain PyTorch loop.
+
+A round trains each side once (``--epochs`` epochs of a freshly built run), in turn, the order
+swapped every other round, so that the machine's drift favours neither. Each run's first
+``--warmup`` steps are left out, and with ``--max-foreign C`` the steps during which other processes
+used more than C cores (as ``vs_official.py`` does). Per configuration it reports the engine
+overhead (bare loop / ``avbalance train`` samples per second) over the pooled steps, round by round,
+and the geometric mean of the rounds with its 95 % confidence interval (Student's t over the rounds'
+log ratios): what drift is left shows as the interval's width. The engine's own work per step
+hardly depends on the method or the frames, so the rounds of every configuration together
+(``all_rounds_mean``) bound its cost tighter.
+
+    python benchmarks/engine_overhead.py --rounds 16 --max-foreign 0.25   # the recorded measurement
+    python benchmarks/engine_overhead.py --configs baseline-f1 --rounds 2 --epochs 1   # a quick look
+
+Data: the CREMA-D look-alike of ``vs_official.py`` (``--data``, generated with the refbench harness's
+``make_data.py`` and prepared once per frame rate; reused when it is already there). Writes
+``benchmarks/engine_overhead.json`` (``--out``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import platform
+import shlex
+import statistics
+import sys
+import tempfile
+from pathlib import Path
+
+import torch
+from scipy import stats
+
+from avbalance.engine.run import build_run
+from avbalance.errors import AvbalanceError, ConfigError
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+from vs_official import DEFAULT_REFBENCH, make_data  # noqa: E402
+from vs_official_sides import CONFIGS, add_model_size_args, run_config, summarise, time_bare, time_lightning  # noqa: E402
+
+SIDES = ("avbalance", "bare_loop")
+TARGET = 1.03  # the engine within 3 % of the bare loop
+
+
+def sides_in_turn(round_index: int) -> tuple[str, ...]:
+    return SIDES if round_index % 2 == 0 else SIDES[::-1]
+
+
+def train_side(side: str, args: argparse.Namespace, name: str, cache: Path, out: Path) -> list[dict[str, float]]:
+    """Every training step of one side's run (a fresh run: model, optimizer, loaders)."""
+    method, _, frames = CONFIGS[name]
+    size = {"width": args.width, "layers": args.layers}
+    config = run_config(method, frames, str(cache), str(out), args.batch_size, args.epochs, args.num_workers, **size)
+    if side == "avbalance":
+        return time_lightning(config)
+    return time_bare(build_run(config), config)
+
+
+def measure_config(args: argparse.Namespace, name: str, cache: Path, work: Path) -> dict[str, list[list[dict]]]:
+    """``{side: [the steps of each round]}`` for configuration ``name``."""
+    steps: dict[str, list[list[dict]]] = {side: [] for side in SIDES}
+    for round_index in range(args.rounds):
+        for side in sides_in_turn(round_index):
+            print(f"[engine_overhead] {name} round {round_index + 1}/{args.rounds}: {side}", flush=True)
+            steps[side].append(train_side(side, args, name, cache, work / f"{name}-r{round_index}-{side}"))
+    return steps
+
+
+def mean_interval(ratios: list[float], confidence: float = 0.95) -> dict[str, float | None]:
+    """Geometric mean of ``ratios`` and its ``confidence`` interval: Student's t over the log ratios
+    (the rounds' ratios multiply, and a log makes 0.9 and 1/0.9 equally far from 1)."""
+    logs = [math.log(value) for value in ratios]
+    mean = statistics.fmean(logs)
+    if len(logs) < 2:
+        return {"geometric_mean": math.exp(mean), "low": None, "high": None}
+    half = stats.t.ppf(0.5 + confidence / 2, len(logs) - 1) * statistics.stdev(logs) / math.sqrt(len(logs))
+    return {"geometric_mean": math.exp(mean), "low": math.exp(mean - half), "high": math.exp(mean + half)}
+
+
+def config_report(steps: dict[str, list[list[dict]]], warmup: int, max_foreign: float = math.inf) -> dict:
+    """Pooled medians per side, the pooled overhead, the rounds' overheads and their mean's interval;
+    steps during which other processes used more than ``max_foreign`` cores are left out."""
+    pooled = {
+        side: summarise([step for run in runs for step in run[warmup:]], 0, max_foreign) for side, runs in steps.items()
+    }
+    by_round = {
+        side: [summarise(run, warmup, max_foreign).get("samples_per_s") for run in runs] for side, runs in steps.items()
+    }
+    rounds = [bare / engine for bare, engine in zip(by_round["bare_loop"], by_round["avbalance"]) if bare and engine]
+    overhead = pooled["bare_loop"].get("samples_per_s", 0) / pooled["avbalance"].get("samples_per_s", math.inf)
+    return {
+        "engine_overhead": overhead or None,
+        "engine_overhead_by_round": rounds,
+        "rounds_mean": mean_interval(rounds) if rounds else None,
+        "samples_per_s_by_round": by_round,
+        "pooled": pooled,
+        "step_seconds_by_round": {side: [[s["total"] for s in run] for run in runs] for side, runs in steps.items()},
+        "other_load_cores_by_round": {
+            side: [[s.get("cpu_foreign") for s in run] for run in runs] for side, runs in steps.items()
+        },
+    }
+
+
+def machine(args: argparse.Namespace) -> dict:
+    return {
+        "platform": platform.platform(),
+        "cpus": os.cpu_count(),
+        "load_average": os.getloadavg(),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "threads": torch.get_num_threads(),
+        "num_workers": args.num_workers,
+        "batch_size": args.batch_size,
+        "epochs_per_round": args.epochs,
+        "warmup_steps": args.warmup,
+        "max_foreign_cores": args.max_foreign if math.isfinite(args.max_foreign) else None,
+        "rounds": args.rounds,
+        "clips": {"train": args.n_train, "test": args.n_test},
+        "model": {"width": args.width, "layers": args.layers},
+    }
+
+
+def table(document: dict) -> str:
+    lines = [
+        "| config | avbalance train samples/s | bare loop samples/s | engine overhead (pooled) | rounds: "
+        "geometric mean [95 % interval] | per round |",
+        "|---|---|---|---|---|---|",
+    ]
+    for name, result in document["configs"].items():
+        pooled, mean = result["pooled"], result["rounds_mean"] or {}
+        engine, bare = (pooled[side].get("samples_per_s", 0) for side in ("avbalance", "bare_loop"))
+        interval = f"[{mean['low']:.3f}, {mean['high']:.3f}]" if mean.get("low") else "-"
+        rounds = ", ".join(f"{value:.3f}" for value in result["engine_overhead_by_round"])
+        pooled_overhead, rounds_mean = result["engine_overhead"] or 0, mean.get("geometric_mean", 0)
+        lines.append(
+            f"| {name} | {engine:.2f} | {bare:.2f} | {pooled_overhead:.3f} | {rounds_mean:.3f} {interval} | {rounds} |"
+        )
+    return "\n".join(lines)
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--configs", default=",".join(CONFIGS), help="comma list of " + ", ".join(CONFIGS))
+    p.add_argument("--rounds", type=int, default=8, help="rounds; each trains both sides once")
+    p.add_argument("--epochs", type=int, default=3, help="epochs of each side's run in a round")
+    p.add_argument("--warmup", type=int, default=1, help="steps left out at the start of every run")
+    p.add_argument(
+        "--max-foreign",
+        type=float,
+        default=math.inf,
+        help="leave out steps that shared the CPU with more than this many cores of other work (default: keep all)",
+    )
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--num-workers", type=int, default=0, help="DataLoader workers on both sides")
+    p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    add_model_size_args(p)
+    p.add_argument("--n-train", type=int, default=64)
+    p.add_argument("--n-test", type=int, default=32)
+    p.add_argument("--data", default=os.path.join(tempfile.gettempdir(), "vs_official_data"))
+    p.add_argument("--refbench", default=os.environ.get("REFBENCH_DIR", DEFAULT_REFBENCH), help="for make_data.py")
+    p.add_argument("--prepare-workers", type=int, default=2)
+    p.add_argument("--out", default=str(HERE / "engine_overhead.json"))
+    argv = sys.argv[1:] if argv is None else argv
+    args = p.parse_args(argv)
+    args.argv = argv
+    return args
+
+
+def check_args(args: argparse.Namespace) -> list[str]:
+    names = [name for name in args.configs.split(",") if name]
+    unknown = [name for name in names if name not in CONFIGS]
+    if unknown or not names:
+        raise ConfigError(
+            f"--configs: unknown configuration {unknown[0] if unknown else ''!r}; choose from {', '.join(CONFIGS)}"
+        )
+    if min(args.rounds, args.epochs) < 1 or args.warmup < 0:
+        raise ConfigError(
+            "--rounds and --epochs must be at least 1 and --warmup at least 0, "
+            f"got {args.rounds}, {args.epochs}, {args.warmup}"
+        )
+    if not (Path(args.refbench) / "make_data.py").is_file():
+        raise ConfigError(f"--refbench {args.refbench}: no make_data.py there (the harness generates the clips)")
+    return names
+
+
+def run(args: argparse.Namespace) -> dict:
+    names = check_args(args)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    caches = make_data(args, sorted({CONFIGS[name][2] for name in names}))
+    with tempfile.TemporaryDirectory(prefix="engine_overhead_") as work:  # run folders: checkpoints, logs
+        configs = {}
+        for name in names:
+            steps = measure_config(args, name, caches[CONFIGS[name][2]], Path(work))
+            configs[name] = config_report(steps, args.warmup, args.max_foreign)
+    every_round = [value for result in configs.values() for value in result["engine_overhead_by_round"]]
+    document = {
+        "engine_overhead": {name: result["engine_overhead"] for name, result in configs.items()},
+        "all_rounds_mean": mean_interval(every_round) if every_round else None,
+        "target": TARGET,
+        "configs": configs,
+        "machine": machine(args),
+        "command": " ".join(shlex.quote(part) for part in [sys.executable, __file__, *args.argv]),
+    }
+    Path(args.out).write_text(json.dumps(document, indent=1))
+    print(table(document))
+    if len(every_round) > 1:
+        mean = document["all_rounds_mean"]
+        print(
+            f"every configuration's rounds ({len(every_round)}): geometric mean {mean['geometric_mean']:.3f} "
+            f"[{mean['low']:.3f}, {mean['high']:.3f}]"
+        )
+    print(f"[engine_overhead] results: {args.out}")
+    return document
+
+
+def main(argv: list[str] | None = None) -> int:
+    try:
+        run(parse_args(argv))
+    except AvbalanceError as error:
+        print(f"engine_overhead: error: {error}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,113 @@
+"""benchmarks/engine_overhead.py: both sides in one process, in turn, and the statistics of the rounds."""
+
+import json
+import math
+import os
+from pathlib import Path
+
+import pytest
+
+from avb_testing import load_benchmark
+
+overhead = load_benchmark("engine_overhead")
+sides = load_benchmark("vs_official_sides")
+REFBENCH = Path(os.environ.get("REFBENCH_DIR", overhead.DEFAULT_REFBENCH))
+
+
+def steps_of(totals: list[float], batch: int = 16) -> list[dict]:
+    return [sides.step_record(0.0, total, total, batch) for total in totals]
+
+
+def test_rounds_mean_is_the_geometric_mean_with_a_t_interval():
+    result = overhead.mean_interval([math.exp(0.1), math.exp(-0.1)])
+    # log ratios +-0.1: mean 0, standard deviation 0.1 * sqrt(2), t(0.975, 1 degree of freedom) = 12.706
+    half = 12.7062 * 0.1 * math.sqrt(2) / math.sqrt(2)
+    assert result["geometric_mean"] == pytest.approx(1.0)
+    assert result["low"] == pytest.approx(math.exp(-half), rel=1e-4)
+    assert result["high"] == pytest.approx(math.exp(half), rel=1e-4)
+    assert overhead.mean_interval([1.2]) == {"geometric_mean": pytest.approx(1.2), "low": None, "high": None}
+
+
+def test_report_pools_the_rounds_without_their_warmup_steps():
+    steps = {
+        "avbalance": [steps_of([9.0, 2.0, 2.2, 2.0]), steps_of([9.0, 2.1, 2.1, 2.3])],
+        "bare_loop": [steps_of([9.0, 2.0, 2.0, 1.9]), steps_of([9.0, 2.0, 2.1, 2.0])],
+    }
+    report = overhead.config_report(steps, warmup=1)
+    # pooled medians: engine 2.1 s (2.0 2.2 2.0 2.1 2.1 2.3), bare loop 2.0 s (2.0 2.0 1.9 2.0 2.1 2.0)
+    assert report["pooled"]["avbalance"]["total"] == pytest.approx(2.1)
+    assert report["pooled"]["bare_loop"]["total"] == pytest.approx(2.0)
+    assert report["engine_overhead"] == pytest.approx(2.1 / 2.0)
+    assert report["engine_overhead_by_round"] == [pytest.approx(2.0 / 2.0), pytest.approx(2.1 / 2.0)]
+    assert report["rounds_mean"]["geometric_mean"] == pytest.approx(math.sqrt(1.0 * 1.05))
+    assert report["step_seconds_by_round"]["avbalance"][1] == [9.0, 2.1, 2.1, 2.3]  # kept whole, warm-up included
+
+
+def test_steps_that_shared_the_cpu_are_left_out_of_rounds_and_pool():
+    def loaded(totals_and_load):
+        return [
+            sides.step_record(0.0, total, total, 16, cpu_foreign=load, cpu_steal=0.0) for total, load in totals_and_load
+        ]
+
+    steps = {
+        "avbalance": [loaded([(9.0, 0.0), (2.0, 0.0), (4.0, 0.9), (2.2, 0.1)])],
+        "bare_loop": [loaded([(9.0, 0.0), (2.0, 0.0), (2.0, 0.2), (5.0, 1.0)])],
+    }
+    report = overhead.config_report(steps, warmup=1, max_foreign=0.25)
+    assert report["pooled"]["avbalance"]["n_excluded"] == 1 and report["pooled"]["bare_loop"]["n_excluded"] == 1
+    assert report["pooled"]["avbalance"]["total"] == pytest.approx(2.1)  # 2.0 and 2.2; 4.0 shared the CPU
+    assert report["engine_overhead_by_round"] == [pytest.approx(2.1 / 2.0)]
+    assert report["other_load_cores_by_round"]["bare_loop"] == [[0.0, 0.0, 0.2, 1.0]]
+    assert overhead.config_report(steps, warmup=1)["pooled"]["avbalance"]["total"] == pytest.approx(2.2)  # all kept
+
+
+def test_sides_swap_order_every_other_round():
+    assert overhead.sides_in_turn(0) == ("avbalance", "bare_loop")
+    assert overhead.sides_in_turn(1) == ("bare_loop", "avbalance")
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--configs", "baseline-f2"], "'baseline-f2'"),
+        (["--rounds", "0"], "--rounds and --epochs must be at least 1"),
+        (["--refbench", "/nonexistent"], "no make_data.py there"),
+    ],
+)
+def test_bad_settings_are_one_line_errors(argv, message, capsys):
+    assert overhead.main(argv) == 2
+    error = capsys.readouterr().err
+    assert error.count("\n") == 1 and message in error
+
+
+@pytest.mark.skipif(not (REFBENCH / "make_data.py").is_file(), reason="the refbench harness is not on this machine")
+def test_both_sides_train_in_turn_in_one_process(tmp_path, capsys):
+    out = tmp_path / "engine_overhead.json"
+    argv = ["--configs", "baseline-f1", "--rounds", "2", "--epochs", "1", "--width", "4", "--layers", "1,1"]
+    argv += ["--n-train", "5", "--n-test", "1", "--batch-size", "2", "--prepare-workers", "1"]
+    argv += ["--refbench", str(REFBENCH), "--data", str(tmp_path / "data"), "--out", str(out)]
+    assert overhead.main(argv) == 0
+    printed = capsys.readouterr().out
+    order = [line.rsplit(": ", 1)[1] for line in printed.splitlines() if line.startswith("[engine_overhead] baseline")]
+    assert order == ["avbalance", "bare_loop", "bare_loop", "avbalance"]
+    assert "| baseline-f1 |" in printed
+
+    document = json.loads(out.read_text())
+    result = document["configs"]["baseline-f1"]
+    for side in ("avbalance", "bare_loop"):
+        # 5 train clips less one carved out for validation: two batches of 2 per run, the first is warm-up
+        assert [len(run) for run in result["step_seconds_by_round"][side]] == [2, 2]
+        assert result["pooled"][side]["n_steps"] == 2 and result["pooled"][side]["batch_size"] == 2
+    rates = {side: result["pooled"][side]["samples_per_s"] for side in ("avbalance", "bare_loop")}
+    assert document["engine_overhead"]["baseline-f1"] == pytest.approx(rates["bare_loop"] / rates["avbalance"])
+    by_round = result["samples_per_s_by_round"]
+    assert result["engine_overhead_by_round"] == [
+        pytest.approx(bare / engine) for bare, engine in zip(by_round["bare_loop"], by_round["avbalance"])
+    ]
+    low, high = result["rounds_mean"]["low"], result["rounds_mean"]["high"]
+    assert low < result["rounds_mean"]["geometric_mean"] < high
+    assert document["all_rounds_mean"]["geometric_mean"] == pytest.approx(
+        math.prod(result["engine_overhead_by_round"]) ** 0.5
+    )
+    assert "every configuration's rounds (2)" in printed
+    assert document["machine"]["rounds"] == 2 and document["target"] == 1.03
