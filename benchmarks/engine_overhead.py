@@ -33,9 +33,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
-import platform
-import shlex
 import statistics
 import sys
 import tempfile
@@ -45,19 +42,23 @@ import torch
 from scipy import stats
 
 from avbalance.engine.run import build_run
-from avbalance.errors import AvbalanceError, ConfigError
+from avbalance.errors import ConfigError
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-from vs_official import DEFAULT_REFBENCH, make_data  # noqa: E402
+from vs_official import (  # noqa: E402
+    add_data_args,
+    command_line,
+    config_names,
+    exit_status,
+    host,
+    make_data,
+    sides_in_turn,
+)
 from vs_official_sides import CONFIGS, add_model_size_args, run_config, summarise, time_bare, time_lightning  # noqa: E402
 
 SIDES = ("avbalance", "bare_loop")
 TARGET = 1.03  # the engine within 3 % of the bare loop
-
-
-def sides_in_turn(round_index: int) -> tuple[str, ...]:
-    return SIDES if round_index % 2 == 0 else SIDES[::-1]
 
 
 def train_side(side: str, args: argparse.Namespace, name: str, cache: Path, out: Path) -> list[dict[str, float]]:
@@ -74,7 +75,7 @@ def measure_config(args: argparse.Namespace, name: str, cache: Path, work: Path)
     """``{side: [the steps of each round]}`` for configuration ``name``."""
     steps: dict[str, list[list[dict]]] = {side: [] for side in SIDES}
     for round_index in range(args.rounds):
-        for side in sides_in_turn(round_index):
+        for side in sides_in_turn(round_index, SIDES):
             print(f"[engine_overhead] {name} round {round_index + 1}/{args.rounds}: {side}", flush=True)
             steps[side].append(train_side(side, args, name, cache, work / f"{name}-r{round_index}-{side}"))
     return steps
@@ -117,11 +118,7 @@ def config_report(steps: dict[str, list[list[dict]]], warmup: int, max_foreign: 
 
 def machine(args: argparse.Namespace) -> dict:
     return {
-        "platform": platform.platform(),
-        "cpus": os.cpu_count(),
-        "load_average": os.getloadavg(),
-        "python": platform.python_version(),
-        "torch": torch.__version__,
+        **host(),
         "threads": torch.get_num_threads(),
         "num_workers": args.num_workers,
         "batch_size": args.batch_size,
@@ -168,11 +165,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--num-workers", type=int, default=0, help="DataLoader workers on both sides")
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     add_model_size_args(p)
-    p.add_argument("--n-train", type=int, default=64)
-    p.add_argument("--n-test", type=int, default=32)
-    p.add_argument("--data", default=os.path.join(tempfile.gettempdir(), "vs_official_data"))
-    p.add_argument("--refbench", default=os.environ.get("REFBENCH_DIR", DEFAULT_REFBENCH), help="for make_data.py")
-    p.add_argument("--prepare-workers", type=int, default=2)
+    add_data_args(p)
     p.add_argument("--out", default=str(HERE / "engine_overhead.json"))
     argv = sys.argv[1:] if argv is None else argv
     args = p.parse_args(argv)
@@ -181,12 +174,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def check_args(args: argparse.Namespace) -> list[str]:
-    names = [name for name in args.configs.split(",") if name]
-    unknown = [name for name in names if name not in CONFIGS]
-    if unknown or not names:
-        raise ConfigError(
-            f"--configs: unknown configuration {unknown[0] if unknown else ''!r}; choose from {', '.join(CONFIGS)}"
-        )
+    names = config_names(args.configs)
     if min(args.rounds, args.epochs) < 1 or args.warmup < 0:
         raise ConfigError(
             "--rounds and --epochs must be at least 1 and --warmup at least 0, "
@@ -214,7 +202,7 @@ def run(args: argparse.Namespace) -> dict:
         "target": TARGET,
         "configs": configs,
         "machine": machine(args),
-        "command": " ".join(shlex.quote(part) for part in [sys.executable, __file__, *args.argv]),
+        "command": command_line(__file__, args.argv),
     }
     Path(args.out).write_text(json.dumps(document, indent=1))
     print(table(document))
@@ -229,12 +217,7 @@ def run(args: argparse.Namespace) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    try:
-        run(parse_args(argv))
-    except AvbalanceError as error:
-        print(f"engine_overhead: error: {error}", file=sys.stderr)
-        return 2
-    return 0
+    return exit_status("engine_overhead", lambda: run(parse_args(argv)))
 
 
 if __name__ == "__main__":

@@ -60,6 +60,7 @@ import shlex
 import subprocess
 import sys
 import tempfile
+from collections.abc import Callable
 from fractions import Fraction
 from pathlib import Path
 
@@ -234,10 +235,10 @@ def extract_official(args: argparse.Namespace) -> Path:
 SIDES_IN_TURN = ("official", "avbalance", "bare_loop")
 
 
-def sides_in_turn(repeat: int) -> tuple[str, ...]:
-    """The order of the sides in round ``repeat``: reversed every other round, so that the machine's
+def sides_in_turn(repeat: int, sides: tuple[str, ...] = SIDES_IN_TURN) -> tuple[str, ...]:
+    """The order of ``sides`` in round ``repeat``: reversed every other round, so that the machine's
     drift over a round favours no side."""
-    return SIDES_IN_TURN if repeat % 2 == 0 else SIDES_IN_TURN[::-1]
+    return sides if repeat % 2 == 0 else sides[::-1]
 
 
 def measure_all(args: argparse.Namespace, names: list[str], caches: dict[int, Path], official_src: Path | None):
@@ -372,7 +373,7 @@ def report(details: dict[str, dict], loaders: dict, args: argparse.Namespace) ->
         "loader_ratio": loader_ratio,
         "details": details,
         "machine": machine(args),
-        "command": " ".join(shlex.quote(part) for part in [sys.executable, __file__, *args.argv]),
+        "command": command_line(__file__, args.argv),
         "keys": KEYS,
         "targets": TARGETS,
     }
@@ -380,13 +381,25 @@ def report(details: dict[str, dict], loaders: dict, args: argparse.Namespace) ->
     return document
 
 
-def machine(args: argparse.Namespace) -> dict:
+def command_line(script: str, argv: list[str]) -> str:
+    """The command that ran ``script`` with ``argv``, as a shell would take it."""
+    return " ".join(shlex.quote(part) for part in [sys.executable, script, *argv])
+
+
+def host() -> dict:
+    """The machine and software a measurement ran on."""
     return {
         "platform": platform.platform(),
         "cpus": os.cpu_count(),
         "load_average": os.getloadavg(),
         "python": platform.python_version(),
         "torch": torch.__version__,
+    }
+
+
+def machine(args: argparse.Namespace) -> dict:
+    return {
+        **host(),
         "threads": args.threads or torch.get_num_threads(),
         "accelerator": torch.cuda.get_device_name() if args.accelerator == "cuda" else "cpu",
         "num_workers": args.num_workers,
@@ -472,8 +485,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     add_model_size_args(p)
     p.add_argument("--warmup", type=int, default=1, help="steps left out at the start of every run")
     p.add_argument("--repeats", type=int, default=1, help="runs per side and configuration, steps pooled")
-    p.add_argument("--n-train", type=int, default=64)
-    p.add_argument("--n-test", type=int, default=32)
+    add_data_args(p)
     p.add_argument(
         "--loader-samples", type=int, default=64, help="samples each loader pass reads (5 passes of >= 0.5 s)"
     )
@@ -485,7 +497,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "other work (default: keep every step)",
     )
     p.add_argument("--wait-idle", type=int, default=0, help="harness: wait up to this many s for an idle machine")
-    p.add_argument("--data", default=os.path.join(tempfile.gettempdir(), "vs_official_data"))
     p.add_argument("--work", default=None, help="scratch folder, kept (default: a temp dir, removed at the end)")
     p.add_argument(
         "--from-work",
@@ -493,14 +504,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="measure nothing: rebuild the report from the runs an earlier run with the same settings saved in --work",
     )
     p.add_argument("--out", default=str(HERE / "vs_official.json"))
-    p.add_argument(
-        "--refbench",
-        default=os.environ.get("REFBENCH_DIR", DEFAULT_REFBENCH),
-        help="the refbench harness folder (make_data.py, bench.py)",
-    )
     p.add_argument("--ref-repo", default=os.environ.get("REF_OGM_REPO"), help="official OGM-GE repository")
     p.add_argument("--ref-python", default=None, help="the harness's Python (default: $REFBENCH_VENV/bin/python)")
-    p.add_argument("--prepare-workers", type=int, default=2)
     argv = sys.argv[1:] if argv is None else argv
     if p.parse_args(argv).quick:  # the quick settings replace the defaults, not what is given
         p.set_defaults(**QUICK)
@@ -508,14 +513,33 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def check_args(args: argparse.Namespace) -> list[str]:
-    """The configurations to run; one-line errors for settings that cannot work."""
-    names = [name for name in args.configs.split(",") if name]
+def add_data_args(p: argparse.ArgumentParser) -> None:
+    """Where the generated clips go and how many (shared with ``engine_overhead.py``)."""
+    p.add_argument("--n-train", type=int, default=64)
+    p.add_argument("--n-test", type=int, default=32)
+    p.add_argument("--data", default=os.path.join(tempfile.gettempdir(), "vs_official_data"))
+    p.add_argument(
+        "--refbench",
+        default=os.environ.get("REFBENCH_DIR", DEFAULT_REFBENCH),
+        help="the refbench harness folder (make_data.py, bench.py)",
+    )
+    p.add_argument("--prepare-workers", type=int, default=2)
+
+
+def config_names(configs: str) -> list[str]:
+    """``--configs`` as a list of configuration names; a one-line error for an unknown or no name."""
+    names = [name for name in configs.split(",") if name]
     unknown = [name for name in names if name not in CONFIGS]
     if unknown or not names:
         raise ConfigError(
             f"--configs: unknown configuration {unknown[0] if unknown else ''!r}; choose from {', '.join(CONFIGS)}"
         )
+    return names
+
+
+def check_args(args: argparse.Namespace) -> list[str]:
+    """The configurations to run; one-line errors for settings that cannot work."""
+    names = config_names(args.configs)
     if args.from_work and not (args.work and Path(args.work).is_dir()):
         where = f"--work {args.work} is not a folder" if args.work else "give --work"
         raise ConfigError(f"--from-work reads the runs an earlier run saved in its --work folder: {where}")
@@ -572,13 +596,18 @@ def measure_and_report(args: argparse.Namespace, names: list[str]) -> dict:
     return document
 
 
-def main(argv: list[str] | None = None) -> int:
+def exit_status(prog: str, measure: Callable[[], object]) -> int:
+    """Run ``measure``: 0, or 2 after a one-line error for a setting or data that cannot work."""
     try:
-        run(parse_args(argv))
+        measure()
     except AvbalanceError as error:
-        print(f"vs_official: error: {error}", file=sys.stderr)
+        print(f"{prog}: error: {error}", file=sys.stderr)
         return 2
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    return exit_status("vs_official", lambda: run(parse_args(argv)))
 
 
 if __name__ == "__main__":

@@ -11,7 +11,7 @@ from avb_testing import load_benchmark
 
 overhead = load_benchmark("engine_overhead")
 sides = load_benchmark("vs_official_sides")
-REFBENCH = Path(os.environ.get("REFBENCH_DIR", overhead.DEFAULT_REFBENCH))
+REFBENCH = Path(os.environ.get("REFBENCH_DIR", load_benchmark("vs_official").DEFAULT_REFBENCH))
 
 
 def steps_of(totals: list[float], batch: int = 16) -> list[dict]:
@@ -62,8 +62,8 @@ def test_steps_that_shared_the_cpu_are_left_out_of_rounds_and_pool():
 
 
 def test_sides_swap_order_every_other_round():
-    assert overhead.sides_in_turn(0) == ("avbalance", "bare_loop")
-    assert overhead.sides_in_turn(1) == ("bare_loop", "avbalance")
+    assert overhead.sides_in_turn(0, overhead.SIDES) == ("avbalance", "bare_loop")
+    assert overhead.sides_in_turn(1, overhead.SIDES) == ("bare_loop", "avbalance")
 
 
 @pytest.mark.parametrize(
