@@ -20,6 +20,15 @@ log ratios): what drift is left shows as the interval's width. The engine's own 
 hardly depends on the method or the frames, so the rounds of every configuration together
 (``all_rounds_mean``) bound its cost tighter.
 
+Each step is also split into phases (``data``, ``forward``, ``backward``, ``method``, ``step``; see
+``vs_official_sides.step_phases``). Two runs of the same code in one process draw speeds several per
+cent apart (where their memory lands, the machine), and that spread lives in the model's forward and
+backward and the method's gradient work, the same code on both sides; what the engine adds lives in
+the data window (Lightning's fetcher, hooks and logging between steps) and the step phase (the
+non-finite guard, Lightning's optimizer closure, the optimizer step). ``outside_the_model`` reports
+the engine's extra milliseconds there and the overhead they alone make on the bare loop's step, a
+figure far less noisy than the end-to-end ratio.
+
     python benchmarks/engine_overhead.py --rounds 16 --max-foreign 0.25   # the recorded measurement
     python benchmarks/engine_overhead.py --configs baseline-f1 --rounds 2 --epochs 1   # a quick look
 
@@ -58,6 +67,7 @@ from vs_official import (  # noqa: E402
 from vs_official_sides import CONFIGS, add_model_size_args, run_config, summarise, time_bare, time_lightning  # noqa: E402
 
 SIDES = ("avbalance", "bare_loop")
+PHASES = ("data", "forward", "backward", "method", "step")  # a step's wall time (see step_phases)
 TARGET = 1.03  # the engine within 3 % of the bare loop
 
 
@@ -105,14 +115,40 @@ def config_report(steps: dict[str, list[list[dict]]], warmup: int, max_foreign: 
     overhead = pooled["bare_loop"].get("samples_per_s", 0) / pooled["avbalance"].get("samples_per_s", math.inf)
     return {
         "engine_overhead": overhead or None,
+        "outside_the_model": outside_the_model(pooled),
         "engine_overhead_by_round": rounds,
         "rounds_mean": mean_interval(rounds) if rounds else None,
         "samples_per_s_by_round": by_round,
         "pooled": pooled,
         "step_seconds_by_round": {side: [[s["total"] for s in run] for run in runs] for side, runs in steps.items()},
+        "phase_seconds_by_round": {
+            side: [[{key: s[key] for key in PHASES if key in s} for s in run] for run in runs]
+            for side, runs in steps.items()
+        },
         "other_load_cores_by_round": {
             side: [[s.get("cpu_foreign") for s in run] for run in runs] for side, runs in steps.items()
         },
+    }
+
+
+def outside_the_model(pooled: dict[str, dict]) -> dict | None:
+    """The engine's cost outside the model's and the method's work: the pooled median milliseconds of
+    the ``data`` and ``step`` phases (:func:`vs_official_sides.step_phases`) per side, the engine's
+    extra, and the overhead that extra alone makes on the bare loop's step. The forward, backward and
+    method phases run the same code on both sides; their difference between the sides is the speed that
+    separate runs draw (memory placement, the machine), which the end-to-end ratio carries too.
+    None when the steps have no phases."""
+    if not all(all(key in pooled[side] for key in PHASES) for side in SIDES):
+        return None
+    phases = {side: {key: pooled[side][key] * 1000 for key in PHASES} for side in SIDES}
+    outside = {side: phases[side]["data"] + phases[side]["step"] for side in SIDES}
+    extra = outside["avbalance"] - outside["bare_loop"]
+    bare_step = sum(phases["bare_loop"].values())
+    return {
+        "phases_ms": phases,
+        "data_and_step_ms": outside,
+        "engine_extra_ms": extra,
+        "overhead": (bare_step + extra) / bare_step,
     }
 
 
@@ -146,6 +182,24 @@ def table(document: dict) -> str:
         lines.append(
             f"| {name} | {engine:.2f} | {bare:.2f} | {pooled_overhead:.3f} | {rounds_mean:.3f} {interval} | {rounds} |"
         )
+    return "\n".join(lines)
+
+
+def phase_table(document: dict) -> str:
+    """Pooled median milliseconds per phase, engine / bare loop, and the engine's extra outside the model."""
+    lines = [
+        "| config | "
+        + " | ".join(f"{phase} ms (engine / bare)" for phase in PHASES)
+        + " | engine's extra in data + step, ms | its overhead |",
+        "|---|" + "---|" * (len(PHASES) + 2),
+    ]
+    for name, result in document["configs"].items():
+        outside = result["outside_the_model"]
+        if outside is None:
+            continue
+        phases = outside["phases_ms"]
+        cells = [f"{phases['avbalance'][phase]:.1f} / {phases['bare_loop'][phase]:.1f}" for phase in PHASES]
+        lines.append(f"| {name} | {' | '.join(cells)} | {outside['engine_extra_ms']:.1f} | {outside['overhead']:.4f} |")
     return "\n".join(lines)
 
 
@@ -198,6 +252,9 @@ def run(args: argparse.Namespace) -> dict:
     every_round = [value for result in configs.values() for value in result["engine_overhead_by_round"]]
     document = {
         "engine_overhead": {name: result["engine_overhead"] for name, result in configs.items()},
+        "engine_overhead_outside_the_model": {
+            name: (result["outside_the_model"] or {}).get("overhead") for name, result in configs.items()
+        },
         "all_rounds_mean": mean_interval(every_round) if every_round else None,
         "target": TARGET,
         "configs": configs,
@@ -206,6 +263,7 @@ def run(args: argparse.Namespace) -> dict:
     }
     Path(args.out).write_text(json.dumps(document, indent=1))
     print(table(document))
+    print(phase_table(document))
     if len(every_round) > 1:
         mean = document["all_rounds_mean"]
         print(

@@ -151,11 +151,15 @@ def benchmark(frames: int, batch_size: int, repeats: int, device: torch.device) 
     return results
 
 
-def training_step(model, optimizer, method, batch: dict) -> None:
+def training_step(model, optimizer, method, batch: dict, marks: dict[str, float] | None = None) -> None:
+    """One plain step; ``marks`` (when given) gets the clock at ``backward_start`` and ``backward_end``."""
+    marks = {} if marks is None else marks
     optimizer.zero_grad(set_to_none=True)
     output = model(batch)
     loss = method.loss(output, batch)
+    marks["backward_start"] = time.perf_counter()
     loss.backward()
+    marks["backward_end"] = time.perf_counter()
     method.after_backward(model, output, batch)
     optimizer.step()
 

@@ -25,6 +25,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import math
 import os
 import resource
 import statistics
@@ -108,19 +109,31 @@ def run_config(
 
 class StepTimer(Callback):
     """Per training batch: data wait (previous batch end, or epoch start, to batch start) and
-    compute (batch start to batch end), and the CPU time this process spent computing."""
+    compute (batch start to batch end), the CPU time this process spent computing, and the
+    compute's phases (:func:`step_phases`) from the backward hooks and the method's clock."""
 
     def __init__(self) -> None:
         self.steps: list[dict[str, float]] = []
         self._mark = self._start = self._start_cpu = 0.0
         self._sample = None
+        self._backwards: list[tuple[float, float]] = []  # (start, end) of each backward in the step
+        self._gradient_work: GradientWorkClock | None = None
+
+    def on_fit_start(self, trainer, module) -> None:
+        self._gradient_work = GradientWorkClock(module.method)
 
     def on_train_epoch_start(self, trainer, module) -> None:
         self._mark, self._sample = perf(), machine_sample()
 
     def on_train_batch_start(self, trainer, module, batch, batch_idx: int) -> None:
         synchronise(module.device)
-        self._start, self._start_cpu = perf(), cpu()
+        self._start, self._start_cpu, self._backwards = perf(), cpu(), []
+
+    def on_before_backward(self, trainer, module, loss) -> None:
+        self._backwards.append((perf(), math.nan))
+
+    def on_after_backward(self, trainer, module) -> None:
+        self._backwards[-1] = (self._backwards[-1][0], perf())
 
     def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx: int) -> None:
         synchronise(module.device)
@@ -128,8 +141,53 @@ class StepTimer(Callback):
         data, compute = self._start - self._mark, end - self._start
         compute_cpu, sample = cpu() - self._start_cpu, machine_sample()  # sampled outside the timed windows
         load = other_load(self._sample, sample)
-        self.steps.append(step_record(data, compute, compute_cpu, len(batch["label"]), *load))
+        record = step_record(data, compute, compute_cpu, len(batch["label"]), *load)
+        method_seconds = self._gradient_work.take() if self._gradient_work else 0.0
+        self.steps.append(record | step_phases(self._start, self._backwards, end, method_seconds))
         self._mark, self._sample = perf(), sample
+
+
+class GradientWorkClock:
+    """The seconds ``method.after_backward`` (the method's gradient work) takes, on either side:
+    wraps it on the method instance and adds up its calls until :meth:`take`."""
+
+    def __init__(self, method) -> None:
+        self.seconds = 0.0
+        work = method.after_backward
+
+        def timed(*args, **kwargs):
+            start = perf()
+            try:
+                return work(*args, **kwargs)
+            finally:
+                self.seconds += perf() - start
+
+        method.after_backward = timed
+
+    def take(self) -> float:
+        seconds, self.seconds = self.seconds, 0.0
+        return seconds
+
+
+def step_phases(
+    start: float, backwards: list[tuple[float, float]], end: float, method_seconds: float = 0.0
+) -> dict[str, float]:
+    """A step's compute in four phases (seconds, unsynchronised on a GPU): ``forward`` from the
+    step's start to its first backward (zeroing gradients, the model's forward, the loss, and on the
+    engine's side its training-step bookkeeping), ``backward`` (every backward pass of the step),
+    ``method`` (the method's gradient work, ``method_seconds``) and ``step``: the rest, from the last
+    backward's end to the step's end (the non-finite guard, the optimizer step, Lightning's hooks).
+    The model's and the method's own work are in ``forward``, ``backward`` and ``method``, the same
+    code on both sides; what the engine adds is mostly in ``data`` and ``step``. Empty when the step
+    made no backward."""
+    if not backwards or any(math.isnan(finish) for _, finish in backwards):
+        return {}
+    return {
+        "forward": backwards[0][0] - start,
+        "backward": sum(finish - begin for begin, finish in backwards),
+        "method": method_seconds,
+        "step": end - backwards[-1][1] - method_seconds,
+    }
 
 
 def step_record(
@@ -208,7 +266,9 @@ def time_bare(run: TrainingRun, config: RunConfig) -> list[dict[str, float]]:
     """The engine's model (channels-last and CPU memory reuse as the engine sets them), loader
     (uint8 frames normalised per batch by the data module's transform), optimizer and method in a
     plain loop: zero_grad, forward, the method's loss, backward, the method's gradient work, SGD step;
-    after each epoch an untimed validation pass (no checkpoints, logs or metrics)."""
+    after each epoch an untimed validation pass (no checkpoints, logs or metrics). A step's data
+    window holds the batch's fetch, its move to the device and the batch transform, as Lightning's
+    does; its phases are :func:`step_phases`."""
     device = torch.device("cuda" if config.trainer.accelerator == "cuda" else "cpu")
     model, method = run.module.model.to(device).train(), run.method
     if config.trainer.channels_last:
@@ -217,7 +277,7 @@ def time_bare(run: TrainingRun, config: RunConfig) -> list[dict[str, float]]:
         keep_freed_cpu_memory()
     optimizer = build_optimizer(config, model.parameters())
     method.setup(model, optimizer)
-    loader = run.datamodule.train_dataloader()
+    loader, gradient_work = run.datamodule.train_dataloader(), GradientWorkClock(method)
     steps = []
     for epoch in range(config.trainer.epochs):
         loader.sampler.set_epoch(epoch)
@@ -228,14 +288,17 @@ def time_bare(run: TrainingRun, config: RunConfig) -> list[dict[str, float]]:
             batch = next(batches, None)
             if batch is None:
                 break
-            got, got_cpu = perf(), cpu()
-            batch = to_device(batch, device)
-            training_step(model, optimizer, method, run.datamodule.batch_transform(batch))
+            batch = run.datamodule.batch_transform(to_device(batch, device))  # in Lightning's data window too
+            synchronise(device)
+            got, got_cpu, marks = perf(), cpu(), {}
+            training_step(model, optimizer, method, batch, marks)
             synchronise(device)
             end, compute_cpu = perf(), cpu() - got_cpu
             previous, sample = sample, machine_sample()  # this step's end is the next one's start
             load = other_load(previous, sample)
-            steps.append(step_record(got - requested, end - got, compute_cpu, len(batch["label"]), *load))
+            record = step_record(got - requested, end - got, compute_cpu, len(batch["label"]), *load)
+            backwards = [(marks["backward_start"], marks["backward_end"])]
+            steps.append(record | step_phases(got, backwards, end, gradient_work.take()))
         validate(model, run.datamodule, device)
     return steps
 
@@ -304,6 +367,10 @@ SUMMARISED = {
     "compute": "compute",
     "total": "total",
     "compute_cpu": "compute_cpu",
+    "forward": "forward",
+    "backward": "backward",
+    "method": "method",
+    "step": "step",
     "modulation": "modulation",
     "cpu_foreign": "other_load_cores",  # cores other processes used during a step
 }

@@ -3,6 +3,7 @@
 import json
 import math
 import os
+import time
 from pathlib import Path
 
 import pytest
@@ -61,6 +62,58 @@ def test_steps_that_shared_the_cpu_are_left_out_of_rounds_and_pool():
     assert overhead.config_report(steps, warmup=1)["pooled"]["avbalance"]["total"] == pytest.approx(2.2)  # all kept
 
 
+def test_step_phases_split_the_compute_at_the_backward_passes():
+    phases = sides.step_phases(10.0, [(10.3, 10.9), (11.0, 11.2)], 11.25, method_seconds=0.03)
+    assert phases == {
+        "forward": pytest.approx(0.3),  # start to the first backward
+        "backward": pytest.approx(0.6 + 0.2),  # both passes, not the gap between them
+        "method": 0.03,
+        "step": pytest.approx(0.05 - 0.03),  # the last backward's end to the step's end, less the method's work
+    }
+    assert sides.step_phases(10.0, [], 11.0) == {}  # no backward (nothing to split)
+    assert sides.step_phases(10.0, [(10.3, math.nan)], 11.0) == {}  # a backward that did not finish
+
+
+def test_gradient_work_clock_times_the_methods_after_backward():
+    class Slow:
+        def after_backward(self, model, output, batch):
+            time.sleep(0.02)
+            return model
+
+    method = Slow()
+    clock = sides.GradientWorkClock(method)
+    assert method.after_backward("model", None, None) == "model"  # the work itself is unchanged
+    method.after_backward("model", None, None)
+    assert 0.04 <= clock.take() < 1.0  # both calls
+    assert clock.take() == 0.0  # taken
+
+
+def phased_steps(data: float, forward: float, backward: float, method: float, step: float) -> list[dict]:
+    compute = forward + backward + method + step
+    phases = {"forward": forward, "backward": backward, "method": method, "step": step}
+    return [sides.step_record(data, compute, compute, 16) | phases for _ in range(3)]
+
+
+def test_outside_the_model_is_the_engines_extra_data_and_step_time():
+    steps = {
+        "avbalance": [phased_steps(0.010, 0.35, 0.80, 0.12, 0.016)],
+        "bare_loop": [phased_steps(0.007, 0.30, 0.70, 0.09, 0.010)],
+    }
+    outside = overhead.config_report(steps, warmup=1)["outside_the_model"]
+    assert outside["data_and_step_ms"] == {"avbalance": pytest.approx(26.0), "bare_loop": pytest.approx(17.0)}
+    assert outside["engine_extra_ms"] == pytest.approx(9.0)  # the slower forward, backward and method do not count
+    assert outside["overhead"] == pytest.approx((1107.0 + 9.0) / 1107.0)
+    assert outside["phases_ms"]["bare_loop"] == {
+        "data": pytest.approx(7.0),
+        "forward": pytest.approx(300.0),
+        "backward": pytest.approx(700.0),
+        "method": pytest.approx(90.0),
+        "step": pytest.approx(10.0),
+    }
+    without_phases = {"avbalance": [steps_of([2.0, 2.0])], "bare_loop": [steps_of([2.0, 2.0])]}
+    assert overhead.config_report(without_phases, warmup=1)["outside_the_model"] is None
+
+
 def test_sides_swap_order_every_other_round():
     assert overhead.sides_in_turn(0, overhead.SIDES) == ("avbalance", "bare_loop")
     assert overhead.sides_in_turn(1, overhead.SIDES) == ("bare_loop", "avbalance")
@@ -110,4 +163,12 @@ def test_both_sides_train_in_turn_in_one_process(tmp_path, capsys):
         math.prod(result["engine_overhead_by_round"]) ** 0.5
     )
     assert "every configuration's rounds (2)" in printed
+    for side in ("avbalance", "bare_loop"):  # every step splits into its phases exactly
+        for totals, phases in zip(result["step_seconds_by_round"][side], result["phase_seconds_by_round"][side]):
+            assert [sum(step.values()) for step in phases] == pytest.approx(totals, rel=1e-9)
+            assert all(step.keys() == set(overhead.PHASES) for step in phases)
+            assert all(min(step.values()) > 0 for step in phases)  # the baseline's after_backward is timed too
+    outside = result["outside_the_model"]
+    assert document["engine_overhead_outside_the_model"]["baseline-f1"] == pytest.approx(outside["overhead"])
+    assert "engine's extra in data + step" in printed
     assert document["machine"]["rounds"] == 2 and document["target"] == 1.03
