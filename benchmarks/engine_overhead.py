@@ -29,7 +29,7 @@ non-finite guard, Lightning's optimizer closure, the optimizer step). ``outside_
 the engine's extra milliseconds there and the overhead they alone make on the bare loop's step, a
 figure far less noisy than the end-to-end ratio.
 
-    python benchmarks/engine_overhead.py --rounds 16 --max-foreign 0.25   # the recorded measurement
+    python benchmarks/engine_overhead.py --rounds 8 --max-foreign 0.25   # the recorded measurement (run 4)
     python benchmarks/engine_overhead.py --configs baseline-f1 --rounds 2 --epochs 1   # a quick look
 
 Data: the CREMA-D look-alike of ``vs_official.py`` (``--data``, generated with the refbench harness's
