@@ -175,7 +175,7 @@ def table(document: dict) -> str:
     ]
     for name, result in document["configs"].items():
         pooled, mean = result["pooled"], result["rounds_mean"] or {}
-        engine, bare = (pooled[side].get("samples_per_s", 0) for side in ("avbalance", "bare_loop"))
+        engine, bare = (pooled[side].get("samples_per_s", 0) for side in SIDES)
         interval = f"[{mean['low']:.3f}, {mean['high']:.3f}]" if mean.get("low") else "-"
         rounds = ", ".join(f"{value:.3f}" for value in result["engine_overhead_by_round"])
         pooled_overhead, rounds_mean = result["engine_overhead"] or 0, mean.get("geometric_mean", 0)

@@ -195,12 +195,13 @@ def test_ogm_ge_noise_is_the_official_draw_from_seeded_streams(tiny_model, chann
     drawn from its own seeded stream (the streams go on from one modality to the next); channels-last kernels (the
     engine's default layout) get the same numbers element for element, in the kernels' logical
     order, and keep their layout. On a GPU the generators are the device's."""
+    from avbalance.engine.epoch_data import to_device
     from avbalance.engine.module import to_channels_last
 
     tiny_model.to(device)
     if channels_last:
         to_channels_last(tiny_model)
-    batch = {key: value.to(device) for key, value in tiny_batch(seed=2).items()}
+    batch = to_device(tiny_batch(seed=2), torch.device(device))
     output = tiny_model(batch)
     method = get_method("ogm_ge", alpha=0.4, seed=123, noise_streams=streams)
     before = _model_with_gradients(tiny_model)
