@@ -50,7 +50,8 @@ from pathlib import Path
 import torch
 from scipy import stats
 
-from avbalance.engine.run import build_run
+from avbalance.engine.config import RunConfig
+from avbalance.engine.run import TrainingRun, build_run
 from avbalance.errors import ConfigError
 
 HERE = Path(__file__).resolve().parent
@@ -71,23 +72,32 @@ PHASES = ("data", "forward", "backward", "method", "step")  # a step's wall time
 TARGET = 1.03  # the engine within 3 % of the bare loop
 
 
-def train_side(side: str, args: argparse.Namespace, name: str, cache: Path, out: Path) -> list[dict[str, float]]:
-    """Every training step of one side's run (a fresh run: model, optimizer, loaders)."""
+def side_config(args: argparse.Namespace, name: str, cache: Path, out: Path) -> RunConfig:
     method, _, frames = CONFIGS[name]
     size = {"width": args.width, "layers": args.layers}
-    config = run_config(method, frames, str(cache), str(out), args.batch_size, args.epochs, args.num_workers, **size)
+    return run_config(method, frames, str(cache), str(out), args.batch_size, args.epochs, args.num_workers, **size)
+
+
+def train_side(side: str, config: RunConfig, run: TrainingRun | None = None) -> list[dict[str, float]]:
+    """Every training step of one side's run: of ``run`` (model, method, data module) when given,
+    otherwise of a fresh one; the optimizer and loaders are always the side's own."""
     if side == "avbalance":
-        return time_lightning(config)
-    return time_bare(build_run(config), config)
+        return time_lightning(config, run)
+    return time_bare(run or build_run(config), config)
 
 
 def measure_config(args: argparse.Namespace, name: str, cache: Path, work: Path) -> dict[str, list[list[dict]]]:
-    """``{side: [the steps of each round]}`` for configuration ``name``."""
+    """``{side: [the steps of each round]}`` for configuration ``name``; with ``--shared-model`` both
+    sides of a round train one model (built once per round, in the same memory)."""
     steps: dict[str, list[list[dict]]] = {side: [] for side in SIDES}
     for round_index in range(args.rounds):
+        shared = None
+        if args.shared_model:
+            shared = build_run(side_config(args, name, cache, work / f"{name}-r{round_index}"))
         for side in sides_in_turn(round_index, SIDES):
             print(f"[engine_overhead] {name} round {round_index + 1}/{args.rounds}: {side}", flush=True)
-            steps[side].append(train_side(side, args, name, cache, work / f"{name}-r{round_index}-{side}"))
+            config = side_config(args, name, cache, work / f"{name}-r{round_index}-{side}")
+            steps[side].append(train_side(side, config, shared))
     return steps
 
 
@@ -162,6 +172,7 @@ def machine(args: argparse.Namespace) -> dict:
         "warmup_steps": args.warmup,
         "max_foreign_cores": args.max_foreign if math.isfinite(args.max_foreign) else None,
         "rounds": args.rounds,
+        "shared_model": args.shared_model,
         "clips": {"train": args.n_train, "test": args.n_test},
         "model": {"width": args.width, "layers": args.layers},
     }
@@ -218,6 +229,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--num-workers", type=int, default=0, help="DataLoader workers on both sides")
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    p.add_argument(
+        "--shared-model",
+        action="store_true",
+        help="both sides of a round train one model, built once per round (default: each side builds its own)",
+    )
     add_model_size_args(p)
     add_data_args(p)
     p.add_argument("--out", default=str(HERE / "engine_overhead.json"))

@@ -244,14 +244,15 @@ def other_load(before, after) -> tuple[float | None, float | None]:
     return max(0.0, (after[1] - before[1]) - (after[3] - before[3])) / seconds, (after[2] - before[2]) / seconds
 
 
-def time_lightning(config: RunConfig) -> list[dict[str, float]]:
-    """Fit ``config`` with the callbacks and loggers of ``avbalance.engine.train`` plus a StepTimer
-    (the final validation and test of ``train`` are left out: they are not training steps)."""
+def time_lightning(config: RunConfig, run: TrainingRun | None = None) -> list[dict[str, float]]:
+    """Fit ``config`` (``run``, or a run built from it) with the callbacks and loggers of
+    ``avbalance.engine.train`` plus a StepTimer (the final validation and test of ``train`` are left
+    out: they are not training steps)."""
     quiet_lightning()
     # two or three validation clips per class leave some classes without a positive: not the point here
     warnings.filterwarnings("ignore", message=".*Average precision score.*")
     out = Path(config.out)
-    run = build_run(config)
+    run = run or build_run(config)
     guard, timer = NonFiniteGuard(config.trainer.nonfinite, config.trainer.precision), StepTimer()
     callbacks = [guard, EpochHistory(guard), GeneratorStates(), best_checkpoint(out)]
     callbacks += [latest_checkpoint(out, every_n_epochs=1), timer]

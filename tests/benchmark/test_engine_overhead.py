@@ -119,6 +119,39 @@ def test_sides_swap_order_every_other_round():
     assert overhead.sides_in_turn(1, overhead.SIDES) == ("bare_loop", "avbalance")
 
 
+@pytest.mark.parametrize("shared", [False, True])
+def test_shared_model_gives_both_sides_of_a_round_one_run(shared, tmp_path, monkeypatch):
+    built, trained = [], []
+
+    def fake_build_run(config):
+        built.append(config.out)
+        return object()
+
+    def fake_time_lightning(config, run=None):
+        trained.append(("avbalance", config.out, run))
+        return []
+
+    def fake_time_bare(run, config):
+        trained.append(("bare_loop", config.out, run))
+        return []
+
+    monkeypatch.setattr(overhead, "build_run", fake_build_run)
+    monkeypatch.setattr(overhead, "time_lightning", fake_time_lightning)
+    monkeypatch.setattr(overhead, "time_bare", fake_time_bare)
+    args = overhead.parse_args(["--rounds", "2", "--width", "4", "--layers", "1,1"] + ["--shared-model"] * shared)
+    steps = overhead.measure_config(args, "baseline-f1", tmp_path / "cache", tmp_path)
+    assert steps == {"avbalance": [[], []], "bare_loop": [[], []]}
+    assert [side for side, _, _ in trained] == ["avbalance", "bare_loop", "bare_loop", "avbalance"]
+    assert len({out for _, out, _ in trained}) == 4  # every side's run writes to a folder of its own
+    if shared:  # one run per round, handed to both of its sides
+        assert len(built) == 2
+        runs = [run for _, _, run in trained]
+        assert runs[0] is runs[1] and runs[2] is runs[3] and runs[0] is not runs[2]
+    else:  # the engine builds its own run; the bare loop gets a fresh one
+        assert [run for side, _, run in trained if side == "avbalance"] == [None, None]
+        assert len(built) == 2 and all(run is not None for side, _, run in trained if side == "bare_loop")
+
+
 @pytest.mark.parametrize(
     "argv, message",
     [
