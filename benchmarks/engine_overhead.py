@@ -10,8 +10,11 @@ apart) separates them:
   and checkpoints), timed by a callback around every training batch;
 * ``bare_loop``: the same model, loader, optimizer and method in a plain PyTorch loop.
 
-A round trains each side once (``--epochs`` epochs of a freshly built run), in turn, the order
-swapped every other round, so that the machine's drift favours neither. Each run's first
+A round trains each side once (``--epochs`` epochs), in turn, the order swapped every other round,
+so that the machine's drift favours neither. By default each side builds its own run (model,
+optimizer, loaders); with ``--shared-model`` the round's model is built once and both sides train it
+(each with its own optimizer and loaders), so that where each build's weights land in memory does
+not separate them: "same model, data, method" in the strictest sense. Each run's first
 ``--warmup`` steps are left out, and with ``--max-foreign C`` the steps during which other processes
 used more than C cores (as ``vs_official.py`` does). Per configuration it reports the engine
 overhead (bare loop / ``avbalance train`` samples per second) over the pooled steps, round by round,
@@ -29,8 +32,9 @@ non-finite guard, Lightning's optimizer closure, the optimizer step). ``outside_
 the engine's extra milliseconds there and the overhead they alone make on the bare loop's step, a
 figure far less noisy than the end-to-end ratio.
 
-    python benchmarks/engine_overhead.py --rounds 8 --max-foreign 0.25   # the recorded measurement (run 4)
+    python benchmarks/engine_overhead.py --rounds 8 --max-foreign 0.25 --shared-model   # the recorded run (6)
     python benchmarks/engine_overhead.py --configs baseline-f1 --rounds 2 --epochs 1   # a quick look
+    python benchmarks/engine_overhead.py --combine run5.json run6.json   # several runs' rounds together
 
 Data: the CREMA-D look-alike of ``vs_official.py`` (``--data``, generated with the refbench harness's
 ``make_data.py`` and prepared once per frame rate; reused when it is already there). Writes
@@ -237,6 +241,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     add_model_size_args(p)
     add_data_args(p)
     p.add_argument("--out", default=str(HERE / "engine_overhead.json"))
+    p.add_argument(
+        "--combine",
+        nargs="+",
+        metavar="JSON",
+        help="train nothing: print the rounds of these results files together (per configuration and all)",
+    )
     argv = sys.argv[1:] if argv is None else argv
     args = p.parse_args(argv)
     args.argv = argv
@@ -255,7 +265,40 @@ def check_args(args: argparse.Namespace) -> list[str]:
     return names
 
 
+def read_rounds(path: Path) -> dict[str, list[float]]:
+    """``{config: its rounds' engine overheads}`` of a results file this script wrote."""
+    try:
+        configs = json.loads(path.read_text())["configs"]
+        return {name: list(result["engine_overhead_by_round"]) for name, result in configs.items()}
+    except OSError as error:
+        raise ConfigError(f"{path}: cannot read it ({error.strerror or error})") from None
+    except (ValueError, KeyError, TypeError, AttributeError):
+        raise ConfigError(f"{path}: not a results file of engine_overhead.py (no configs with rounds)") from None
+
+
+def combine(paths: list[Path]) -> dict:
+    """The rounds of several runs of this script together: per configuration and over every round,
+    the geometric mean of the rounds' overheads and its 95 % interval (printed; nothing is written)."""
+    rounds: dict[str, list[float]] = {}
+    for path in paths:
+        for name, values in read_rounds(path).items():
+            rounds.setdefault(name, []).extend(values)
+    every_round = [value for values in rounds.values() for value in values]
+    if not every_round:
+        raise ConfigError(f"{', '.join(map(str, paths))}: no rounds to combine")
+    document = {name: mean_interval(values) | {"rounds": len(values)} for name, values in rounds.items() if values}
+    document["all"] = mean_interval(every_round) | {"rounds": len(every_round)}
+    lines = ["| config | rounds | geometric mean [95 % interval] |", "|---|---|---|"]
+    for name, mean in document.items():
+        interval = f"[{mean['low']:.3f}, {mean['high']:.3f}]" if mean["low"] is not None else "-"
+        lines.append(f"| {name} | {mean['rounds']} | {mean['geometric_mean']:.3f} {interval} |")
+    print("\n".join(lines))
+    return document
+
+
 def run(args: argparse.Namespace) -> dict:
+    if args.combine:
+        return combine([Path(path) for path in args.combine])
     names = check_args(args)
     if args.threads:
         torch.set_num_threads(args.threads)

@@ -152,6 +152,35 @@ def test_shared_model_gives_both_sides_of_a_round_one_run(shared, tmp_path, monk
         assert len(built) == 2 and all(run is not None for side, _, run in trained if side == "bare_loop")
 
 
+def test_combine_pools_the_rounds_of_several_results_files(tmp_path, capsys):
+    first, second = tmp_path / "a.json", tmp_path / "b.json"
+    first.write_text(json.dumps({"configs": {"x": {"engine_overhead_by_round": [1.1, 0.9]}}}))
+    second.write_text(
+        json.dumps({"configs": {"x": {"engine_overhead_by_round": [1.2]}, "y": {"engine_overhead_by_round": [1.0]}}})
+    )
+    argv = ["--combine", str(first), str(second), "--out", str(tmp_path / "untouched.json")]
+    assert overhead.main(argv) == 0
+    document = overhead.run(overhead.parse_args(argv))
+    assert document["x"]["rounds"] == 3 and document["y"]["rounds"] == 1
+    assert document["x"]["geometric_mean"] == pytest.approx((1.1 * 0.9 * 1.2) ** (1 / 3))
+    assert document["y"]["low"] is None  # one round has no interval
+    assert document["all"]["rounds"] == 4
+    assert document["all"]["geometric_mean"] == pytest.approx((1.1 * 0.9 * 1.2 * 1.0) ** 0.25)
+    assert document["all"]["low"] < document["all"]["geometric_mean"] < document["all"]["high"]
+    assert "| x | 3 |" in capsys.readouterr().out
+    assert not (tmp_path / "untouched.json").exists()
+
+
+@pytest.mark.parametrize("content, message", [(None, "cannot read it"), ("{}", "not a results file")])
+def test_combine_names_a_file_it_cannot_use(content, message, tmp_path, capsys):
+    path = tmp_path / "run.json"
+    if content is not None:
+        path.write_text(content)
+    assert overhead.main(["--combine", str(path)]) == 2
+    error = capsys.readouterr().err
+    assert error.count("\n") == 1 and str(path) in error and message in error
+
+
 @pytest.mark.parametrize(
     "argv, message",
     [
