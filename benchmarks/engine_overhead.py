@@ -44,6 +44,7 @@ Data: the CREMA-D look-alike of ``vs_official.py`` (``--data``, generated with t
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import math
 import statistics
@@ -101,6 +102,10 @@ def measure_config(args: argparse.Namespace, name: str, cache: Path, work: Path)
         for side in sides_in_turn(round_index, SIDES):
             print(f"[engine_overhead] {name} round {round_index + 1}/{args.rounds}: {side}", flush=True)
             config = side_config(args, name, cache, work / f"{name}-r{round_index}-{side}")
+            # A finished Lightning run lives on in reference cycles (trainer, module, callbacks) with its
+            # model and optimizer state until the collector runs: free it, so that every side starts
+            # from a heap with nothing of the previous run in it.
+            gc.collect()
             steps[side].append(train_side(side, config, shared))
     return steps
 

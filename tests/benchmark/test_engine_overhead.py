@@ -138,11 +138,14 @@ def test_shared_model_gives_both_sides_of_a_round_one_run(shared, tmp_path, monk
     monkeypatch.setattr(overhead, "build_run", fake_build_run)
     monkeypatch.setattr(overhead, "time_lightning", fake_time_lightning)
     monkeypatch.setattr(overhead, "time_bare", fake_time_bare)
+    collected = []
+    monkeypatch.setattr(overhead.gc, "collect", lambda: collected.append(len(trained)))
     args = overhead.parse_args(["--rounds", "2", "--width", "4", "--layers", "1,1"] + ["--shared-model"] * shared)
     steps = overhead.measure_config(args, "baseline-f1", tmp_path / "cache", tmp_path)
     assert steps == {"avbalance": [[], []], "bare_loop": [[], []]}
     assert [side for side, _, _ in trained] == ["avbalance", "bare_loop", "bare_loop", "avbalance"]
     assert len({out for _, out, _ in trained}) == 4  # every side's run writes to a folder of its own
+    assert collected == [0, 1, 2, 3]  # the previous run's garbage is freed before every side
     if shared:  # one run per round, handed to both of its sides
         assert len(built) == 2
         runs = [run for _, _, run in trained]
