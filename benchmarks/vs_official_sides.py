@@ -149,11 +149,12 @@ class StepTimer(Callback):
 
 class GradientWorkClock:
     """The seconds ``method.after_backward`` (the method's gradient work) takes, on either side:
-    wraps it on the method instance and adds up its calls until :meth:`take`."""
+    wraps it on the method instance and adds up its calls until :meth:`take`. A later clock on the
+    same method (the next side training a shared model) replaces this one instead of wrapping it."""
 
     def __init__(self, method) -> None:
         self.seconds = 0.0
-        work = method.after_backward
+        work = type(method).after_backward.__get__(method)  # the method's own, not an earlier clock
 
         def timed(*args, **kwargs):
             start = perf()

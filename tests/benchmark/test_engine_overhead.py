@@ -86,6 +86,9 @@ def test_gradient_work_clock_times_the_methods_after_backward():
     method.after_backward("model", None, None)
     assert 0.04 <= clock.take() < 1.0  # both calls
     assert clock.take() == 0.0  # taken
+    later = sides.GradientWorkClock(method)  # the next side on a shared model: replaces, not nests
+    method.after_backward("model", None, None)
+    assert clock.take() == 0.0 and 0.02 <= later.take() < 1.0
 
 
 def phased_steps(data: float, forward: float, backward: float, method: float, step: float) -> list[dict]:
